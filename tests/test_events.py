@@ -1,0 +1,86 @@
+import json
+
+import pytest
+
+from vinr.events import InvalidEvent, parse_event
+
+INVOICE = {
+    "id": "inv_1",
+    "object": "invoice",
+    "customer": "cust_1",
+    "status": "open",
+    "currency": "EUR",
+    "subtotal": 196000,
+    "total": 196000,
+    "amountPaid": 50000,
+    "amountDue": 146000,
+    "number": "INV-2026-000142",
+    "metadata": {"projectId": "proj_2291", "accountManager": "am@example.com"},
+    "lines": {"data": [{"id": "li_1", "description": "Support", "quantity": 8, "unitAmount": 9500, "amount": 76000}]},
+    "lastPaymentError": {"code": "card_declined", "declineCode": "generic_decline", "message": "Declined"},
+}
+
+
+def event(data, type_="invoice.updated", **extra):
+    return json.dumps({"id": "evt_1", "object": "event", "type": type_, "created": 1763800000, "data": data, **extra})
+
+
+def test_newer_shape_data_object():
+    inv = parse_event(event({"object": INVOICE})).invoice()
+    assert (inv.id, inv.status, inv.total, inv.amount_paid, inv.amount_due) == ("inv_1", "open", 196000, 50000, 146000)
+    assert inv.metadata["projectId"] == "proj_2291"
+    assert inv.lines.data[0].unit_amount == 9500
+    assert inv.last_payment_error.decline_code == "generic_decline"
+
+
+def test_older_shape_data_is_the_invoice_and_its_object_is_a_string():
+    ev = parse_event(event(INVOICE))
+    assert ev.data_object["object"] == "invoice"
+    assert ev.invoice().amount_due == 146000
+
+
+def test_snake_case_and_amount_remaining_are_accepted():
+    snake = {
+        "id": "inv_2", "object": "invoice", "status": "open", "total": 1000,
+        "amount_paid": 400, "amount_remaining": 600, "hosted_invoice_url": "https://pay/x", "attempt_count": 2,
+    }
+    inv = parse_event(event(snake)).invoice()
+    assert (inv.amount_paid, inv.amount_due, inv.hosted_invoice_url, inv.attempt_count) == (400, 600, "https://pay/x", 2)
+    camel = dict(snake, amountRemaining=600)
+    del camel["amount_remaining"]
+    assert parse_event(event(camel)).invoice().amount_due == 600
+
+
+def test_unknown_fields_are_kept():
+    ev = parse_event(event({"object": dict(INVOICE, taxRate="19")}, futureField=1))
+    assert ev.invoice().model_extra["taxRate"] == "19"
+    assert ev.model_extra["futureField"] == 1
+
+
+def test_unknown_event_types_parse_as_generic_events():
+    ev = parse_event(event({"object": {"id": "cust_1", "object": "customer"}}, type_="customer.updated"))
+    assert not ev.is_invoice_event and ev.data_object["id"] == "cust_1"
+
+
+@pytest.mark.parametrize("bad", [1960.0, "196000", True])
+def test_amounts_must_be_integers_and_the_error_names_the_field(bad):
+    with pytest.raises(InvalidEvent, match="total"):
+        parse_event(event({"object": dict(INVOICE, total=bad)})).invoice()
+
+
+def test_status_must_be_one_of_the_five():
+    with pytest.raises(InvalidEvent, match="status"):
+        parse_event(event({"object": dict(INVOICE, status="refunded")})).invoice()
+
+
+def test_currency_is_iso_4217_upper_case():
+    assert parse_event(event({"object": dict(INVOICE, currency="usd")})).invoice().currency == "USD"
+    with pytest.raises(InvalidEvent, match="currency"):
+        parse_event(event({"object": dict(INVOICE, currency="EURO")})).invoice()
+
+
+@pytest.mark.parametrize("body", [b"", b"not json", b"[]", b'"x"', b'{"type":"invoice.paid","created":1,"data":{}}',
+                                  b'{"id":"","type":"invoice.paid","created":1,"data":{}}', b"\xff\xfe"])
+def test_bodies_that_are_not_events(body):
+    with pytest.raises(InvalidEvent):
+        parse_event(body)
