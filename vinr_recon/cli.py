@@ -15,7 +15,8 @@ from vinr_recon.settings import ConfigurationError, Settings
 
 # Modules with `register(subparsers)`; each adds parsers whose default `run(args, settings)`
 # returns the exit status.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
