@@ -1,0 +1,203 @@
+"""The posting rule: (the ledger's position of an invoice, VINR's snapshot) -> journal entries.
+
+Pure: no I/O, no clock. Webhooks and reconciliation both come through `post`, so applying a
+snapshot is idempotent and indifferent to order: the rule moves the position to the snapshot,
+and a snapshot already reached (or older) moves nothing.
+
+An invoice's accounting is four facts, each a function of VINR's snapshot:
+
+    recognized   revenue recognised (negative for a credit note)
+    collected    vinr_clearing, = amountPaid
+    written_off  bad_debt
+    credited     customer_credit owed to the customer
+
+and receivable = recognized + credited - collected - written_off, which is `amountDue` while
+the invoice is open and 0 otherwise. Each change of a fact is one balanced entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from vinr.events import Invoice
+
+AR, REVENUE, CLEARING, BAD_DEBT, CREDIT = (
+    "accounts_receivable",
+    "revenue",
+    "vinr_clearing",
+    "bad_debt",
+    "customer_credit",
+)
+
+FINAL = frozenset({"paid", "void"})
+_RANK = {"draft": 0, "open": 1, "uncollectible": 2, "paid": 3, "void": 3}
+
+
+class CannotApply(ValueError):
+    """The snapshot contradicts the ledger in a way no entry may fix (e.g. a changed currency)."""
+
+
+@dataclass(frozen=True)
+class Facts:
+    recognized: int = 0
+    collected: int = 0
+    written_off: int = 0
+    credited: int = 0
+
+    @property
+    def receivable(self) -> int:
+        return self.recognized + self.credited - self.collected - self.written_off
+
+
+@dataclass(frozen=True)
+class Position:
+    """The ledger's position of one invoice; `status` None means the ledger never saw it."""
+
+    invoice_id: str
+    status: str | None = None
+    currency: str | None = None
+    total: int = 0
+    amount_paid: int = 0
+    amount_due: int = 0
+    facts: Facts = Facts()
+    attempt_count: int = 0
+    version: int = 0
+    last_event_at: int | None = None
+    paid_at: int | None = None
+    customer: str | None = None
+    number: str | None = None
+
+
+@dataclass(frozen=True)
+class Line:
+    account: str
+    direction: str  # "debit" | "credit"
+    amount: int     # > 0, minor units
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: str
+    currency: str
+    lines: tuple[Line, ...]
+
+    @property
+    def balanced(self) -> bool:
+        debits = sum(l.amount for l in self.lines if l.direction == "debit")
+        credits = sum(l.amount for l in self.lines if l.direction == "credit")
+        return debits == credits and all(l.amount > 0 for l in self.lines)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    position: Position
+    entries: tuple[Entry, ...] = ()
+    stale: bool = False
+    became_paid: bool = False
+
+
+def target_facts(invoice: Invoice) -> Facts:
+    """Where the ledger must stand for an invoice in this state (contract sections 3 and 6)."""
+    status, total, paid = invoice.status, invoice.total, invoice.amount_paid
+    if status == "draft":
+        return Facts()
+    if status == "void":
+        # Void reverses what is still receivable; what was collected stays revenue.
+        return Facts(recognized=paid, collected=paid)
+    if status == "uncollectible":
+        return Facts(recognized=total, collected=paid, written_off=invoice.amount_due)
+    return Facts(recognized=total, collected=paid, credited=max(0, -total))
+
+
+def _move(kind: str, debit: str, credit: str, amount: int) -> tuple[str, str, str, int]:
+    """A signed move: a negative amount swaps the sides."""
+    return (kind, debit, credit, amount) if amount > 0 else (kind, credit, debit, -amount)
+
+
+def entries_between(before: Facts, after: Facts, currency: str, *, voiding: bool) -> list[Entry]:
+    """The balanced entries that move `before` to `after`, one per fact that changed."""
+    moves = []
+    credit = after.credited - before.credited
+    if credit:
+        moves.append(_move("credit" if credit > 0 else "credit_reversal", REVENUE, CREDIT, credit))
+    # The credit entry already moved revenue by -credit; the rest is recognition proper.
+    recognition = after.recognized - before.recognized + credit
+    if recognition:
+        if recognition > 0 and before.recognized == 0 and before.credited == 0:
+            kind = "finalize"
+        elif recognition < 0 and voiding:
+            kind = "void"
+        else:
+            kind = "adjustment"
+        moves.append(_move(kind, AR, REVENUE, recognition))
+    written_off = after.written_off - before.written_off
+    if written_off < 0:
+        moves.append(_move("recovery", BAD_DEBT, AR, written_off))
+    collected = after.collected - before.collected
+    if collected:
+        moves.append(_move("payment" if collected > 0 else "payment_reversal", CLEARING, AR, collected))
+    if written_off > 0:
+        moves.append(_move("write_off", BAD_DEBT, AR, written_off))
+    return [
+        Entry(kind, currency, (Line(debit, "debit", amount), Line(credit_acc, "credit", amount)))
+        for kind, debit, credit_acc, amount in moves
+    ]
+
+
+def is_stale(position: Position, invoice: Invoice) -> bool:
+    """True for a snapshot older than the position: the lifecycle and amountPaid never go back."""
+    if position.status is None:
+        return False
+    if position.status in FINAL and invoice.status != position.status:
+        return True
+    return _RANK[invoice.status] < _RANK[position.status] or invoice.amount_paid < position.amount_paid
+
+
+def post(position: Position, invoice: Invoice, *, authoritative: bool = False, event_at: int | None = None) -> Outcome:
+    """Move `position` to VINR's `invoice` snapshot.
+
+    A webhook's snapshot may be older than what the ledger already holds; then nothing is
+    posted and the outcome is stale. Reconciliation passes `authoritative=True`: VINR's answer
+    now is the truth even where it moves backwards, and a currency change is reversed in the
+    old currency and posted again in the new one.
+    """
+    if invoice.id != position.invoice_id:
+        raise ValueError(f"snapshot of {invoice.id} applied to position of {position.invoice_id}")
+    if not authoritative and is_stale(position, invoice):
+        return Outcome(position=position, stale=True)
+
+    target = target_facts(invoice)
+    voiding = invoice.status == "void"
+    entries: list[Entry] = []
+    old_currency = position.currency
+    if old_currency and old_currency != invoice.currency and position.facts != Facts():
+        if not authoritative:
+            raise CannotApply(
+                f"currency of {invoice.id} changed from {old_currency} to {invoice.currency} after it was booked"
+            )
+        entries += entries_between(position.facts, Facts(), old_currency, voiding=True)
+        entries += entries_between(Facts(), target, invoice.currency, voiding=voiding)
+    else:
+        entries += entries_between(position.facts, target, invoice.currency, voiding=voiding)
+
+    new = replace(
+        position,
+        status=invoice.status,
+        currency=invoice.currency,
+        total=invoice.total,
+        amount_paid=invoice.amount_paid,
+        amount_due=invoice.amount_due,
+        facts=target,
+        attempt_count=max(position.attempt_count, invoice.attempt_count),
+        last_event_at=max(filter(None, (position.last_event_at, event_at)), default=None),
+        paid_at=position.paid_at or invoice.paid_at,
+        customer=invoice.customer or position.customer,
+        number=invoice.number or position.number,
+    )
+    if new != position:
+        new = replace(new, version=position.version + 1)
+    return Outcome(
+        position=new,
+        entries=tuple(entries),
+        became_paid=invoice.status == "paid" and position.status != "paid",
+    )

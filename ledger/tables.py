@@ -1,0 +1,137 @@
+"""The ledger's tables (SQLModel). Journal entries and postings are append-only.
+
+Amounts are integers in minor units of `currency`; a posting's amount is positive and its
+direction says debit or credit. Constraint names follow one naming convention, so migrations
+can name what they alter.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, CheckConstraint, Column, DateTime, Index, LargeBinary, MetaData
+from sqlmodel import Field, SQLModel
+
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata: MetaData = SQLModel.metadata
+
+ACCOUNTS = {
+    "accounts_receivable": "Invoiced and still owed by customers",
+    "revenue": "Revenue recognised on finalized invoices",
+    "vinr_clearing": "Cash collected by VINR, awaiting payout",
+    "bad_debt": "Receivables written off as uncollectible",
+    "customer_credit": "Credit owed to customers from negative invoices",
+}
+
+
+def _money() -> Any:
+    return Field(default=0, sa_type=BigInteger, nullable=False)
+
+
+def _when(**kw) -> Any:
+    return Field(sa_type=DateTime(timezone=True), **kw)
+
+
+class Account(SQLModel, table=True):
+    __tablename__ = "accounts"
+    name: str = Field(primary_key=True, max_length=40)
+    description: str
+
+
+class JournalEntry(SQLModel, table=True):
+    """One balanced movement. `idempotency_key` is unique: the same fact is never posted twice."""
+
+    __tablename__ = "journal_entries"
+    __table_args__ = (
+        CheckConstraint("source IN ('webhook', 'reconciliation', 'backfill')", name="source"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    idempotency_key: str = Field(unique=True, max_length=200)
+    kind: str = Field(max_length=40)
+    invoice_id: str = Field(index=True, max_length=100)
+    currency: str = Field(max_length=3)
+    source: str = Field(max_length=20)
+    event_id: str | None = Field(default=None, max_length=100)
+    run_id: int | None = Field(default=None)
+    effective_at: datetime = _when()
+    recorded_at: datetime = _when()
+
+
+class Posting(SQLModel, table=True):
+    __tablename__ = "postings"
+    __table_args__ = (
+        CheckConstraint("amount > 0", name="amount_positive"),
+        CheckConstraint("direction IN ('debit', 'credit')", name="direction"),
+        Index("ix_postings_account_currency", "account", "currency"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    entry_id: int = Field(foreign_key="journal_entries.id", index=True)
+    account: str = Field(foreign_key="accounts.name", max_length=40)
+    direction: str = Field(max_length=6)
+    amount: int = Field(sa_type=BigInteger)
+    currency: str = Field(max_length=3)
+
+
+class InvoicePosition(SQLModel, table=True):
+    """The ledger's view of one invoice; `version` counts its changes (optimistic lock)."""
+
+    __tablename__ = "invoice_positions"
+    invoice_id: str = Field(primary_key=True, max_length=100)
+    customer: str | None = Field(default=None, index=True, max_length=100)
+    number: str | None = Field(default=None, index=True, max_length=100)
+    status: str | None = Field(default=None, index=True, max_length=20)
+    currency: str | None = Field(default=None, max_length=3)
+    total: int = _money()
+    amount_paid: int = _money()
+    amount_due: int = _money()
+    recognized: int = _money()
+    written_off: int = _money()
+    credited: int = _money()
+    attempt_count: int = Field(default=0)
+    version: int = Field(default=0)
+    last_event_at: int | None = Field(default=None, sa_type=BigInteger)
+    paid_at: int | None = Field(default=None, sa_type=BigInteger)
+    updated_at: datetime | None = _when(default=None)
+
+
+class ReceivedEvent(SQLModel, table=True):
+    """Every event received, exactly as VINR sent it; its unique id makes a redelivery a no-op."""
+
+    __tablename__ = "received_events"
+    __table_args__ = (
+        CheckConstraint("outcome IN ('applied', 'stale', 'ignored', 'dead')", name="outcome"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(unique=True, max_length=100)
+    type: str = Field(max_length=100)
+    invoice_id: str | None = Field(default=None, index=True, max_length=100)
+    source: str = Field(default="webhook", max_length=20)
+    body: bytes = Field(sa_type=LargeBinary)
+    headers: dict = Field(default_factory=dict, sa_type=JSON)
+    created: int | None = Field(default=None, sa_type=BigInteger)
+    received_at: datetime = _when()
+    applied_at: datetime | None = _when(default=None)
+    outcome: str = Field(max_length=10)
+    error: str | None = Field(default=None)
+
+
+class DeadLetter(SQLModel, table=True):
+    """An event the worker could not apply, kept with its error until it is replayed."""
+
+    __tablename__ = "dead_letters"
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(index=True, max_length=100)
+    type: str = Field(max_length=100)
+    body: bytes = Field(sa_type=LargeBinary)
+    headers: dict = Field(default_factory=dict, sa_type=JSON)
+    error: str
+    attempts: int = Field(default=1)
+    dead_at: datetime = _when()
+    replayed_at: datetime | None = _when(default=None)
