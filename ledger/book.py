@@ -35,7 +35,7 @@ def _insert(conn: AsyncConnection, table):
     return dialect.insert(table)
 
 
-def _position_from_row(row) -> Position:
+def position_from_row(row) -> Position:
     return Position(
         invoice_id=row.invoice_id,
         status=row.status,
@@ -51,6 +51,7 @@ def _position_from_row(row) -> Position:
         paid_at=row.paid_at,
         customer=row.customer,
         number=row.number,
+        created=row.created,
     )
 
 
@@ -60,7 +61,7 @@ async def lock_position(conn: AsyncConnection, invoice_id: str) -> Position:
     row = (
         await conn.execute(select(positions).where(positions.c.invoice_id == invoice_id).with_for_update())
     ).one()
-    return _position_from_row(row)
+    return position_from_row(row)
 
 
 async def apply_snapshot(
@@ -134,6 +135,7 @@ async def apply_snapshot(
             paid_at=new.paid_at,
             customer=new.customer,
             number=new.number,
+            created=new.created,
             updated_at=now,
         )
     )

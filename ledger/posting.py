@@ -66,6 +66,7 @@ class Position:
     paid_at: int | None = None
     customer: str | None = None
     number: str | None = None
+    created: int | None = None
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,7 @@ def post(position: Position, invoice: Invoice, *, authoritative: bool = False, e
         paid_at=position.paid_at or invoice.paid_at,
         customer=invoice.customer or position.customer,
         number=invoice.number or position.number,
+        created=position.created or invoice.created,
     )
     if new != position:
         new = replace(new, version=position.version + 1)

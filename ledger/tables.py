@@ -98,6 +98,7 @@ class InvoicePosition(SQLModel, table=True):
     version: int = Field(default=0)
     last_event_at: int | None = Field(default=None, sa_type=BigInteger)
     paid_at: int | None = Field(default=None, sa_type=BigInteger)
+    created: int | None = Field(default=None, sa_type=BigInteger, index=True)
     updated_at: datetime | None = _when(default=None)
 
 
@@ -135,3 +136,39 @@ class DeadLetter(SQLModel, table=True):
     attempts: int = Field(default=1)
     dead_at: datetime = _when()
     replayed_at: datetime | None = _when(default=None)
+
+
+class ReconciliationRun(SQLModel, table=True):
+    """One reconciliation run: its window, outcome and counts, for the audit trail."""
+
+    __tablename__ = "reconciliation_runs"
+    __table_args__ = (
+        CheckConstraint("status IN ('running', 'completed', 'partial', 'failed')", name="status"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    started_at: datetime = _when()
+    finished_at: datetime | None = _when(default=None)
+    status: str = Field(default="running", max_length=10)
+    dry_run: bool = False
+    window_start: int | None = Field(default=None, sa_type=BigInteger)
+    invoices_checked: int = 0
+    events_backfilled: int = 0
+    corrections_posted: int = 0
+    api_requests: int = 0
+    counts: dict = Field(default_factory=dict, sa_type=JSON)
+    message: str | None = None
+
+
+class Finding(SQLModel, table=True):
+    """One difference a run found between the ledger and VINR, and the entry that corrected it."""
+
+    __tablename__ = "reconciliation_findings"
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="reconciliation_runs.id", index=True)
+    invoice_id: str = Field(index=True, max_length=100)
+    category: str = Field(max_length=30)
+    field: str | None = Field(default=None, max_length=30)
+    ledger_value: str | None = None
+    vinr_value: str | None = None
+    corrected: bool = False
+    entry_ids: list = Field(default_factory=list, sa_type=JSON)
