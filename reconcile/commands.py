@@ -1,0 +1,56 @@
+"""`vinr-recon reconcile [--dry-run] [--since DATE] [--json] [--report FILE.csv]`."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, date, datetime
+
+
+def _since(value: str) -> int:
+    try:
+        day = date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {value!r}") from None
+    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp())
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "reconcile",
+        help="one reconciliation run now; exit 0 when the ledger matches VINR at the end",
+        description="Compare the ledger with VINR's REST API, backfill missed events and correct drift.",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="report differences, change nothing")
+    parser.add_argument("--since", type=_since, metavar="DATE", help="sweep invoices created since DATE (UTC)")
+    parser.add_argument("--json", action="store_true", help="print the run and its findings as JSON")
+    parser.add_argument("--report", metavar="FILE.csv", help="write the run's findings to a CSV file")
+    parser.set_defaults(run=run)
+
+
+def run(args, settings) -> int:
+    import asyncio
+    import json
+    import sys
+
+    from rich.console import Console
+
+    from reconcile.output import print_summary, progress_bar, write_outputs
+    from reconcile.service import reconcile_once
+
+    console = Console(stderr=True)
+
+    async def main() -> int:
+        with progress_bar(console, enabled=console.is_terminal and not args.json) as advance:
+            report = await reconcile_once(settings, dry_run=args.dry_run, since=args.since, progress=advance)
+        if report is None:
+            console.print("Another reconciliation is running; this one was skipped.")
+            return 3
+        document = await write_outputs(settings, report, csv_path=args.report)
+        if args.json:
+            json.dump(document, sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        else:
+            print_summary(console, report, csv_path=args.report)
+        return 0 if report.matches else 1
+
+    return asyncio.run(main())

@@ -1,0 +1,47 @@
+"""Comparing the ledger's position of an invoice with VINR's answer. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ledger.posting import Position
+from vinr.events import Invoice
+
+MISSING_IN_LEDGER = "missing_in_ledger"
+STATUS_MISMATCH = "status_mismatch"
+AMOUNT_MISMATCH = "amount_mismatch"
+CURRENCY_MISMATCH = "currency_mismatch"
+MISSING_AT_VINR = "missing_at_vinr"
+CATEGORIES = (MISSING_IN_LEDGER, STATUS_MISMATCH, AMOUNT_MISMATCH, CURRENCY_MISMATCH, MISSING_AT_VINR)
+
+_AMOUNTS = (("total", "total"), ("amountPaid", "amount_paid"), ("amountDue", "amount_due"))
+
+
+@dataclass(frozen=True)
+class Finding:
+    invoice_id: str
+    category: str
+    field: str | None = None
+    ledger_value: str | None = None
+    vinr_value: str | None = None
+
+
+def compare(position: Position | None, invoice: Invoice | None, invoice_id: str) -> list[Finding]:
+    """Every difference between the ledger (`position`, None if never seen) and VINR (`invoice`,
+    None if VINR answered 404); an empty list when they agree."""
+    if invoice is None:
+        return [] if position is None else [Finding(invoice_id, MISSING_AT_VINR, "status", position.status, None)]
+    if position is None or position.status is None:
+        if invoice.status == "draft":
+            return []  # a draft has no accounting effect: nothing is missing
+        return [Finding(invoice_id, MISSING_IN_LEDGER, "status", None, invoice.status)]
+    findings = []
+    if position.currency != invoice.currency and position.status != "draft":
+        findings.append(Finding(invoice_id, CURRENCY_MISMATCH, "currency", position.currency, invoice.currency))
+    if position.status != invoice.status:
+        findings.append(Finding(invoice_id, STATUS_MISMATCH, "status", position.status, invoice.status))
+    for name, attr in _AMOUNTS:
+        ours, theirs = getattr(position, attr), getattr(invoice, attr)
+        if ours != theirs:
+            findings.append(Finding(invoice_id, AMOUNT_MISMATCH, name, str(ours), str(theirs)))
+    return findings

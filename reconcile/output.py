@@ -1,0 +1,60 @@
+"""What `vinr-recon reconcile` shows: a progress bar on a terminal, a summary, JSON and CSV."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ledger.db import create_engine
+from reconcile.diff import CATEGORIES
+from reconcile.report import get_run, write_csv
+from reconcile.run import RunReport
+
+
+@contextlib.contextmanager
+def progress_bar(console: Console, enabled: bool) -> Iterator:
+    """Yield a callback counting invoices checked; a live bar only on a terminal."""
+    if not enabled:
+        yield lambda n: None
+        return
+    columns = (SpinnerColumn(), TextColumn("reconciling: {task.completed} invoices checked"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("reconcile", total=None)
+        yield lambda n: progress.advance(task, n)
+
+
+async def write_outputs(settings, report: RunReport, csv_path: str | None) -> dict:
+    """Write the CSV if asked; return the run with its findings for --json."""
+    engine = create_engine(settings.database_url, writer=False)
+    try:
+        async with engine.connect() as conn:
+            if csv_path:
+                with open(csv_path, "w", newline="") as out:
+                    await write_csv(conn, report.run_id, out)
+            document = await get_run(conn, report.run_id)
+    finally:
+        await engine.dispose()
+    return {**document, "matches": report.matches}
+
+
+def print_summary(console: Console, report: RunReport, csv_path: str | None) -> None:
+    table = Table(title=f"Reconciliation run {report.run_id}" + (" (dry run)" if report.dry_run else ""))
+    table.add_column("")
+    table.add_column("", justify="right")
+    table.add_row("status", report.status)
+    table.add_row("invoices checked", str(report.invoices_checked))
+    table.add_row("events backfilled", str(report.events_backfilled))
+    for category in CATEGORIES:
+        table.add_row(category.replace("_", " "), str(report.counts.get(category, 0)))
+    table.add_row("corrections posted", str(report.corrections_posted))
+    table.add_row("VINR API requests", str(report.api_requests))
+    console.print(table)
+    if report.message:
+        console.print(f"[red]{report.message}[/red]")
+    if csv_path:
+        console.print(f"findings written to {csv_path}")
+    console.print("[green]the ledger matches VINR[/green]" if report.matches else "[red]the ledger does not match VINR[/red]")

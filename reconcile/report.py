@@ -1,0 +1,78 @@
+"""Reading runs and findings back: for the API, `--json` and the CSV report."""
+
+from __future__ import annotations
+
+import csv
+from typing import IO
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ledger.tables import Finding, ReconciliationRun
+
+runs = ReconciliationRun.__table__
+findings = Finding.__table__
+
+CSV_COLUMNS = ("run_id", "invoice_id", "category", "field", "ledger_value", "vinr_value", "corrected", "entry_ids")
+
+
+def _iso(value) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def run_dict(row) -> dict:
+    return {
+        "id": row.id,
+        "status": row.status,
+        "dryRun": row.dry_run,
+        "startedAt": _iso(row.started_at),
+        "finishedAt": _iso(row.finished_at),
+        "windowStart": row.window_start,
+        "invoicesChecked": row.invoices_checked,
+        "eventsBackfilled": row.events_backfilled,
+        "correctionsPosted": row.corrections_posted,
+        "apiRequests": row.api_requests,
+        "counts": row.counts,
+        "message": row.message,
+    }
+
+
+def finding_dict(row) -> dict:
+    return {
+        "invoice": row.invoice_id,
+        "category": row.category,
+        "field": row.field,
+        "ledgerValue": row.ledger_value,
+        "vinrValue": row.vinr_value,
+        "corrected": row.corrected,
+        "entries": row.entry_ids,
+    }
+
+
+async def list_runs(conn: AsyncConnection, limit: int = 50, before: int | None = None) -> list[dict]:
+    query = select(runs).order_by(runs.c.id.desc()).limit(limit)
+    if before is not None:
+        query = query.where(runs.c.id < before)
+    return [run_dict(row) for row in await conn.execute(query)]
+
+
+async def get_run(conn: AsyncConnection, run_id: int) -> dict | None:
+    """One run with its findings, or None."""
+    row = (await conn.execute(select(runs).where(runs.c.id == run_id))).first()
+    if row is None:
+        return None
+    rows = await conn.execute(select(findings).where(findings.c.run_id == run_id).order_by(findings.c.id))
+    return {**run_dict(row), "findings": [finding_dict(f) for f in rows]}
+
+
+async def write_csv(conn: AsyncConnection, run_id: int, out: IO[str]) -> int:
+    """Write the run's findings as CSV, streamed; return how many rows."""
+    writer = csv.writer(out)
+    writer.writerow(CSV_COLUMNS)
+    count = 0
+    result = await conn.stream(select(findings).where(findings.c.run_id == run_id).order_by(findings.c.id))
+    async for row in result:
+        writer.writerow([row.run_id, row.invoice_id, row.category, row.field, row.ledger_value,
+                         row.vinr_value, row.corrected, " ".join(map(str, row.entry_ids))])
+        count += 1
+    return count

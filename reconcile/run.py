@@ -1,0 +1,254 @@
+"""One reconciliation run: backfill missed events, sweep VINR's invoices, correct, record.
+
+The cost is the minimum the API allows: one list page per 100 invoices created in the
+window, plus one fetch per invoice the ledger holds as not final that the sweep did not
+return. Memory holds one page at a time and the ids of the open invoices seen.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ledger.book import apply_event, apply_snapshot, lock_position, position_from_row, positions, received
+from ledger.posting import FINAL, Position
+from ledger.tables import Finding as FindingRow, JournalEntry, ReconciliationRun
+from reconcile.diff import CATEGORIES, MISSING_AT_VINR, Finding, compare
+from vinr.client import NotFound, VinrClient, VinrError
+from vinr.events import Invoice, InvalidEvent, parse_event
+
+log = structlog.get_logger(__name__)
+
+runs = ReconciliationRun.__table__
+findings_table = FindingRow.__table__
+journal = JournalEntry.__table__
+
+PAGE = 100
+OVERLAP = timedelta(days=1)       # re-read a day before the last completed run's start
+EVENTS_RETENTION = timedelta(days=30)
+NOT_FINAL = ("draft", "open", "uncollectible")
+
+
+@dataclass
+class RunReport:
+    run_id: int
+    status: str = "running"
+    dry_run: bool = False
+    window_start: int | None = None
+    invoices_checked: int = 0
+    events_backfilled: int = 0
+    corrections_posted: int = 0
+    api_requests: int = 0
+    counts: Counter = field(default_factory=Counter)
+    unresolved: int = 0
+    message: str | None = None
+
+    @property
+    def matches(self) -> bool:
+        """True when, at the end of this run, the ledger agrees with VINR."""
+        if self.status != "completed":
+            return False
+        return self.unresolved == 0 if not self.dry_run else sum(self.counts.values()) == 0
+
+    def as_dict(self) -> dict:
+        return {
+            "id": self.run_id,
+            "status": self.status,
+            "dryRun": self.dry_run,
+            "windowStart": self.window_start,
+            "invoicesChecked": self.invoices_checked,
+            "eventsBackfilled": self.events_backfilled,
+            "correctionsPosted": self.corrections_posted,
+            "apiRequests": self.api_requests,
+            "counts": {c: self.counts.get(c, 0) for c in CATEGORIES},
+            "matches": self.matches,
+            "message": self.message,
+        }
+
+
+async def _batches(items: AsyncIterator, size: int) -> AsyncIterator[list]:
+    batch = []
+    async for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+async def _window_start(engine: AsyncEngine, since: int | None) -> int | None:
+    if since is not None:
+        return since
+    async with engine.connect() as conn:
+        last = await conn.scalar(
+            select(runs.c.started_at)
+            .where(runs.c.status == "completed", runs.c.dry_run.is_(False))
+            .order_by(runs.c.id.desc())
+            .limit(1)
+        )
+    if last is None:
+        return None
+    if last.tzinfo is None:  # SQLite hands back naive UTC
+        last = last.replace(tzinfo=UTC)
+    return int((last - OVERLAP).timestamp())
+
+
+class Reconciler:
+    """Runs one reconciliation against `client`, writing to `engine` unless `dry_run`."""
+
+    def __init__(self, engine: AsyncEngine, client: VinrClient, *, dry_run: bool = False,
+                 progress: Callable[[int], None] | None = None):
+        self.engine = engine
+        self.client = client
+        self.dry_run = dry_run
+        self.progress = progress or (lambda n: None)
+
+    async def run(self, since: int | None = None, now: datetime | None = None) -> RunReport:
+        now = now or datetime.now(UTC)
+        window = await _window_start(self.engine, since)
+        async with self.engine.begin() as conn:
+            run_id = await conn.scalar(
+                insert(runs).values(started_at=now, status="running", dry_run=self.dry_run,
+                                    window_start=window, counts={}).returning(runs.c.id)
+            )
+        report = RunReport(run_id=run_id, dry_run=self.dry_run, window_start=window)
+        requests_before = self.client.requests_made
+        log.info("reconciliation started", run_id=run_id, window_start=window, dry_run=self.dry_run)
+        try:
+            events_since = max(window or 0, int((now - EVENTS_RETENTION).timestamp()))
+            await self._backfill(report, events_since)
+            seen_open = await self._sweep(report, window)
+            await self._refetch_open(report, window, seen_open)
+            report.status = "completed"
+        except VinrError as exc:
+            # Work done so far stays; the next run redoes the rest without posting anything twice.
+            report.status = "partial" if report.invoices_checked or report.events_backfilled else "failed"
+            report.message = f"VINR did not answer: {exc}"
+            log.error("reconciliation stopped", run_id=run_id, error=str(exc))
+        except Exception as exc:
+            report.status = "failed"
+            report.message = f"{type(exc).__name__}: {exc}"
+            log.exception("reconciliation failed", run_id=run_id)
+            raise
+        finally:
+            report.api_requests = self.client.requests_made - requests_before
+            await self._record(report)
+        log.info("reconciliation finished", **report.as_dict())
+        return report
+
+    async def _record(self, report: RunReport) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(runs).where(runs.c.id == report.run_id).values(
+                    finished_at=datetime.now(UTC),
+                    status=report.status,
+                    invoices_checked=report.invoices_checked,
+                    events_backfilled=report.events_backfilled,
+                    corrections_posted=report.corrections_posted,
+                    api_requests=report.api_requests,
+                    counts={c: report.counts.get(c, 0) for c in CATEGORIES},
+                    message=report.message,
+                )
+            )
+
+    async def _backfill(self, report: RunReport, since: int) -> None:
+        """Record every event of the window that the ledger never received (source backfill)."""
+        async for page in _batches(self.client.iter_events(created_gte=since), PAGE):
+            ids = [e["id"] for e in page]
+            async with self.engine.connect() as conn:
+                known = set((await conn.execute(
+                    select(received.c.event_id).where(received.c.event_id.in_(ids))
+                )).scalars())
+            for raw in page:
+                if raw["id"] in known or self.dry_run:
+                    report.events_backfilled += raw["id"] not in known
+                    continue
+                try:
+                    event = parse_event(raw)
+                except InvalidEvent as exc:
+                    log.warning("backfill skipped an unreadable event", event_id=raw.get("id"), error=str(exc))
+                    continue
+                async with self.engine.begin() as conn:
+                    result = await apply_event(conn, event, _canonical(raw), {}, source="backfill")
+                report.events_backfilled += result.outcome != "duplicate"
+
+    async def _sweep(self, report: RunReport, window: int | None) -> set[str]:
+        """Compare every invoice VINR lists for the window; return the ids of those not final."""
+        seen_open: set[str] = set()
+        async for page in _batches(self.client.iter_invoices(created_gte=window), PAGE):
+            held = await self._positions([inv.id for inv in page])
+            for invoice in page:
+                await self._check(report, held.get(invoice.id), invoice, invoice.id)
+                if invoice.status not in FINAL:
+                    seen_open.add(invoice.id)
+            self.progress(len(page))
+        return seen_open
+
+    async def _refetch_open(self, report: RunReport, window: int | None, seen_open: set[str]) -> None:
+        """Fetch, one by one, the ledger's open invoices the sweep did not return."""
+        condition = positions.c.status.in_(NOT_FINAL)
+        if window is not None:
+            condition = and_(condition, or_(positions.c.created < window, positions.c.created.is_(None)))
+        async with self.engine.connect() as conn:
+            ids = [i for i in (await conn.execute(select(positions.c.invoice_id).where(condition))).scalars()
+                   if i not in seen_open]
+        for batch in itertools.batched(ids, PAGE):
+            held = await self._positions(list(batch))
+            for invoice_id in batch:
+                try:
+                    invoice = await self.client.get_invoice(invoice_id)
+                except NotFound:
+                    invoice = None
+                await self._check(report, held.get(invoice_id), invoice, invoice_id)
+            self.progress(len(batch))
+
+    async def _positions(self, ids: list[str]) -> dict[str, Position]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(positions).where(positions.c.invoice_id.in_(ids)))
+            return {row.invoice_id: position_from_row(row) for row in rows}
+
+    async def _check(self, report: RunReport, position: Position | None, invoice: Invoice | None,
+                     invoice_id: str) -> None:
+        report.invoices_checked += 1
+        found = compare(position, invoice, invoice_id)
+        if not found:
+            return
+        report.counts.update(f.category for f in found)
+        corrected, entry_ids = False, []
+        if invoice is not None and not self.dry_run:
+            corrected, entry_ids = await self._correct(report, invoice)
+        if not corrected:
+            report.unresolved += 1
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(findings_table), [
+                {"run_id": report.run_id, "invoice_id": f.invoice_id, "category": f.category, "field": f.field,
+                 "ledger_value": f.ledger_value, "vinr_value": f.vinr_value, "corrected": corrected,
+                 "entry_ids": entry_ids}
+                for f in found
+            ])
+
+    async def _correct(self, report: RunReport, invoice: Invoice) -> tuple[bool, list[int]]:
+        """Move the ledger to VINR's answer through the posting rule; entries name this run."""
+        async with self.engine.begin() as conn:
+            position = await lock_position(conn, invoice.id)
+            outcome = await apply_snapshot(conn, invoice, source="reconciliation", run_id=report.run_id,
+                                           authoritative=True, position=position)
+            entry_ids = list((await conn.execute(
+                select(journal.c.id).where(journal.c.run_id == report.run_id, journal.c.invoice_id == invoice.id)
+            )).scalars()) if outcome.entries else []
+        report.corrections_posted += len(outcome.entries)
+        return True, entry_ids
+
+
+def _canonical(raw: dict) -> bytes:
+    """Bytes to store for an event fetched from the API rather than delivered."""
+    return json.dumps(raw, separators=(",", ":")).encode()

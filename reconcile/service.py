@@ -1,0 +1,52 @@
+"""A reconciliation run with its resources and the cluster-wide lock: what the cron job and
+`vinr-recon reconcile` both call."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import structlog
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ledger.db import create_engine
+from reconcile.lock import exclusive
+from reconcile.run import Reconciler, RunReport
+from vinr.client import VinrClient
+from vinr_recon.settings import Settings, require
+
+log = structlog.get_logger(__name__)
+
+
+async def reconcile_once(
+    settings: Settings,
+    *,
+    dry_run: bool = False,
+    since: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    engine: AsyncEngine | None = None,
+    redis: Redis | None = None,
+    client: VinrClient | None = None,
+) -> RunReport | None:
+    """Run one reconciliation now; None when another run holds the lock (it is skipped).
+
+    Resources passed in stay open; those created here are closed here.
+    """
+    require(settings, "vinr_api_key")
+    own_engine, own_redis, own_client = engine is None, redis is None, client is None
+    engine = engine or create_engine(settings.database_url)
+    redis = redis or Redis.from_url(settings.redis_url)
+    client = client or VinrClient.from_settings(settings)
+    try:
+        async with exclusive(redis) as acquired:
+            if not acquired:
+                log.info("reconciliation skipped: another run holds the lock")
+                return None
+            return await Reconciler(engine, client, dry_run=dry_run, progress=progress).run(since=since)
+    finally:
+        if own_client:
+            await client.aclose()
+        if own_redis:
+            await redis.aclose()
+        if own_engine:
+            await engine.dispose()
