@@ -123,14 +123,14 @@ class Event(_Model):
         try:
             return Invoice.model_validate(self.data_object)
         except ValidationError as exc:
-            raise InvalidEvent(f"event {self.id}: {_describe(exc)}") from None
+            raise InvalidEvent(f"event {self.id}: {describe_errors(exc)}") from None
 
 
 class InvalidEvent(ValueError):
     """The bytes are not a VINR event; the message says which field and why."""
 
 
-def _describe(exc: ValidationError) -> str:
+def describe_errors(exc: ValidationError) -> str:
     return "; ".join(
         f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors()
     )
@@ -148,4 +148,4 @@ def parse_event(body: bytes | str | dict[str, Any]) -> Event:
     try:
         return Event.model_validate(body)
     except ValidationError as exc:
-        raise InvalidEvent(_describe(exc)) from None
+        raise InvalidEvent(describe_errors(exc)) from None

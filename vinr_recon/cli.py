@@ -16,6 +16,7 @@ from vinr_recon.settings import ConfigurationError, Settings
 # Modules with `register(subparsers)`; each adds parsers whose default `run(args, settings)`
 # returns the exit status.
 COMMAND_MODULES: tuple[str, ...] = (
+    "reconcile.commands",
 )
 
 
