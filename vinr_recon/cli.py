@@ -17,6 +17,7 @@ from vinr_recon.settings import ConfigurationError, Settings
 # returns the exit status.
 COMMAND_MODULES: tuple[str, ...] = (
     "reconcile.commands",
+    "vinr.sandbox.commands",
 )
 
 
