@@ -212,12 +212,13 @@ async def _revive(conn: AsyncConnection, event_id: str, now: datetime) -> bool:
 
 
 async def record_dead(conn: AsyncConnection, event_id: str, event_type: str, body: bytes,
-                      headers: dict[str, str], error: str, received_at: datetime | None = None) -> None:
+                      headers: dict[str, str], error: str, received_at: datetime | None = None,
+                      source: str = "webhook") -> None:
     """Mark a received event dead (it stays visible, and replay can still apply it)."""
     now = datetime.now(UTC)
     await conn.execute(
         _insert(conn, received)
-        .values(event_id=event_id, type=event_type, body=body, headers=headers, source="webhook",
+        .values(event_id=event_id, type=event_type, body=body, headers=headers, source=source,
                 received_at=received_at or now, outcome="dead", error=error)
         .on_conflict_do_nothing()
     )

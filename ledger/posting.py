@@ -145,13 +145,20 @@ def entries_between(before: Facts, after: Facts, currency: str, *, voiding: bool
     ]
 
 
-def is_stale(position: Position, invoice: Invoice) -> bool:
-    """True for a snapshot older than the position: the lifecycle and amountPaid never go back."""
+def is_stale(position: Position, invoice: Invoice, event_at: int | None = None) -> bool:
+    """True for a snapshot older than the position: the lifecycle and amountPaid never go back,
+    and within one stage of it (a draft's edits, failed attempts) the older event loses."""
     if position.status is None:
         return False
     if position.status in FINAL and invoice.status != position.status:
         return True
-    return _RANK[invoice.status] < _RANK[position.status] or invoice.amount_paid < position.amount_paid
+    rank, held = _RANK[invoice.status], _RANK[position.status]
+    if rank < held or invoice.amount_paid < position.amount_paid:
+        return True
+    if rank == held and invoice.amount_paid == position.amount_paid:
+        # Time alone decides here; progress (a higher rank, more paid) never waits on clocks.
+        return event_at is not None and position.last_event_at is not None and event_at < position.last_event_at
+    return False
 
 
 def post(position: Position, invoice: Invoice, *, authoritative: bool = False, event_at: int | None = None) -> Outcome:
@@ -164,7 +171,7 @@ def post(position: Position, invoice: Invoice, *, authoritative: bool = False, e
     """
     if invoice.id != position.invoice_id:
         raise ValueError(f"snapshot of {invoice.id} applied to position of {position.invoice_id}")
-    if not authoritative and is_stale(position, invoice):
+    if not authoritative and is_stale(position, invoice, event_at):
         return Outcome(position=position, stale=True)
 
     target = target_facts(invoice)

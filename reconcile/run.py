@@ -7,8 +7,8 @@ return. Memory holds one page at a time and the ids of the open invoices seen.
 
 from __future__ import annotations
 
-import itertools
 import json
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -18,8 +18,8 @@ import structlog
 from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ledger.book import apply_event, apply_snapshot, lock_position, position_from_row, positions, received
-from ledger.posting import FINAL, Position
+from ledger.book import apply_event, record_dead, apply_snapshot, lock_position, position_from_row, positions, received
+from ledger.posting import FINAL, CannotApply, Position
 from ledger.tables import Finding as FindingRow, JournalEntry, ReconciliationRun
 from reconcile.diff import CATEGORIES, MISSING_AT_VINR, Finding, compare
 from vinr.client import NotFound, VinrClient, VinrError
@@ -124,6 +124,8 @@ class Reconciler:
         requests_before = self.client.requests_made
         log.info("reconciliation started", run_id=run_id, window_start=window, dry_run=self.dry_run)
         try:
+            # Backfill first: missed events bring their own side effects, and VINR's answer
+            # now, read after them, has the last word (an event is never newer than it).
             events_since = max(window or 0, int((now - EVENTS_RETENTION).timestamp()))
             await self._backfill(report, events_since)
             seen_open = await self._sweep(report, window)
@@ -177,8 +179,16 @@ class Reconciler:
                 except InvalidEvent as exc:
                     log.warning("backfill skipped an unreadable event", event_id=raw.get("id"), error=str(exc))
                     continue
-                async with self.engine.begin() as conn:
-                    result = await apply_event(conn, event, _canonical(raw), {}, source="backfill")
+                body = _canonical(raw)
+                try:
+                    async with self.engine.begin() as conn:
+                        result = await apply_event(conn, event, body, {}, source="backfill")
+                except (InvalidEvent, CannotApply) as exc:
+                    # Kept as dead for a person to see; the sweep below still moves the invoice.
+                    async with self.engine.begin() as conn:
+                        await record_dead(conn, event.id, event.type, body, {}, str(exc), source="backfill")
+                    log.warning("backfilled event cannot be applied", event_id=event.id, error=str(exc))
+                    continue
                 report.events_backfilled += result.outcome != "duplicate"
 
     async def _sweep(self, report: RunReport, window: int | None) -> set[str]:
@@ -187,8 +197,11 @@ class Reconciler:
         async for page in _batches(self.client.iter_invoices(created_gte=window), PAGE):
             held = await self._positions([inv.id for inv in page])
             for invoice in page:
-                await self._check(report, held.get(invoice.id), invoice, invoice.id)
-                if invoice.status not in FINAL:
+                position = held.get(invoice.id)
+                await self._check(report, position, invoice, invoice.id)
+                # Open on either side: the re-fetch must not check it again (a dry run leaves
+                # the ledger's stale status as it was).
+                if invoice.status not in FINAL or (position and position.status not in FINAL):
                     seen_open.add(invoice.id)
             self.progress(len(page))
         return seen_open
@@ -201,7 +214,8 @@ class Reconciler:
         async with self.engine.connect() as conn:
             ids = [i for i in (await conn.execute(select(positions.c.invoice_id).where(condition))).scalars()
                    if i not in seen_open]
-        for batch in itertools.batched(ids, PAGE):
+        for start in range(0, len(ids), PAGE):
+            batch = ids[start:start + PAGE]
             held = await self._positions(list(batch))
             for invoice_id in batch:
                 try:
@@ -221,6 +235,8 @@ class Reconciler:
         report.invoices_checked += 1
         found = compare(position, invoice, invoice_id)
         if not found:
+            if invoice is not None and _draft_edited(position, invoice) and not self.dry_run:
+                await self._correct(report, invoice)  # keeps the ledger's copy of the draft current
             return
         report.counts.update(f.category for f in found)
         corrected, entry_ids = False, []
@@ -240,13 +256,19 @@ class Reconciler:
         """Move the ledger to VINR's answer through the posting rule; entries name this run."""
         async with self.engine.begin() as conn:
             position = await lock_position(conn, invoice.id)
+            # Stamped with the time of VINR's answer, so an older webhook arriving later is stale.
             outcome = await apply_snapshot(conn, invoice, source="reconciliation", run_id=report.run_id,
-                                           authoritative=True, position=position)
+                                           authoritative=True, position=position, event_at=int(time.time()))
             entry_ids = list((await conn.execute(
                 select(journal.c.id).where(journal.c.run_id == report.run_id, journal.c.invoice_id == invoice.id)
             )).scalars()) if outcome.entries else []
         report.corrections_posted += len(outcome.entries)
         return True, entry_ids
+
+
+def _draft_edited(position: Position | None, invoice: Invoice) -> bool:
+    return invoice.status == "draft" and position is not None and (
+        position.total, position.amount_due) != (invoice.total, invoice.amount_due)
 
 
 def _canonical(raw: dict) -> bytes:

@@ -44,3 +44,8 @@ def test_currency_mismatch():
 def test_missing_at_vinr():
     [finding] = compare(booked(), None, "inv_1")
     assert (finding.category, finding.ledger_value) == (MISSING_AT_VINR, "open")
+
+
+def test_a_drafts_edits_are_not_drift():
+    draft = post(Position("inv_1"), invoice(status="draft", total=0, amount_due=0)).position
+    assert compare(draft, invoice(status="draft", total=500, amount_due=500), "inv_1") == []
