@@ -1,0 +1,67 @@
+"""GET /healthz, /readyz and /metrics: what an orchestrator and Prometheus ask."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+
+import structlog
+from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from receiver.metrics import CONTENT_TYPE, Metrics
+
+log = structlog.get_logger("receiver.health")
+
+CHECK_TIMEOUT = 1.0  # seconds per dependency; a probe must answer well before its own timeout
+
+
+async def healthz(request: Request) -> Response:
+    """200 as long as the process serves requests."""
+    return JSONResponse({"status": "ok"})
+
+
+async def _database_answers(engine: AsyncEngine) -> None:
+    async with engine.connect() as connection:
+        await connection.execute(text("SELECT 1"))
+
+
+async def _check(name: str, probe: Awaitable[object]) -> str | None:
+    """None when `probe` finishes within the timeout, else the name of what went wrong."""
+    try:
+        await asyncio.wait_for(probe, CHECK_TIMEOUT)
+    except Exception as exc:  # any failure means "not ready"; the detail goes to the log only
+        problem = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
+        log.warning("readiness check failed", check=name, error=problem, detail=str(exc)[:200])
+        return problem
+    return None
+
+
+async def readyz(request: Request) -> Response:
+    """200 when Redis answers PING and the database `SELECT 1`; else 503 naming what failed."""
+    redis: Redis = request.state.redis
+    engine: AsyncEngine = request.state.engine
+    redis_problem, database_problem = await asyncio.gather(
+        _check("redis", redis.ping()), _check("database", _database_answers(engine))
+    )
+    checks = {"redis": redis_problem or "ok", "database": database_problem or "ok"}
+    failed = [name for name, state in checks.items() if state != "ok"]
+    if failed:
+        return JSONResponse({"status": "unavailable", "failed": failed, "checks": checks}, 503)
+    return JSONResponse({"status": "ready", "checks": checks})
+
+
+async def metrics(request: Request) -> Response:
+    """The Prometheus text format; the queue depth is read from Redis at scrape time."""
+    registry: Metrics = request.state.metrics
+    redis: Redis = request.state.redis
+    try:
+        depth = await asyncio.wait_for(redis.zcard(request.state.settings.queue_name), CHECK_TIMEOUT)
+    except Exception as exc:  # the scrape still answers; NaN says the depth is unknown
+        log.warning("queue depth unavailable", error=type(exc).__name__)
+        depth = float("nan")
+    registry.queue_depth.set(depth)
+    return Response(registry.render(), media_type=CONTENT_TYPE)

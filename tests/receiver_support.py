@@ -1,0 +1,167 @@
+"""Helpers shared by the receiver's tests (no tests here): a real HTTP server around the app,
+signed deliveries, a private redis-server that can be stopped and restarted, a log capture.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import shutil
+import socket
+import subprocess
+import time
+from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+import structlog
+import uvicorn
+from redis.asyncio import Redis
+from starlette.applications import Starlette
+
+from conftest import WEBHOOK_SECRET, unique
+from vinr.signature import sign
+from vinr_recon.jobs import job_key, result_key
+from vinr_recon.logging import configure_logging
+from vinr_recon.settings import Settings
+
+# Every signature value a test sends, so the log check can look for each of them.
+SENT_SIGNATURES: set[str] = set()
+
+
+def event_body(event_id: str | None = None, event_type: str = "invoice.paid") -> bytes:
+    event = {
+        "id": event_id or unique("evt"),
+        "object": "event",
+        "type": event_type,
+        "created": int(time.time()),
+        "livemode": False,
+        "data": {"object": {"id": unique("inv"), "object": "invoice", "status": "paid", "total": 1200,
+                            "amountPaid": 1200, "amountDue": 0, "currency": "EUR"}},
+    }
+    return json.dumps(event).encode()
+
+
+def signed(body: bytes, secret: str = WEBHOOK_SECRET, at: int | None = None) -> dict[str, str]:
+    """The headers of a VINR delivery of `body`."""
+    header = sign(body, secret, int(time.time()) if at is None else at)
+    SENT_SIGNATURES.add(header.partition("v1=")[2])
+    return {"content-type": "application/json", "x-vinr-signature": header}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@asynccontextmanager
+async def served(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+    """`app` under a real uvicorn on a free port, with its lifespan; a client pointed at it."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_config=None, access_log=False, ws="none", lifespan="on")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            await task  # raises what stopped the start-up
+        await asyncio.sleep(0.005)
+    try:
+        limits = httpx.Limits(max_connections=100)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=10) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+async def queued_ids(redis: Redis, settings: Settings) -> list[str]:
+    return [member.decode() for member in await redis.zrange(settings.queue_name, 0, -1)]
+
+
+async def forget_queue(redis: Redis, queue_name: str) -> None:
+    """Delete a test queue and its jobs and results: they have no expiry on the shared Redis."""
+    ids = [member.decode() for member in await redis.zrange(queue_name, 0, -1)]
+    keys = [key for job_id in ids for key in (job_key(job_id), result_key(job_id))]
+    await redis.delete(queue_name, *keys)
+
+
+class PrivateRedis:
+    """A redis-server of our own on a free port, to stop, restart or starve of memory."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--daemonize", "no"]
+        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.1) as probe:
+                    probe.sendall(b"PING\r\n")
+                    if probe.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.01)
+        raise RuntimeError("private redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(5)
+            self.process = None
+
+
+@pytest.fixture
+def private_redis():
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    server = PrivateRedis()
+    server.start()
+    yield server
+    server.stop()
+
+
+class LogCapture:
+    """Everything logged, rendered as in production (JSON), kept in memory.
+
+    `close()` puts the logging configuration back as it was, for the test files that follow.
+    """
+
+    def __init__(self) -> None:
+        root = logging.getLogger()
+        self._saved = (list(root.handlers), root.level, structlog.get_config())
+        configure_logging("DEBUG", json=True)
+        self.stream = io.StringIO()
+        self.handler = logging.StreamHandler(self.stream)
+        self.handler.setFormatter(root.handlers[0].formatter)
+        root.addHandler(self.handler)
+
+    def lines(self) -> list[dict]:
+        return [json.loads(line) for line in self.stream.getvalue().splitlines() if line.startswith("{")]
+
+    def text(self) -> str:
+        return self.stream.getvalue()
+
+    def close(self) -> None:
+        root = logging.getLogger()
+        handlers, level, config = self._saved
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        structlog.configure(**config)
+
+
+def assert_no_secret_in(text: str) -> None:
+    assert WEBHOOK_SECRET not in text
+    leaked = [value for value in SENT_SIGNATURES if value and value in text]
+    assert not leaked, f"signature values in the logs: {leaked[:3]}"

@@ -1,0 +1,334 @@
+"""POST /webhooks/vinr over real HTTP against the real Redis: 2xx only once the event is queued."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import tracemalloc
+
+import pytest
+from arq.jobs import deserialize_job
+from redis.asyncio import Redis
+
+from conftest import REDIS_URL, unique
+from receiver.app import create_app
+from receiver.webhooks import identify
+from receiver_support import (
+    LogCapture,
+    assert_no_secret_in,
+    event_body,
+    forget_queue,
+    private_redis,  # noqa: F401 (fixture)
+    queued_ids,
+    served,
+    signed,
+)
+from vinr.events import InvalidEvent, parse_event
+from vinr.signature import Reason
+from vinr_recon.jobs import APPLY_EVENT, job_key
+
+URL = "/webhooks/vinr"
+
+
+@pytest.fixture(scope="module")
+def logs():
+    capture = LogCapture()
+    yield capture
+    capture.close()
+
+
+@pytest.fixture(autouse=True)
+def _every_test_is_logged(logs):
+    """Every test of this file logs into the capture that the last test inspects."""
+
+
+@pytest.fixture
+async def redis(settings):
+    client = Redis.from_url(REDIS_URL)
+    yield client
+    await forget_queue(client, settings.queue_name)
+    await client.aclose()
+
+
+@pytest.fixture
+async def client(settings):
+    async with served(create_app(settings)) as client:
+        yield client
+
+
+async def assert_nothing_queued(redis, settings, body=None):
+    assert await redis.zcard(settings.queue_name) == 0
+    if body is not None:
+        assert not await redis.exists(job_key(json.loads(body)["id"]))
+
+
+# --- signatures -------------------------------------------------------------------------
+
+
+def header_for(reason: Reason, body: bytes) -> dict[str, str]:
+    if reason is Reason.MISSING_HEADER:
+        return {}
+    if reason is Reason.MALFORMED_HEADER:
+        return {"x-vinr-signature": "this is not a signature"}
+    if reason is Reason.NO_V1_SIGNATURE:
+        return {"x-vinr-signature": f"t={int(time.time())},v0=deadbeef"}
+    if reason is Reason.NO_MATCHING_SIGNATURE:
+        return signed(body, secret="whsec_someone_else")
+    if reason is Reason.TIMESTAMP_TOO_OLD:
+        return signed(body, at=int(time.time()) - 301)
+    if reason is Reason.TIMESTAMP_TOO_NEW:
+        return signed(body, at=int(time.time()) + 301)
+    raise AssertionError(reason)
+
+
+@pytest.mark.parametrize("reason", list(Reason))
+async def test_every_signature_failure_is_a_400_with_its_reason_and_nothing_queued(client, redis, settings, reason):
+    body = event_body()
+    response = await client.post(URL, content=body, headers=header_for(reason, body))
+    assert response.status_code == 400
+    assert response.json() == {"error": reason.value}
+    await assert_nothing_queued(redis, settings, body)
+
+
+async def test_a_body_changed_after_signing_is_rejected(client, redis, settings):
+    body = event_body()
+    response = await client.post(URL, content=body + b" ", headers=signed(body))
+    assert (response.status_code, response.json()) == (400, {"error": "no matching signature"})
+    await assert_nothing_queued(redis, settings)
+
+
+async def test_the_rejection_is_logged_at_warning_with_the_request_id(client, logs):
+    body = event_body()
+    headers = {**signed(body, secret="whsec_someone_else"), "x-request-id": "req-signature-test"}
+    response = await client.post(URL, content=body, headers=headers)
+    assert response.headers["x-request-id"] == "req-signature-test"
+    [line] = [line for line in logs.lines() if line.get("request_id") == "req-signature-test"]
+    assert line["level"] == "warning" and line["reason"] == "no matching signature"
+
+
+# --- accepted deliveries ----------------------------------------------------------------
+
+
+async def test_a_valid_event_is_queued_once_then_answered_200(client, redis, settings):
+    event_id = unique("evt")
+    body = event_body(event_id)
+    before_ms = int(time.time() * 1000)
+    sent = {**signed(body), "x-request-id": "req-1"}
+    response = await client.post(URL, content=body, headers=sent)
+
+    assert (response.status_code, response.json()) == (200, {"received": True})
+    assert await queued_ids(redis, settings) == [event_id]
+    score = await redis.zscore(settings.queue_name, event_id)
+    assert before_ms - 1000 <= score <= time.time() * 1000
+    job = deserialize_job(await redis.get(job_key(event_id)))
+    assert job.function == APPLY_EVENT and job.kwargs == {} and job.job_try is None
+    assert job.enqueue_time.timestamp() * 1000 == pytest.approx(score, abs=1)
+    job_event_id, event_type, raw, headers, received_at = job.args
+    assert (job_event_id, event_type, raw) == (event_id, "invoice.paid", body)
+    assert set(headers) == {"content-type", "user-agent", "x-vinr-signature", "x-request-id"}
+    assert {name: headers[name] for name in sent} == sent  # exactly as received
+    assert abs(received_at - time.time()) < 5
+    assert await redis.ttl(job_key(event_id)) == -1  # an acknowledged event never expires unrun
+
+
+async def test_header_names_are_case_insensitive(client, redis, settings):
+    body = event_body()
+    headers = {name.upper(): value for name, value in signed(body).items()}
+    assert (await client.post(URL, content=body, headers=headers)).status_code == 200
+    assert await redis.zcard(settings.queue_name) == 1
+
+
+async def test_a_duplicate_delivery_gets_the_same_200_and_no_second_job(client, redis, settings):
+    body = event_body()
+    first = await client.post(URL, content=body, headers=signed(body))
+    again = await client.post(URL, content=body, headers=signed(body))
+    assert first.json() == again.json() == {"received": True}
+    assert first.status_code == again.status_code == 200
+    assert await redis.zcard(settings.queue_name) == 1
+
+
+async def test_50_concurrent_deliveries_of_one_event_give_50_200s_and_one_job(client, redis, settings):
+    event_id = unique("evt")
+    body = event_body(event_id)
+    responses = await asyncio.gather(*(client.post(URL, content=body, headers=signed(body)) for _ in range(50)))
+    assert [r.status_code for r in responses] == [200] * 50
+    assert await queued_ids(redis, settings) == [event_id]
+
+
+async def test_unknown_event_types_are_queued_too(client, redis, settings):
+    event_id = unique("evt")
+    body = event_body(event_id, event_type="customer.created")
+    assert (await client.post(URL, content=body, headers=signed(body))).status_code == 200
+    assert deserialize_job(await redis.get(job_key(event_id))).args[1] == "customer.created"
+
+
+# --- bodies that are not events, or too large -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"id": "evt_1", "type": ', b"", b"[]", b'[{"id": "evt_1"}]', b'"evt_1"', b"null",
+     b'{"object": "event", "type": "invoice.paid", "created": 1, "data": {}}',
+     b'{"id": "", "object": "event", "type": "invoice.paid", "created": 1, "data": {}}'],
+    ids=["malformed JSON", "empty", "empty array", "array", "string", "null", "no id", "empty id"],
+)
+async def test_a_signed_body_that_is_not_an_event_is_a_400(client, redis, settings, body):
+    response = await client.post(URL, content=body, headers=signed(body))
+    assert response.status_code == 400
+    assert response.json()["error"].startswith("not an event")
+    await assert_nothing_queued(redis, settings)
+
+
+NAN_EVENT = b'{"id": "evt_nan", "object": "event", "type": "invoice.paid", "created": 1, "data": {"x": NaN}}'
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        event_body("evt_same"),
+        NAN_EVENT,
+        b"\xef\xbb\xbf" + event_body("evt_bom"),
+        event_body("evt_u16").decode().encode("utf-16"),
+        b"",
+        b"[]",
+        b"{",
+        b"\xff\xfe\x00",
+        b'{"id": 1, "object": "event", "type": "x", "created": 1, "data": {}}',
+        b'{"id": "evt_1", "object": "event", "type": "x", "created": 1.5, "data": {}}',
+        b'{"id": "evt\t1", "object": "event", "type": "x", "created": 1, "data": {}}',
+    ],
+    ids=["event", "NaN", "BOM", "UTF-16", "empty", "array", "truncated", "not UTF-8", "int id", "float created",
+         "raw tab in a string"],
+)
+def test_identify_accepts_and_refuses_exactly_what_parse_event_does(body):
+    try:
+        expected = parse_event(body)
+    except InvalidEvent as exc:
+        with pytest.raises(InvalidEvent) as caught:
+            identify(body)
+        assert str(caught.value) == str(exc)
+    else:
+        assert identify(body) == (expected.id, expected.type)
+
+
+async def test_a_declared_length_over_the_limit_is_refused_before_any_body_arrives(settings, redis):
+    settings.vinr_webhook_max_body = 1024
+    async with served(create_app(settings)) as client:
+        reader, writer = await asyncio.open_connection(client.base_url.host, client.base_url.port)
+        # Headers only: if the server waited for the body, no answer would come.
+        writer.write(f"POST {URL} HTTP/1.1\r\nhost: x\r\ncontent-length: 1025\r\n\r\n".encode())
+        status_line = await asyncio.wait_for(reader.readline(), 2)
+        writer.close()
+        assert status_line.startswith(b"HTTP/1.1 413")
+        fits = event_body()
+        assert len(fits) <= 1024
+        assert (await client.post(URL, content=fits, headers=signed(fits))).status_code == 200
+    assert await redis.zcard(settings.queue_name) == 1
+
+
+@pytest.mark.parametrize("declare_length", [False, True], ids=["chunked", "content-length"])
+async def test_50_mb_over_a_1_mib_limit_is_413_without_holding_the_body(settings, redis, declare_length):
+    settings.vinr_webhook_max_body = 1024 * 1024
+    chunk, chunks = b"x" * 65536, 800  # 50 MiB, streamed
+
+    async def upload():
+        for _ in range(chunks):
+            yield chunk
+
+    headers = {"x-vinr-signature": "t=1,v1=00"}
+    if declare_length:
+        headers["content-length"] = str(len(chunk) * chunks)
+    async with served(create_app(settings)) as client:
+        tracemalloc.start()
+        try:
+            response = await client.post(URL, content=upload(), headers=headers)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert response.status_code == 413
+    assert peak < 8 * 1024 * 1024, f"peak traced memory {peak / 2**20:.1f} MiB while 50 MiB went by"
+
+
+# --- when Redis cannot take it ----------------------------------------------------------
+
+
+async def test_redis_unreachable_is_a_503_with_retry_after_within_2_s(settings, redis):
+    settings.redis_url = "redis://127.0.0.1:1/0"  # nothing listens there
+    async with served(create_app(settings)) as client:
+        body = event_body()
+        started = time.monotonic()
+        response = await client.post(URL, content=body, headers=signed(body))
+        assert time.monotonic() - started < 2
+    assert response.status_code == 503 and int(response.headers["retry-after"]) > 0
+    assert response.json() == {"error": "queue unavailable"}
+
+
+async def test_redis_down_then_back_loses_nothing_and_duplicates_nothing(settings, private_redis):
+    settings.redis_url = private_redis.url
+    event_id = unique("evt")
+    body = event_body(event_id)
+    async with served(create_app(settings)) as client:
+        warm = event_body()
+        assert (await client.post(URL, content=warm, headers=signed(warm))).status_code == 200
+
+        private_redis.stop()
+        started = time.monotonic()
+        down = await client.post(URL, content=body, headers=signed(body))
+        assert down.status_code == 503 and time.monotonic() - started < 2
+
+        private_redis.start()  # empty, and without our script: NOSCRIPT, load, resend
+        retried = await client.post(URL, content=body, headers=signed(body))
+        again = await client.post(URL, content=body, headers=signed(body))
+        assert retried.status_code == again.status_code == 200
+
+    redis = Redis.from_url(private_redis.url)
+    try:
+        assert await queued_ids(redis, settings) == [event_id]
+    finally:
+        await redis.aclose()
+
+
+async def test_a_redis_that_never_answers_is_a_503_within_2_s(settings):
+    async def swallow(reader, writer):
+        await reader.read()  # reads everything, answers nothing
+        writer.close()
+
+    black_hole = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = black_hole.sockets[0].getsockname()[1]
+    settings.redis_url = f"redis://127.0.0.1:{port}/0"
+    try:
+        async with served(create_app(settings)) as client:
+            body = event_body()
+            started = time.monotonic()
+            response = await client.post(URL, content=body, headers=signed(body))
+            assert time.monotonic() - started < 2
+            assert response.status_code == 503 and "retry-after" in response.headers
+    finally:
+        black_hole.close()
+        await black_hole.wait_closed()
+
+
+async def test_redis_out_of_memory_is_a_503_then_accepted_once_it_has_room(settings, private_redis):
+    settings.redis_url = private_redis.url
+    redis = Redis.from_url(private_redis.url)
+    body = event_body()
+    try:
+        async with served(create_app(settings)) as client:
+            await redis.config_set("maxmemory", 1)  # every write now fails with OOM (noeviction)
+            full = await client.post(URL, content=body, headers=signed(body))
+            assert full.status_code == 503
+            await redis.config_set("maxmemory", 0)
+            assert (await client.post(URL, content=body, headers=signed(body))).status_code == 200
+        assert await redis.zcard(settings.queue_name) == 1
+    finally:
+        await redis.aclose()
+
+
+# --- last: the logs of everything above -------------------------------------------------
+
+
+def test_the_logs_of_this_file_hold_no_secret_and_no_signature(logs):
+    text = logs.text()
+    assert "webhook signature rejected" in text and "queue unavailable" in text  # it did capture
+    assert_no_secret_in(text)
