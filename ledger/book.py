@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -55,12 +55,18 @@ def position_from_row(row) -> Position:
     )
 
 
+_SELECT_FOR_UPDATE = select(positions).where(positions.c.invoice_id == bindparam("invoice_id")).with_for_update()
+
+
 async def lock_position(conn: AsyncConnection, invoice_id: str) -> Position:
     """The invoice's position, created empty if new, locked until the transaction ends."""
-    await conn.execute(_insert(conn, positions).values(invoice_id=invoice_id).on_conflict_do_nothing())
-    row = (
-        await conn.execute(select(positions).where(positions.c.invoice_id == invoice_id).with_for_update())
-    ).one()
+    # Most positions exist: lock and read in one statement, and insert only when there is none.
+    row = (await conn.execute(_SELECT_FOR_UPDATE, {"invoice_id": invoice_id})).first()
+    if row is None:
+        insert = _insert(conn, positions).values(invoice_id=invoice_id).on_conflict_do_nothing()
+        row = (await conn.execute(insert.returning(*positions.c))).first()
+    if row is None:  # another transaction created it meanwhile: wait for its lock
+        row = (await conn.execute(_SELECT_FOR_UPDATE, {"invoice_id": invoice_id})).one()
     return position_from_row(row)
 
 

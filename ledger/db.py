@@ -26,8 +26,11 @@ def is_sqlite(engine: AsyncEngine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def create_engine(url: str, *, writer: bool = True, pool_size: int = 10) -> AsyncEngine:
+def create_engine(url: str, *, writer: bool = True, pool_size: int = 10, pre_ping: bool = True) -> AsyncEngine:
     """An async engine for `url`.
+
+    `pre_ping` tests a PostgreSQL connection each time it is checked out (asyncpg spends three
+    round trips on it); a caller that retries on a broken connection anyway can do without.
 
     On SQLite a `writer` engine opens every transaction with `BEGIN IMMEDIATE`: the write lock is
     taken before the first read, so a read-then-write is never based on a stale snapshot (Python's
@@ -36,7 +39,7 @@ def create_engine(url: str, *, writer: bool = True, pool_size: int = 10) -> Asyn
     """
     full = async_url(url)
     if make_url(full).get_backend_name() != "sqlite":
-        return create_async_engine(full, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        return create_async_engine(full, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=pre_ping)
 
     engine = create_async_engine(full, connect_args={"timeout": 30})
 

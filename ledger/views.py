@@ -1,0 +1,112 @@
+"""Read-side queries for the merchant's API (contract section 5), as JSON-ready dicts.
+
+Amounts are integers in minor units; times are ISO 8601 in UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ledger.book import trial_balance
+from ledger.tables import InvoicePosition, JournalEntry, Posting, ReceivedEvent
+
+positions = InvoicePosition.__table__
+entries = JournalEntry.__table__
+postings = Posting.__table__
+received = ReceivedEvent.__table__
+
+
+async def invoice_view(conn: AsyncConnection, invoice_id: str) -> dict | None:
+    """The ledger's view of one invoice, or None if the ledger never saw it.
+
+    `entries` are every journal entry with its postings, oldest first; `events` every event
+    received for the invoice with its outcome; `corrections` the entries reconciliation posted.
+    """
+    row = (await conn.execute(select(positions).where(positions.c.invoice_id == invoice_id))).first()
+    if row is None or row.status is None:
+        return None
+    journal = await _entries(conn, invoice_id)
+    return {
+        "id": row.invoice_id,
+        "status": row.status,
+        "currency": row.currency,
+        "total": row.total,
+        "amountPaid": row.amount_paid,
+        "amountDue": row.amount_due,
+        "customer": row.customer,
+        "number": row.number,
+        "writtenOff": row.written_off,
+        "credited": row.credited,
+        "attemptCount": row.attempt_count,
+        "created": row.created,
+        "paidAt": row.paid_at,
+        "lastEventAt": row.last_event_at,
+        "updatedAt": _iso(row.updated_at),
+        "entries": journal,
+        "events": await _events(conn, invoice_id),
+        "corrections": [entry for entry in journal if entry["source"] == "reconciliation"],
+    }
+
+
+async def _entries(conn: AsyncConnection, invoice_id: str) -> list[dict]:
+    rows = await conn.execute(
+        select(entries, postings.c.account, postings.c.direction, postings.c.amount,
+               postings.c.currency.label("posting_currency"))
+        .join(postings, postings.c.entry_id == entries.c.id)
+        .where(entries.c.invoice_id == invoice_id)
+        .order_by(entries.c.id, postings.c.id)
+    )
+    by_id: dict[int, dict] = {}
+    for row in rows:
+        entry = by_id.get(row.id)
+        if entry is None:
+            entry = by_id[row.id] = {
+                "id": row.id,
+                "kind": row.kind,
+                "currency": row.currency,
+                "source": row.source,
+                "eventId": row.event_id,
+                "runId": row.run_id,
+                "effectiveAt": _iso(row.effective_at),
+                "recordedAt": _iso(row.recorded_at),
+                "postings": [],
+            }
+        entry["postings"].append({"account": row.account, "direction": row.direction,
+                                  "amount": row.amount, "currency": row.posting_currency})
+    return list(by_id.values())
+
+
+async def _events(conn: AsyncConnection, invoice_id: str) -> list[dict]:
+    rows = await conn.execute(
+        select(received.c.event_id, received.c.type, received.c.source, received.c.outcome, received.c.created,
+               received.c.received_at, received.c.applied_at, received.c.error)
+        .where(received.c.invoice_id == invoice_id)
+        .order_by(received.c.id)
+    )
+    return [
+        {"id": row.event_id, "type": row.type, "source": row.source, "outcome": row.outcome,
+         "created": row.created, "receivedAt": _iso(row.received_at), "appliedAt": _iso(row.applied_at),
+         "error": row.error}
+        for row in rows
+    ]
+
+
+async def balances(conn: AsyncConnection) -> dict:
+    """Per account and currency: debits, credits and balance (debits - credits)."""
+    return {
+        "balances": [
+            {"account": account, "currency": currency, "debits": debits, "credits": credits,
+             "balance": debits - credits}
+            for (account, currency), (debits, credits) in (await trial_balance(conn)).items()
+        ]
+    }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    # SQLite hands back naive datetimes; the ledger writes UTC.
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()

@@ -1,0 +1,101 @@
+"""VINR as the tests see it: invoice snapshots, event bodies, lifecycles, and queued jobs.
+
+`snapshot` follows contract section 3 (amountDue by status); `lifecycles` is a hypothesis
+strategy that simulates one invoice from draft to its end and yields the events VINR would
+send; `enqueue` puts jobs on an arq queue in the receiver's exact format.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+from arq.jobs import serialize_job
+from hypothesis import strategies as st
+
+from vinr_recon.jobs import APPLY_EVENT, job_key
+
+T0 = 1_763_800_000
+
+
+def snapshot(invoice_id: str, status: str, total: int, paid: int = 0, *, currency: str = "EUR",
+             attempts: int = 0, **extra) -> dict:
+    """The invoice as VINR would send it, with amountDue following the status."""
+    due = total - paid if status in ("open", "uncollectible", "draft") else 0
+    return {"id": invoice_id, "object": "invoice", "customer": "cust_1", "status": status, "currency": currency,
+            "total": total, "subtotal": total, "amountPaid": paid, "amountDue": due, "attemptCount": attempts,
+            **extra}
+
+
+def body(event_id: str, event_type: str, invoice: dict, created: int = T0) -> bytes:
+    return json.dumps({"id": event_id, "object": "event", "type": event_type, "created": created,
+                       "data": {"object": invoice}}).encode()
+
+
+@dataclass(frozen=True)
+class Event:
+    id: str
+    type: str
+    invoice: dict
+    created: int
+
+    @property
+    def body(self) -> bytes:
+        return body(self.id, self.type, self.invoice, self.created)
+
+
+@st.composite
+def lifecycles(draw, invoice_id: str) -> list[Event]:
+    """One invoice's events, in VINR's order: draft, finalize, payments and failures, an end."""
+    currency = draw(st.sampled_from(["EUR", "USD", "JPY"]))
+    total = draw(st.one_of(st.integers(1, 500_000), st.integers(1, 500_000), st.integers(-50_000, 0)))
+    states: list[tuple[str, dict]] = []
+
+    def emit(event_type: str, status: str, paid: int, attempts: int = 0) -> None:
+        states.append((event_type, snapshot(invoice_id, status, total, paid, currency=currency, attempts=attempts)))
+
+    if draw(st.booleans()):
+        emit("invoice.created", "draft", 0)
+    if total <= 0:  # a zero or negative invoice is paid on finalize (a credit to the customer)
+        emit("invoice.finalized", "paid", 0)
+        emit("invoice.paid", "paid", 0)
+        return _events(invoice_id, states)
+
+    emit("invoice.finalized", "open", 0)
+    paid = attempts = 0
+    for step in draw(st.lists(st.sampled_from(["part", "fail"]), max_size=4)):
+        if step == "fail":
+            attempts += 1
+            emit("invoice.payment_failed", "open", paid, attempts)
+        elif total - paid > 1:
+            paid += draw(st.integers(1, total - paid - 1))
+            emit("invoice.updated", "open", paid, attempts)
+    end = draw(st.sampled_from(["paid", "void", "uncollectible", "open"]))
+    if end == "paid":
+        emit("invoice.paid", "paid", total, attempts)
+    elif end == "void":
+        emit("invoice.voided", "void", paid, attempts)
+    elif end == "uncollectible":
+        emit("invoice.marked_uncollectible", "uncollectible", paid, attempts)
+        if total - paid > 1 and draw(st.booleans()):
+            paid += draw(st.integers(1, total - paid - 1))
+            emit("invoice.updated", "uncollectible", paid, attempts)
+        if draw(st.booleans()):
+            emit("invoice.paid", "paid", total, attempts)  # paid late: a recovery
+    return _events(invoice_id, states)
+
+
+def _events(invoice_id: str, states: list[tuple[str, dict]]) -> list[Event]:
+    return [Event(f"evt_{invoice_id}_{i}", kind, invoice, T0 + i * 60) for i, (kind, invoice) in enumerate(states)]
+
+
+async def enqueue(redis, queue_name: str, events, *, job_id=lambda event: event.id) -> None:
+    """Queue `apply_event` jobs exactly as the receiver does (arq's format, no expiry)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for event in events:
+            now_ms = int(time.time() * 1000)
+            args = (event.id, event.type, event.body, {"content-type": "application/json"}, now_ms / 1000)
+            pipe.set(job_key(job_id(event)), serialize_job(APPLY_EVENT, args, {}, None, now_ms))
+            pipe.zadd(queue_name, {job_id(event): now_ms})
+        await pipe.execute()

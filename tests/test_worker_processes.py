@@ -1,0 +1,175 @@
+"""`vinr-recon worker` as real processes: two racing, one killed with SIGKILL, one refusing.
+
+Each worker is the command line in a subprocess, on the test's own queue and, for the races,
+the session's PostgreSQL database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+from arq.connections import RedisSettings, create_pool
+from sqlalchemy import func, select
+
+from conftest import clear_ledger
+from ledger.book import trial_balance
+from ledger.db import create_engine
+from ledger.tables import InvoicePosition, JournalEntry, Posting, ReceivedEvent
+from lifecycles import Event, enqueue, snapshot
+
+positions, entries, postings, received = (
+    InvoicePosition.__table__, JournalEntry.__table__, Posting.__table__, ReceivedEvent.__table__
+)
+pytestmark = pytest.mark.slow
+
+
+def start(settings, *args: str, cwd, log=subprocess.PIPE) -> subprocess.Popen:
+    """`vinr-recon <args>` with `settings` in its environment; its stderr (the log) to `log`."""
+    env = {**os.environ, "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
+           "QUEUE_NAME": settings.queue_name, "LOG_LEVEL": "INFO"}
+    return subprocess.Popen([sys.executable, "-m", "vinr_recon", *args], env=env, cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=log)
+
+
+async def finish(process: subprocess.Popen, timeout: float = 60) -> tuple[int, str, str]:
+    out, err = await asyncio.to_thread(process.communicate, timeout=timeout)
+    return process.returncode, out, err
+
+
+@pytest.fixture
+async def redis(settings):
+    pool = await create_pool(RedisSettings.from_dsn(settings.redis_url), default_queue_name=settings.queue_name)
+    yield pool
+    tag = settings.queue_name.rsplit("_", 1)[1]
+    keys = [key async for key in pool.scan_iter(match=f"arq:*{tag}*", count=1000)]
+    if keys:
+        await pool.delete(*keys)
+    await pool.aclose()
+
+
+@pytest.fixture
+async def pg(settings, pg_database):
+    """(settings on the session's PostgreSQL database, its engine), the ledger emptied."""
+    engine = create_engine(pg_database)
+    await clear_ledger(engine)
+    yield settings.model_copy(update={"database_url": pg_database}), engine
+    await engine.dispose()
+
+
+def invoices(tag: str, count: int, *, partial: bool) -> dict[str, list[Event]]:
+    """Each invoice's events: finalize, (a partial payment,) paid; amounts vary per invoice."""
+    lifecycles = {}
+    for i in range(count):
+        invoice_id, total = f"inv_{tag}_{i}", 1000 + i
+        steps = [("invoice.finalized", snapshot(invoice_id, "open", total))]
+        if partial:
+            steps.append(("invoice.updated", snapshot(invoice_id, "open", total, 400)))
+        steps.append(("invoice.paid", snapshot(invoice_id, "paid", total, total)))
+        lifecycles[invoice_id] = [Event(f"evt_{tag}_{i}_{n}", kind, inv, 1_763_800_000 + n)
+                                  for n, (kind, inv) in enumerate(steps)]
+    return lifecycles
+
+
+async def assert_each_fact_posted_once(engine, lifecycles: dict[str, list[Event]]) -> None:
+    """Every event recorded once; per invoice one finalize, clearing = total, nothing owed."""
+    async with engine.connect() as conn:
+        stored = Counter((await conn.execute(select(received.c.event_id))).scalars())
+        kinds = Counter((await conn.execute(select(entries.c.invoice_id, entries.c.kind))).all())
+        collected = dict((await conn.execute(
+            select(entries.c.invoice_id, func.sum(postings.c.amount))
+            .join(postings, postings.c.entry_id == entries.c.id)
+            .where(postings.c.account == "vinr_clearing", postings.c.direction == "debit")
+            .group_by(entries.c.invoice_id))).all())
+        states = dict((await conn.execute(select(positions.c.invoice_id, positions.c.status))).all())
+        balance = await trial_balance(conn)
+    assert stored == Counter({e.id: 1 for events in lifecycles.values() for e in events})
+    for invoice_id, events in lifecycles.items():
+        total = events[-1].invoice["total"]
+        assert kinds[(invoice_id, "finalize")] == 1 and collected[invoice_id] == total, invoice_id
+        assert states[invoice_id] == "paid"
+    debits, credits = balance[("accounts_receivable", "EUR")]
+    assert debits == credits == sum(e[-1].invoice["total"] for e in lifecycles.values())
+    assert sum(d for d, _ in balance.values()) == sum(c for _, c in balance.values())
+
+
+@pytest.mark.postgres
+async def test_two_workers_racing_over_the_same_invoices_post_each_fact_once(pg, redis, tmp_path):
+    settings, engine = pg
+    tag = settings.queue_name.rsplit("_", 1)[1]
+    lifecycles = invoices(tag, 100, partial=True)
+    events = [e for lifecycle in lifecycles.values() for e in lifecycle]
+    # Every event three times under distinct job ids (as after arq's result expired), mixed up.
+    jobs = [(e, n) for e in events for n in range(3)]
+    random.Random(5).shuffle(jobs)
+    for event, n in jobs:
+        await enqueue(redis, settings.queue_name, [event], job_id=lambda e, n=n: f"{e.id}:{n}")
+
+    workers = [start(settings, "worker", "--burst", cwd=tmp_path) for _ in range(2)]
+    finished = await asyncio.gather(*(finish(w) for w in workers))
+
+    assert [code for code, _, _ in finished] == [0, 0], [err[-2000:] for _, _, err in finished]
+    applied = [err.count('"event applied"') for _, _, err in finished]
+    assert all(n > 0 for n in applied) and sum(applied) == len(jobs)  # both took part, no job twice
+    await assert_each_fact_posted_once(engine, lifecycles)
+
+
+@pytest.mark.postgres
+async def test_a_worker_killed_mid_batch_loses_nothing(pg, redis, tmp_path):
+    settings, engine = pg
+    tag = settings.queue_name.rsplit("_", 1)[1]
+    lifecycles = invoices(tag, 300, partial=False)
+    events = [e for lifecycle in lifecycles.values() for e in lifecycle]
+    await enqueue(redis, settings.queue_name, events)
+
+    # A short job timeout, so arq hands the killed worker's jobs on after 2 + 10 s, not 70 s.
+    log = open(tmp_path / "victim.log", "w")  # not a pipe: nobody reads it until the end
+    victim = start(settings, "worker", "--job-timeout", "2", cwd=tmp_path, log=log)
+    deadline = time.monotonic() + 30
+    while await count(engine) < len(events) // 4:
+        assert time.monotonic() < deadline and victim.poll() is None, "the worker did not start applying"
+        await asyncio.sleep(0.01)
+    victim.send_signal(signal.SIGKILL)
+    await finish(victim)
+    log.close()
+    applied_before = await count(engine)
+    in_flight = [key async for key in redis.scan_iter(match=f"arq:in-progress:evt_{tag}_*", count=1000)]
+    assert applied_before < len(events) and in_flight, "the kill did not land mid-batch"
+
+    code, _, err = await finish(start(settings, "worker", "--burst", "--job-timeout", "2", cwd=tmp_path))
+    assert code == 0, err[-2000:]
+    await assert_each_fact_posted_once(engine, lifecycles)
+    assert await redis.zcard(settings.queue_name) == 0
+
+
+async def count(engine) -> int:
+    async with engine.connect() as conn:
+        return await conn.scalar(select(func.count()).select_from(received))
+
+
+async def test_the_command_line_migrates_then_runs_the_worker(settings, redis, tmp_path):
+    settings = settings.model_copy(update={"database_url": f"sqlite:///{tmp_path / 'cli.db'}"})
+    tag = settings.queue_name.rsplit("_", 1)[1]
+    lifecycle = invoices(tag, 1, partial=False)
+    await enqueue(redis, settings.queue_name, lifecycle[f"inv_{tag}_0"])
+
+    code, out, _ = await finish(start(settings, "worker", "--burst", cwd=tmp_path))
+    assert code == 2 and "run `vinr-recon db upgrade`" in out
+    assert await redis.zcard(settings.queue_name) == 2  # nothing taken from the queue
+
+    code, out, _ = await finish(start(settings, "db", "upgrade", cwd=tmp_path))
+    assert code == 0 and "ledger schema up to date" in out
+    code, _, err = await finish(start(settings, "worker", "--burst", cwd=tmp_path))
+    assert code == 0 and err.count('"event applied"') == 2
+    engine = create_engine(settings.database_url)
+    try:
+        await assert_each_fact_posted_once(engine, lifecycle)
+    finally:
+        await engine.dispose()

@@ -1,0 +1,135 @@
+"""Group commit: the events that concurrent jobs are applying, written in one transaction.
+
+Each job hands its event to the `Batcher` and waits for its own result; whatever is waiting
+when a transaction ends goes into the next one. A job therefore still returns only once its
+event's outcome is committed, and a failed transaction fails each of its jobs, which retry on
+their own (arq's Retry). One event never fails the others: an event that cannot apply is set
+apart with its error, and a batch the database refuses is tried again event by event, so only
+the culprit fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ledger.batch import PoisonInBatch, Received, apply_events
+from ledger.book import ConcurrentUpdate, EventResult
+
+Waiting = tuple[Received, asyncio.Future[EventResult]]
+
+
+class Batcher:
+    """Writes up to `max_batch` waiting events per transaction, one transaction at a time.
+
+    A batch waits up to `linger` seconds to fill; each transaction gets `timeout` seconds and a
+    batch with its retries twice that. `lock` is held around each transaction (SQLite's writer).
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        max_batch: int = 50,
+        linger: float = 0.0,
+        timeout: float = 15.0,
+        lock: asyncio.Lock | None = None,
+    ) -> None:
+        self._engine = engine
+        self._max_batch = max_batch
+        self._linger = linger
+        self._timeout = timeout
+        self._lock = lock or contextlib.nullcontext()
+        self._pending: list[Waiting] = []
+        self._full = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+        self.transactions = self.events = 0  # committed, for the mean batch size
+
+    async def apply(self, item: Received) -> EventResult:
+        """Apply one event with whatever else is waiting; returns once its outcome is committed.
+
+        Raises what its transaction raised (to be retried), or `CannotApply` for this event.
+        """
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        if len(self._pending) >= self._max_batch:
+            self._full.set()
+        if self._flusher is None:
+            # A fresh context: the flusher serves many jobs and must not log as the first.
+            self._flusher = asyncio.create_task(self._drain(), context=contextvars.Context())
+        return await future
+
+    async def close(self) -> None:
+        """Let the batch in flight finish (its jobs may still be waiting for their answer)."""
+        if self._flusher is not None:
+            await asyncio.wait([self._flusher])
+
+    async def _drain(self) -> None:
+        """Write what is waiting, batch after batch, until nothing is."""
+        try:
+            while self._pending:
+                if self._linger and len(self._pending) < self._max_batch:
+                    # Wait a moment for more: a transaction costs about as much as ten events.
+                    self._full.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self._linger):
+                            await self._full.wait()
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+                await self._flush(batch)
+        finally:
+            self._flusher = None
+
+    async def _flush(self, batch: list[Waiting]) -> None:
+        batch = [(item, future) for item, future in batch if not future.done()]  # gave up waiting
+        try:
+            # Every try of this batch together: a job waits for two batches at most.
+            async with asyncio.timeout(2 * self._timeout):
+                await self._write(batch)
+        except TimeoutError as exc:
+            for _, future in batch:
+                _settle(future, error=exc)
+
+    async def _write(self, batch: list[Waiting]) -> None:
+        while batch:
+            try:
+                async with asyncio.timeout(self._timeout), self._lock, self._engine.begin() as conn:
+                    results = await apply_events(conn, [item for item, _ in batch])
+            except PoisonInBatch as poison:
+                _, future = batch.pop(poison.index)
+                _settle(future, error=poison.error)
+                continue
+            except (DBAPIError, ConcurrentUpdate) as exc:
+                if len(batch) == 1:
+                    _settle(batch[0][1], error=exc)
+                    return
+                # Perhaps one event's data failed them all: each alone, so only it fails.
+                for waiting in batch:
+                    await self._write([waiting])
+                return
+            except Exception as exc:  # a timeout: every job retries later
+                for _, future in batch:
+                    _settle(future, error=exc)
+                return
+            except BaseException:  # cancelled: so are its jobs, which arq runs again
+                for _, future in batch:
+                    future.cancel()
+                raise
+            self.transactions += 1
+            self.events += len(batch)
+            for (_, future), result in zip(batch, results, strict=True):
+                _settle(future, result=result)
+            return
+
+
+def _settle(future: asyncio.Future, *, result=None, error: BaseException | None = None) -> None:
+    if future.done():  # its job was cancelled; arq runs it again
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

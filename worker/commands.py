@@ -1,0 +1,76 @@
+"""`vinr-recon worker` and `vinr-recon replay [--event ID ...]`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+
+def register(subparsers) -> None:
+    from worker.defaults import JOB_TIMEOUT, MAX_JOBS, TRIES
+
+    worker = subparsers.add_parser("worker", help="run the arq worker that applies events to the ledger")
+    worker.add_argument("--burst", action="store_true", help="apply what is queued, then exit")
+    worker.add_argument("--max-jobs", type=int, default=MAX_JOBS, help=f"concurrent jobs (default {MAX_JOBS})")
+    worker.add_argument("--tries", type=int, default=TRIES,
+                        help=f"tries before a failing event is dead-lettered (default {TRIES})")
+    worker.add_argument("--job-timeout", type=float, default=JOB_TIMEOUT,
+                        help=f"seconds a job may run (default {JOB_TIMEOUT:g}); each transaction gets a sixth; "
+                             "a killed worker's jobs run again this long plus 10 s later")
+    worker.add_argument("--no-batch", dest="batch", action="store_false",
+                        help="apply each event in a transaction of its own (default: the events of "
+                             "concurrent jobs share one)")
+    worker.set_defaults(run=run_worker)
+
+    replay = subparsers.add_parser("replay", help="re-queue dead-lettered events")
+    replay.add_argument("--event", dest="events", action="append", metavar="ID",
+                        help="replay this event's dead letter (repeatable; default: every one not yet replayed)")
+    replay.set_defaults(run=run_replay)
+
+
+def run_worker(args: argparse.Namespace, settings) -> int:
+    from arq.worker import run_worker as arq_run_worker
+
+    from worker.settings import SchemaNotMigrated, quiet_arq, worker_settings
+
+    quiet_arq()
+    options = worker_settings(
+        settings, max_jobs=args.max_jobs, tries=args.tries, job_timeout=args.job_timeout, batch=args.batch,
+        burst=args.burst,
+    )
+    try:
+        arq_run_worker(options)
+    except SchemaNotMigrated as exc:
+        print(f"vinr-recon worker: {exc}", flush=True)
+        return 2
+    return 0
+
+
+def run_replay(args: argparse.Namespace, settings) -> int:
+    return asyncio.run(_replay(settings, args.events))
+
+
+async def _replay(settings, events: list[str] | None) -> int:
+    from arq.connections import RedisSettings, create_pool
+
+    from ledger.db import create_engine
+    from worker.deadletters import pending, replay
+
+    engine = create_engine(settings.database_url, writer=False)
+    redis = await create_pool(RedisSettings.from_dsn(settings.redis_url), default_queue_name=settings.queue_name)
+    try:
+        async with engine.connect() as conn:
+            letters = await pending(conn, events)
+        queued = await replay(redis, settings.queue_name, letters)
+    finally:
+        await redis.aclose()
+        await engine.dispose()
+    for letter, job_id, fresh in queued:
+        state = "queued" if fresh else "already queued"
+        print(f"{state} {job_id} ({letter.type}; died with: {letter.error})")
+    missing = sorted(set(events or ()) - {letter.event_id for letter, _, _ in queued})
+    for event_id in missing:
+        print(f"no dead letter pending for {event_id}")
+    if not queued and not missing:
+        print("no dead letters pending")
+    return 1 if missing else 0

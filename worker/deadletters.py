@@ -1,0 +1,119 @@
+"""Dead letters: events the worker gave up on, kept with their error until they are replayed.
+
+A dead letter is written in its own transaction, together with the received event's outcome
+`dead`. `replay` queues it again as an `apply_event` job with a fresh job id; the replayed job
+marks the dead letter replayed in the same transaction that applies the event, so `replayed_at`
+means "the replay reached an outcome", never merely "it was queued". A replay that dies again
+marks the old letter replayed and leaves a new one in its place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from arq.connections import ArqRedis
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ledger.book import record_dead
+from ledger.tables import DeadLetter, ReceivedEvent
+from vinr_recon.jobs import APPLY_EVENT
+
+dead_letters = DeadLetter.__table__
+received = ReceivedEvent.__table__
+
+# arq's enqueue_job always sets an expiry on the job; a replay must outlive any outage the
+# job's own retries ride out, so give it a month rather than arq's default day.
+REPLAY_EXPIRES = timedelta(days=30)
+
+
+async def bury(
+    conn: AsyncConnection,
+    *,
+    event_id: str,
+    event_type: str,
+    body: bytes,
+    headers: dict[str, str],
+    error: str,
+    attempts: int,
+    received_at: datetime,
+    replaces: int | None = None,
+) -> int | None:
+    """Record the event as dead and keep it as a dead letter; returns the dead letter's id.
+
+    Writes no letter, and returns None, when the event was applied meanwhile by another
+    delivery. `replaces` is the dead letter a replay came from: it is marked replayed.
+    """
+    now = datetime.now(UTC)
+    await record_dead(conn, event_id, event_type, body, headers, error, received_at)
+    outcome = await conn.scalar(select(received.c.outcome).where(received.c.event_id == event_id))
+    if replaces is not None:
+        await conn.execute(
+            update(dead_letters)
+            .where(dead_letters.c.id == replaces, dead_letters.c.replayed_at.is_(None))
+            .values(replayed_at=now)
+        )
+    if outcome != "dead":
+        return None
+    # The received event shows the latest error, the letters keep each one.
+    await conn.execute(update(received).where(received.c.event_id == event_id).values(error=error))
+    return await conn.scalar(
+        insert(dead_letters)
+        .values(event_id=event_id, type=event_type, body=body, headers=headers, error=error,
+                attempts=attempts, dead_at=now)
+        .returning(dead_letters.c.id)
+    )
+
+
+@dataclass(frozen=True)
+class Letter:
+    id: int
+    event_id: str
+    type: str
+    body: bytes
+    headers: dict[str, str]
+    received_at: datetime
+    error: str
+
+
+async def pending(conn: AsyncConnection, event_ids: list[str] | None = None) -> list[Letter]:
+    """Dead letters not yet replayed, oldest first; only those of `event_ids` when given."""
+    query = (
+        select(dead_letters, received.c.received_at)
+        .join(received, received.c.event_id == dead_letters.c.event_id, isouter=True)
+        .where(dead_letters.c.replayed_at.is_(None))
+        .order_by(dead_letters.c.id)
+    )
+    if event_ids:
+        query = query.where(dead_letters.c.event_id.in_(event_ids))
+    return [
+        Letter(row.id, row.event_id, row.type, row.body, row.headers, _utc(row.received_at or row.dead_at), row.error)
+        for row in await conn.execute(query)
+    ]
+
+
+def replay_job_id(letter: Letter) -> str:
+    return f"{letter.event_id}:replay:{letter.id}"
+
+
+async def replay(redis: ArqRedis, queue_name: str, letters: list[Letter]) -> list[tuple[Letter, str, bool]]:
+    """Queue each letter as an `apply_event` job with replay=True and a fresh job id.
+
+    Returns (letter, job id, queued); queued is False when that job is already queued or done.
+    """
+    queued = []
+    for letter in letters:
+        job_id = replay_job_id(letter)
+        job = await redis.enqueue_job(
+            APPLY_EVENT, letter.event_id, letter.type, letter.body, letter.headers, letter.received_at.timestamp(),
+            replay=True, dead_letter_id=letter.id,
+            _job_id=job_id, _queue_name=queue_name, _expires=REPLAY_EXPIRES,
+        )
+        queued.append((letter, job_id, job is not None))
+    return queued
+
+
+def _utc(moment: datetime) -> datetime:
+    # SQLite hands back naive datetimes; the ledger writes UTC.
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

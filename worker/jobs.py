@@ -1,0 +1,156 @@
+"""The `apply_event` job: one queued VINR event applied to the ledger.
+
+The event is applied in one transaction: by default one it shares with the events other jobs
+are applying at the same moment (worker.batching, ledger.batch), else one of its own. arq runs a job more than once before it runs it zero times, and drops a job whose function
+raises anything but `Retry`. So this job never raises anything else: a poison event (one that
+can never apply) goes to the dead letters at once; any other failure (the database, a lock
+wait, a timeout, a bug) is retried with exponential backoff and jitter, and after the last try
+goes to the dead letters too. If even the dead letter cannot be written, the job is retried
+again, so an event is never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from arq import Retry
+from sqlalchemy import update
+
+from ledger.batch import Received
+from ledger.book import EventResult
+from ledger.book import apply_event as book_apply_event
+from ledger.posting import CannotApply
+from ledger.tables import DeadLetter
+from vinr.events import InvalidEvent, parse_event
+from worker.deadletters import bury
+from worker.defaults import TRIES
+
+log = structlog.get_logger("worker.jobs")
+
+POISON = (InvalidEvent, CannotApply)
+dead_letters = DeadLetter.__table__
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently a failing event is retried before it is dead-lettered."""
+
+    tries: int = TRIES
+    base_delay: float = 0.5
+    max_delay: float = 60.0
+    # Each transaction (an attempt, a batch, a dead-letter write) gets this long. A job waits for
+    # two batches at most (each with its retries, 2 x this), then may write its dead letter: all
+    # within arq's job_timeout, because arq drops (does not retry) a job that times out. So: a
+    # sixth of job_timeout.
+    attempt_timeout: float = 10.0
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait after failed try number `attempt` (1-based): capped exponential,
+        with "equal jitter" so that events failing together do not retry together."""
+        ceiling = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+async def apply_event(
+    ctx: dict[str, Any],
+    event_id: str,
+    event_type: str,
+    body: bytes,
+    headers: dict[str, str],
+    received_at: float,
+    replay: bool = False,
+    dead_letter_id: int | None = None,
+) -> str:
+    """Apply one received event; returns its outcome once that outcome is committed.
+
+    The outcome is applied, stale, ignored, duplicate, or dead (committed to the dead letters).
+    Raises only `arq.Retry`. `replay` (with the dead letter it comes from) lets an event that
+    died be applied after all.
+    """
+    policy: RetryPolicy = ctx["policy"]
+    attempt: int = ctx.get("job_try", 1)
+    received = datetime.fromtimestamp(received_at, UTC)
+    with structlog.contextvars.bound_contextvars(event_id=event_id, job_id=ctx.get("job_id"), invoice_id=None):
+        try:
+            result = await _apply(ctx, body, headers, received, replay, dead_letter_id)
+        except POISON as exc:
+            error = _describe(exc)
+        except Exception as exc:  # transient, or a bug: retried, never dropped
+            error = _describe(exc)
+            if attempt < policy.tries:
+                delay = policy.backoff(attempt)
+                log.warning("apply failed, will retry", attempt=attempt, retry_in=round(delay, 2), error=error)
+                raise Retry(defer=delay) from exc
+        else:
+            _log_result(result)
+            return result.outcome
+        return await _dead_letter(ctx, event_id, event_type, body, headers, received, error, attempt, dead_letter_id)
+
+
+async def _apply(ctx, body, headers, received, replay, dead_letter_id) -> EventResult:
+    event = parse_event(body)  # InvalidEvent is poison
+    invoice = event.invoice() if event.is_invoice_event else None
+    structlog.contextvars.bind_contextvars(invoice_id=invoice.id if invoice else None)  # this job's task only
+    batcher = ctx.get("batcher")
+    if batcher is not None and not replay:
+        # Each batch has a deadline of its own (see RetryPolicy.attempt_timeout).
+        return await batcher.apply(Received(event, invoice, body, headers, received))
+    async with asyncio.timeout(ctx["policy"].attempt_timeout):
+        async with _write_lock(ctx), ctx["engine"].begin() as conn:
+            result = await book_apply_event(conn, event, body, headers, received_at=received, replay=replay)
+            if dead_letter_id is not None:
+                await conn.execute(_mark_replayed(dead_letter_id))
+    return result
+
+
+def _mark_replayed(dead_letter_id: int):
+    return (
+        update(dead_letters)
+        .where(dead_letters.c.id == dead_letter_id, dead_letters.c.replayed_at.is_(None))
+        .values(replayed_at=datetime.now(UTC))
+    )
+
+
+async def _dead_letter(ctx, event_id, event_type, body, headers, received, error, attempt, dead_letter_id) -> str:
+    policy: RetryPolicy = ctx["policy"]
+    try:
+        async with asyncio.timeout(policy.attempt_timeout):
+            async with _write_lock(ctx), ctx["engine"].begin() as conn:
+                buried = await bury(
+                    conn, event_id=event_id, event_type=event_type, body=body, headers=headers, error=error,
+                    attempts=attempt, received_at=received, replaces=dead_letter_id,
+                )
+    except Exception as exc:
+        # The database refuses even the dead letter: keep the job in the queue, whatever it takes.
+        delay = policy.backoff(attempt)
+        log.error("dead letter not written, will retry", attempt=attempt, error=error, dead_letter_error=repr(exc))
+        raise Retry(defer=delay) from exc
+    if buried is None:
+        log.info("event applied meanwhile, not dead-lettered", outcome="duplicate", error=error)
+        return "duplicate"
+    log.error("event dead-lettered", outcome="dead", dead_letter_id=buried, attempts=attempt, error=error)
+    return "dead"
+
+
+def _describe(exc: BaseException, limit: int = 2000) -> str:
+    """The error as the dead letter keeps it: its type and message (a database error's SQL and
+    parameters included), cut to `limit` characters."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _write_lock(ctx: dict[str, Any]):
+    """SQLite has one writer at a time: queueing writers here beats them spinning on its lock."""
+    lock = ctx.get("write_lock")
+    return lock if lock is not None else contextlib.nullcontext()
+
+
+def _log_result(result: EventResult) -> None:
+    entries = len(result.snapshot.entries) if result.snapshot else 0
+    log.info("event applied", outcome=result.outcome, entries=entries)

@@ -1,0 +1,124 @@
+"""arq's WorkerSettings, built from the one Settings object.
+
+The worker owns its database engine through arq's `ctx`: created (and the schema checked) in
+`on_startup`, disposed in `on_shutdown`; nothing connects at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import structlog
+from arq.connections import RedisSettings
+from arq.worker import func
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from vinr_recon.jobs import APPLY_EVENT
+from vinr_recon.settings import Settings
+from worker.defaults import ARQ_MAX_TRIES, BATCH_LINGER, JOB_TIMEOUT, KEEP_RESULT, MAX_JOBS, POLL_DELAY, TRIES
+from worker.jobs import RetryPolicy, apply_event
+
+
+log = structlog.get_logger("worker")
+
+
+class SchemaNotMigrated(RuntimeError):
+    """The ledger's database is not at the migrations' head: run `vinr-recon db upgrade`."""
+
+
+def worker_settings(
+    settings: Settings,
+    *,
+    max_jobs: int = MAX_JOBS,
+    poll_delay: float = POLL_DELAY,
+    job_timeout: float = JOB_TIMEOUT,
+    tries: int = TRIES,
+    batch: bool = True,
+    burst: bool = False,
+    functions: list[Any] | None = None,
+) -> dict[str, Any]:
+    """Keyword arguments for `arq.worker.Worker` (or `run_worker`) applying events to the ledger.
+
+    With `batch`, the events of concurrent jobs are written together (worker.batching);
+    without, each job applies its event in a transaction of its own. `functions` replaces the
+    job (the benchmark's no-op).
+    """
+    # Two batches and a dead-letter write must fit in arq's own timeout (see RetryPolicy).
+    policy = RetryPolicy(tries=tries, attempt_timeout=job_timeout / 6)
+
+    async def on_startup(ctx: dict[str, Any]) -> None:
+        from ledger.db import create_engine, is_sqlite
+        from worker.batching import Batcher
+
+        # No pre-ping: a broken connection fails the attempt, which is retried anyway.
+        engine = create_engine(settings.database_url, pre_ping=False)
+        try:
+            revision = await check_schema(engine)
+        except BaseException:
+            await engine.dispose()
+            raise
+        log.info("worker started", queue=settings.queue_name, max_jobs=max_jobs, batch=batch,
+                 database=engine.url.render_as_string(hide_password=True), schema=revision)
+        ctx["engine"] = engine
+        ctx["policy"] = policy
+        ctx["write_lock"] = asyncio.Lock() if is_sqlite(engine) else None
+        ctx["batcher"] = (
+            # Half of max_jobs: one batch fills while the one before it commits.
+            Batcher(engine, max_batch=max(1, max_jobs // 2), linger=BATCH_LINGER, timeout=policy.attempt_timeout,
+                    lock=ctx["write_lock"])
+            if batch else None
+        )
+
+    async def on_shutdown(ctx: dict[str, Any]) -> None:
+        if ctx.get("batcher") is not None:
+            await ctx["batcher"].close()
+        engine = ctx.pop("engine", None)
+        if engine is not None:
+            await engine.dispose()
+
+    return dict(
+        functions=functions or [func(apply_event, name=APPLY_EVENT)],
+        queue_name=settings.queue_name,
+        redis_settings=RedisSettings.from_dsn(settings.redis_url),
+        on_startup=on_startup,
+        on_shutdown=on_shutdown,
+        max_jobs=max_jobs,
+        poll_delay=poll_delay,
+        job_timeout=job_timeout,
+        keep_result=KEEP_RESULT,
+        max_tries=ARQ_MAX_TRIES,
+        log_results=False,
+        burst=burst,
+    )
+
+
+async def check_schema(engine: AsyncEngine) -> str:
+    """The database's schema revision; raises `SchemaNotMigrated` unless it is the head."""
+    alembic_log = logging.getLogger("alembic")
+    level = alembic_log.level
+    alembic_log.setLevel(logging.WARNING)  # its INFO lines say nothing here
+    try:
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        from ledger.migrate import alembic_config
+
+        # Only the scripts are read here; the URL is never used to connect.
+        head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+        async with engine.connect() as conn:
+            current = await conn.run_sync(lambda sync: MigrationContext.configure(sync).get_current_revision())
+    finally:
+        alembic_log.setLevel(level)
+    if current != head:
+        raise SchemaNotMigrated(
+            f"the ledger database is at revision {current or 'none'}, not {head}: run `vinr-recon db upgrade`"
+        )
+    return current
+
+
+def quiet_arq() -> None:
+    """Keep arq's warnings and errors, not its two INFO lines per job: the job logs its own one
+    line, and a record dropped by a filter would still be built (about 5 % of a job here)."""
+    logging.getLogger("arq.worker").setLevel(logging.WARNING)
