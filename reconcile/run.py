@@ -2,11 +2,14 @@
 
 The cost is the minimum the API allows: one list page per 100 invoices created in the
 window, plus one fetch per invoice the ledger holds as not final that the sweep did not
-return. Memory holds one page at a time and the ids of the open invoices seen.
+return. Memory holds two pages at a time (the next is read while one is checked) and the ids
+of the open invoices seen. The corrections and findings of a page commit in one transaction.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 from collections import Counter
@@ -32,6 +35,7 @@ findings_table = FindingRow.__table__
 journal = JournalEntry.__table__
 
 PAGE = 100
+IDS_AT_ONCE = 1_000                # ledger ids read at a time for the re-fetch
 OVERLAP = timedelta(days=1)       # re-read a day before the last completed run's start
 EVENTS_RETENTION = timedelta(days=30)
 NOT_FINAL = ("draft", "open", "uncollectible")
@@ -83,6 +87,27 @@ async def _batches(items: AsyncIterator, size: int) -> AsyncIterator[list]:
             batch = []
     if batch:
         yield batch
+
+
+async def _read_ahead(batches: AsyncIterator[list]) -> AsyncIterator[list]:
+    """The same batches, the next one read while the caller works on the current one.
+
+    Asks for no more than the caller would have: the next page is requested only when the
+    previous one said more follow. At most two batches are held.
+    """
+    iterator = aiter(batches)
+    pending = asyncio.ensure_future(anext(iterator, None))
+    try:
+        while (batch := await pending) is not None:
+            pending = asyncio.ensure_future(anext(iterator, None))
+            yield batch
+    finally:
+        # The caller stopped reading (done, or failed): what was being read no longer matters.
+        pending.cancel()
+        await asyncio.wait([pending])
+        if not pending.cancelled():
+            pending.exception()  # retrieved, so that it is not logged as never retrieved
+        await iterator.aclose()
 
 
 async def _window_start(engine: AsyncEngine, since: int | None) -> int | None:
@@ -194,16 +219,19 @@ class Reconciler:
     async def _sweep(self, report: RunReport, window: int | None) -> set[str]:
         """Compare every invoice VINR lists for the window; return the ids of those not final."""
         seen_open: set[str] = set()
-        async for page in _batches(self.client.iter_invoices(created_gte=window), PAGE):
-            held = await self._positions([inv.id for inv in page])
-            for invoice in page:
-                position = held.get(invoice.id)
-                await self._check(report, position, invoice, invoice.id)
-                # Open on either side: the re-fetch must not check it again (a dry run leaves
-                # the ledger's stale status as it was).
-                if invoice.status not in FINAL or (position and position.status not in FINAL):
-                    seen_open.add(invoice.id)
-            self.progress(len(page))
+        # The next page is read while this one is compared and corrected.
+        pages = _read_ahead(_batches(self.client.iter_invoices(created_gte=window), PAGE))
+        async with contextlib.aclosing(pages):
+            async for page in pages:
+                held = await self._positions([inv.id for inv in page])
+                await self._check_batch(report, [(held.get(inv.id), inv, inv.id) for inv in page])
+                for invoice in page:
+                    position = held.get(invoice.id)
+                    # Open on either side: the re-fetch must not check it again (a dry run leaves
+                    # the ledger's stale status as it was).
+                    if invoice.status not in FINAL or (position and position.status not in FINAL):
+                        seen_open.add(invoice.id)
+                self.progress(len(page))
         return seen_open
 
     async def _refetch_open(self, report: RunReport, window: int | None, seen_open: set[str]) -> None:
@@ -211,18 +239,31 @@ class Reconciler:
         condition = positions.c.status.in_(NOT_FINAL)
         if window is not None:
             condition = and_(condition, or_(positions.c.created < window, positions.c.created.is_(None)))
-        async with self.engine.connect() as conn:
-            ids = [i for i in (await conn.execute(select(positions.c.invoice_id).where(condition))).scalars()
-                   if i not in seen_open]
+        # The ids a chunk at a time, in id order: memory does not grow with the ledger.
+        after = ""
+        while True:
+            async with self.engine.connect() as conn:
+                chunk = list((await conn.execute(
+                    select(positions.c.invoice_id).where(condition, positions.c.invoice_id > after)
+                    .order_by(positions.c.invoice_id).limit(IDS_AT_ONCE)
+                )).scalars())
+            if not chunk:
+                return
+            after = chunk[-1]
+            await self._refetch(report, [i for i in chunk if i not in seen_open])
+
+    async def _refetch(self, report: RunReport, ids: list[str]) -> None:
         for start in range(0, len(ids), PAGE):
             batch = ids[start:start + PAGE]
             held = await self._positions(list(batch))
+            fetched = []
             for invoice_id in batch:
                 try:
                     invoice = await self.client.get_invoice(invoice_id)
                 except NotFound:
                     invoice = None
-                await self._check(report, held.get(invoice_id), invoice, invoice_id)
+                fetched.append((held.get(invoice_id), invoice, invoice_id))
+            await self._check_batch(report, fetched)
             self.progress(len(batch))
 
     async def _positions(self, ids: list[str]) -> dict[str, Position]:
@@ -230,40 +271,60 @@ class Reconciler:
             rows = await conn.execute(select(positions).where(positions.c.invoice_id.in_(ids)))
             return {row.invoice_id: position_from_row(row) for row in rows}
 
-    async def _check(self, report: RunReport, position: Position | None, invoice: Invoice | None,
-                     invoice_id: str) -> None:
-        report.invoices_checked += 1
-        found = compare(position, invoice, invoice_id)
-        if not found:
-            if invoice is not None and _draft_edited(position, invoice) and not self.dry_run:
-                await self._correct(report, invoice)  # keeps the ledger's copy of the draft current
+    async def _check_batch(self, report: RunReport,
+                           batch: list[tuple[Position | None, Invoice | None, str]]) -> None:
+        """Compare each (ledger position, VINR's invoice or None for a 404, id) of `batch`;
+        correct every difference and record the findings, all in one transaction."""
+        checks = [(invoice, invoice_id, compare(position, invoice, invoice_id),
+                   invoice is not None and _draft_edited(position, invoice))
+                  for position, invoice, invoice_id in batch]
+        report.invoices_checked += len(batch)
+        drifted = [c for c in checks if c[2] or (c[3] and not self.dry_run)]
+        if not drifted:
             return
-        report.counts.update(f.category for f in found)
-        corrected, entry_ids = False, []
-        if invoice is not None and not self.dry_run:
-            corrected, entry_ids = await self._correct(report, invoice)
-        if not corrected:
-            report.unresolved += 1
+        counts, corrections, unresolved = Counter(), 0, 0
         async with self.engine.begin() as conn:
-            await conn.execute(insert(findings_table), [
+            corrected: set[str] = set()
+            # Positions are locked in id order, as a worker's batch locks them: no deadlock.
+            for invoice, invoice_id, found, _ in sorted(drifted, key=lambda c: c[1]):
+                counts.update(f.category for f in found)
+                if invoice is not None and not self.dry_run:
+                    # A draft's edits are no drift, but keep the ledger's copy of the draft current.
+                    corrections += await self._correct(conn, report.run_id, invoice)
+                    corrected.add(invoice_id)
+                elif found:
+                    unresolved += 1
+            entry_ids: dict[str, list[int]] = {}
+            if corrections:
+                posted = await conn.execute(
+                    select(journal.c.invoice_id, journal.c.id)
+                    .where(journal.c.run_id == report.run_id, journal.c.invoice_id.in_(sorted(corrected)))
+                    .order_by(journal.c.id)
+                )
+                for invoice_id, entry_id in posted:
+                    entry_ids.setdefault(invoice_id, []).append(entry_id)
+            rows = [
                 {"run_id": report.run_id, "invoice_id": f.invoice_id, "category": f.category, "field": f.field,
-                 "ledger_value": f.ledger_value, "vinr_value": f.vinr_value, "corrected": corrected,
-                 "entry_ids": entry_ids}
+                 "ledger_value": f.ledger_value, "vinr_value": f.vinr_value,
+                 "corrected": invoice_id in corrected, "entry_ids": entry_ids.get(invoice_id, [])}
+                for _, invoice_id, found, _ in drifted
                 for f in found
-            ])
+            ]
+            if rows:
+                await conn.execute(insert(findings_table), rows)
+        # Counted once the transaction holding the corrections and their findings committed.
+        report.counts.update(counts)
+        report.corrections_posted += corrections
+        report.unresolved += unresolved
 
-    async def _correct(self, report: RunReport, invoice: Invoice) -> tuple[bool, list[int]]:
-        """Move the ledger to VINR's answer through the posting rule; entries name this run."""
-        async with self.engine.begin() as conn:
-            position = await lock_position(conn, invoice.id)
-            # Stamped with the time of VINR's answer, so an older webhook arriving later is stale.
-            outcome = await apply_snapshot(conn, invoice, source="reconciliation", run_id=report.run_id,
-                                           authoritative=True, position=position, event_at=int(time.time()))
-            entry_ids = list((await conn.execute(
-                select(journal.c.id).where(journal.c.run_id == report.run_id, journal.c.invoice_id == invoice.id)
-            )).scalars()) if outcome.entries else []
-        report.corrections_posted += len(outcome.entries)
-        return True, entry_ids
+    async def _correct(self, conn, run_id: int, invoice: Invoice) -> int:
+        """Move the ledger to VINR's answer through the posting rule; entries name this run.
+        Returns the number of entries posted."""
+        position = await lock_position(conn, invoice.id)
+        # Stamped with the time of VINR's answer, so an older webhook arriving later is stale.
+        outcome = await apply_snapshot(conn, invoice, source="reconciliation", run_id=run_id,
+                                       authoritative=True, position=position, event_at=int(time.time()))
+        return len(outcome.entries)
 
 
 def _draft_edited(position: Position | None, invoice: Invoice) -> bool:
