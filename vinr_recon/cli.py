@@ -17,6 +17,9 @@ from vinr_recon.settings import ConfigurationError, Settings
 # returns the exit status.
 COMMAND_MODULES: tuple[str, ...] = (
     "reconcile.commands",
+    "receiver.commands",
+    "ledger.commands",
+    "worker.commands",
     "vinr.sandbox.commands",
 )
 

@@ -1,0 +1,37 @@
+# vinr-recon: one image, every process (`vinr-recon serve | worker | db upgrade | reconcile`).
+# Not built in CI (no Docker engine there); checked with hadolint when it is installed.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+
+# Dependencies first, in their own layer: it is rebuilt only when pyproject.toml changes.
+COPY pyproject.toml README.md ./
+RUN mkdir -p vinr ledger receiver worker reconcile vinr_recon \
+    && touch vinr/__init__.py ledger/__init__.py receiver/__init__.py worker/__init__.py \
+             reconcile/__init__.py vinr_recon/__init__.py \
+    && pip install . \
+    && pip uninstall -y vinr-recon
+
+COPY vinr ./vinr
+COPY ledger ./ledger
+COPY receiver ./receiver
+COPY worker ./worker
+COPY reconcile ./reconcile
+COPY vinr_recon ./vinr_recon
+RUN pip install --no-deps . \
+    && useradd --create-home --uid 10001 vinr
+
+USER vinr
+# No secret is baked in: VINR_WEBHOOK_SECRET, VINR_API_KEY, LEDGER_API_TOKEN, DATABASE_URL and
+# REDIS_URL come from the environment at run time.
+ENV PORT=8000
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=3s --start-period=10s --retries=3 \
+    CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8000'), timeout=2)"
+
+CMD ["sh", "-c", "exec vinr-recon serve --host 0.0.0.0 --port \"$PORT\""]
