@@ -1,22 +1,85 @@
-"""The frame of `/api` (contract section 5): a bearer-token guard around `routes`.
+"""The merchant's read API (contract section 5), behind a bearer-token guard.
 
-The ledger's read API adds its routes to `routes` (GET /invoices/{id}, /balances...). Its
-handlers find the database engine at `request.state.engine` (see receiver.app.ReceiverState).
+`GET /api/invoices/{id}`, `/api/balances`, `/api/reconciliation/runs[/{id}]` (and a run's
+findings as CSV). Handlers read through the engine the lifespan opened (`request.state.engine`,
+see receiver.app.ReceiverState); every answer is built by ledger.views or reconcile.report.
 """
 
 from __future__ import annotations
 
 import hmac
+import io
 
 from starlette.middleware import Middleware
-from starlette.responses import JSONResponse
-from starlette.routing import BaseRoute, Mount
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ledger.views import balances, invoice_view
+from reconcile.report import get_run, list_runs, write_csv
 from vinr_recon.settings import Settings
 
+MAX_RUNS_PAGE = 200
+
+
+def _not_found(what: str) -> JSONResponse:
+    return JSONResponse({"error": f"{what} not found"}, 404)
+
+
+async def get_invoice(request: Request) -> Response:
+    invoice_id = request.path_params["invoice_id"]
+    async with request.state.engine.connect() as conn:
+        view = await invoice_view(conn, invoice_id)
+    return JSONResponse(view) if view is not None else _not_found(f"invoice {invoice_id}")
+
+
+async def get_balances(request: Request) -> Response:
+    async with request.state.engine.connect() as conn:
+        return JSONResponse(await balances(conn))
+
+
+async def get_runs(request: Request) -> Response:
+    """Newest first; `?limit=` (at most 200) and `?before=<run id>` page back through history."""
+    try:
+        limit = min(int(request.query_params.get("limit", 50)), MAX_RUNS_PAGE)
+        before = request.query_params.get("before")
+        before = int(before) if before is not None else None
+    except ValueError:
+        return JSONResponse({"error": "limit and before must be integers"}, 400)
+    if limit < 1:
+        return JSONResponse({"error": "limit must be at least 1"}, 400)
+    async with request.state.engine.connect() as conn:
+        return JSONResponse({"runs": await list_runs(conn, limit=limit, before=before)})
+
+
+async def get_run_by_id(request: Request) -> Response:
+    run_id = request.path_params["run_id"]
+    async with request.state.engine.connect() as conn:
+        run = await get_run(conn, run_id)
+    return JSONResponse(run) if run is not None else _not_found(f"reconciliation run {run_id}")
+
+
+async def get_run_csv(request: Request) -> Response:
+    """The run's findings as the CSV that `vinr-recon reconcile --report` writes."""
+    run_id = request.path_params["run_id"]
+    out = io.StringIO()
+    async with request.state.engine.connect() as conn:
+        if await get_run(conn, run_id) is None:
+            return _not_found(f"reconciliation run {run_id}")
+        await write_csv(conn, run_id, out)
+    return Response(out.getvalue(), media_type="text/csv", headers={
+        "content-disposition": f'attachment; filename="reconciliation-run-{run_id}.csv"'})
+
+
 # Mounted at /api, behind the token guard.
-routes: list[BaseRoute] = []
+routes = [
+    Route("/invoices/{invoice_id}", get_invoice, methods=["GET"]),
+    Route("/balances", get_balances, methods=["GET"]),
+    Route("/reconciliation/runs", get_runs, methods=["GET"]),
+    Route("/reconciliation/runs/{run_id:int}", get_run_by_id, methods=["GET"]),
+    Route("/reconciliation/runs/{run_id:int}/findings.csv", get_run_csv, methods=["GET"]),
+]
 
 
 def token_matches(presented: str, tokens: list[str]) -> bool:

@@ -1,0 +1,119 @@
+"""The merchant's read API over real HTTP: /api/invoices, /api/balances, /api/reconciliation/runs.
+
+The ledger is written through the same functions the worker and reconciliation use; the
+answers are read back through the receiver app under uvicorn, with and without the token.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import insert
+
+from conftest import API_TOKEN
+from ledger.book import apply_event, apply_snapshot
+from ledger.tables import Finding, ReconciliationRun
+from lifecycles import body, snapshot
+from receiver.app import create_app
+from receiver_support import served
+from vinr.events import Invoice, parse_event
+
+AUTH = {"authorization": f"Bearer {API_TOKEN}"}
+
+
+async def deliver(engine, event_id, event_type, invoice, created):
+    raw = body(event_id, event_type, invoice, created)
+    async with engine.begin() as conn:
+        await apply_event(conn, parse_event(raw), raw, {"x-vinr-signature": "t=1,v1=elided"})
+
+
+async def a_run_with_one_correction(engine) -> int:
+    """A run as reconciliation records it: inv_2 was paid at VINR, the ledger still had it open."""
+    async with engine.begin() as conn:
+        run_id = (await conn.execute(insert(ReconciliationRun.__table__).values(
+            started_at=datetime(2026, 11, 22, 2, 0, tzinfo=UTC), finished_at=datetime(2026, 11, 22, 2, 1, tzinfo=UTC),
+            status="completed", invoices_checked=2, corrections_posted=1, counts={"status_mismatch": 1},
+        ).returning(ReconciliationRun.__table__.c.id))).scalar_one()
+        outcome = await apply_snapshot(conn, Invoice.model_validate(snapshot("inv_2", "paid", 5000, 5000)),
+                                       source="reconciliation", run_id=run_id)
+        await conn.execute(insert(Finding.__table__).values(
+            run_id=run_id, invoice_id="inv_2", category="status_mismatch", field="status",
+            ledger_value="open", vinr_value="paid", corrected=True, entry_ids=[1],
+        ))
+    assert outcome.entries
+    return run_id
+
+
+@pytest.fixture
+async def api(ledger_settings, ledger_engine):
+    await deliver(ledger_engine, "evt_1", "invoice.finalized", snapshot("inv_1", "open", 196000), 1_763_800_000)
+    await deliver(ledger_engine, "evt_2", "invoice.updated", snapshot("inv_1", "open", 196000, 50000), 1_763_800_060)
+    await deliver(ledger_engine, "evt_3", "invoice.finalized", snapshot("inv_2", "open", 5000), 1_763_800_100)
+    async with served(create_app(ledger_settings)) as client:
+        yield client
+
+
+async def test_an_invoice_answers_with_the_ledgers_figures_entries_and_events(api):
+    response = await api.get("/api/invoices/inv_1", headers=AUTH)
+
+    assert response.status_code == 200
+    view = response.json()
+    assert {k: view[k] for k in ("id", "status", "currency", "total", "amountPaid", "amountDue")} == {
+        "id": "inv_1", "status": "open", "currency": "EUR", "total": 196000, "amountPaid": 50000, "amountDue": 146000,
+    }
+    assert [(e["kind"], e["eventId"]) for e in view["entries"]] == [("finalize", "evt_1"), ("payment", "evt_2")]
+    assert [(e["id"], e["outcome"]) for e in view["events"]] == [("evt_1", "applied"), ("evt_2", "applied")]
+    assert view["corrections"] == []
+    assert "elided" not in response.text  # the stored headers are not served
+
+
+async def test_an_invoice_the_ledger_never_saw_is_404(api):
+    response = await api.get("/api/invoices/inv_never_seen", headers=AUTH)
+    assert (response.status_code, response.json()) == (404, {"error": "invoice inv_never_seen not found"})
+
+
+async def test_balances_are_debits_credits_and_balance_per_account_and_currency(api):
+    response = await api.get("/api/balances", headers=AUTH)
+
+    assert response.status_code == 200
+    rows = {(b["account"], b["currency"]): (b["debits"], b["credits"], b["balance"]) for b in response.json()["balances"]}
+    assert rows == {
+        ("accounts_receivable", "EUR"): (201000, 50000, 151000),
+        ("revenue", "EUR"): (0, 201000, -201000),
+        ("vinr_clearing", "EUR"): (50000, 0, 50000),
+    }
+
+
+async def test_reconciliation_runs_their_findings_and_the_csv(api, ledger_engine):
+    run_id = await a_run_with_one_correction(ledger_engine)
+
+    runs = (await api.get("/api/reconciliation/runs", headers=AUTH)).json()["runs"]
+    assert [(r["id"], r["status"], r["counts"]) for r in runs] == [(run_id, "completed", {"status_mismatch": 1})]
+
+    run = (await api.get(f"/api/reconciliation/runs/{run_id}", headers=AUTH)).json()
+    assert run["findings"] == [{"invoice": "inv_2", "category": "status_mismatch", "field": "status",
+                                "ledgerValue": "open", "vinrValue": "paid", "corrected": True, "entries": [1]}]
+    correction = (await api.get("/api/invoices/inv_2", headers=AUTH)).json()["corrections"]
+    assert [(c["kind"], c["runId"]) for c in correction] == [("payment", run_id)]
+
+    report = await api.get(f"/api/reconciliation/runs/{run_id}/findings.csv", headers=AUTH)
+    assert report.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(report.text)))
+    assert [(r["invoice_id"], r["category"], r["ledger_value"], r["vinr_value"]) for r in rows] == [
+        ("inv_2", "status_mismatch", "open", "paid")
+    ]
+
+    assert (await api.get(f"/api/reconciliation/runs/{run_id + 1}", headers=AUTH)).status_code == 404
+    assert (await api.get("/api/reconciliation/runs?limit=x", headers=AUTH)).status_code == 400
+    assert (await api.get(f"/api/reconciliation/runs?before={run_id}", headers=AUTH)).json() == {"runs": []}
+
+
+@pytest.mark.parametrize("path", ["/api/invoices/inv_1", "/api/balances", "/api/reconciliation/runs"])
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong-token"])
+async def test_no_route_answers_data_without_the_right_token(api, path, authorization):
+    headers = {"authorization": authorization} if authorization else {}
+    response = await api.get(path, headers=headers)
+    assert response.status_code == 401 and "196000" not in response.text and "inv_" not in response.text
