@@ -56,3 +56,7 @@ def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "arq"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    # httpx logs every request at INFO: one line per invoice page of a reconciliation, and the
+    # full URL of each. The client logs its retries and failures itself.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC
 from typing import Any
 
 import structlog
@@ -19,6 +20,7 @@ from vinr_recon.jobs import APPLY_EVENT
 from vinr_recon.settings import Settings
 from worker.defaults import ARQ_MAX_TRIES, BATCH_LINGER, JOB_TIMEOUT, KEEP_RESULT, MAX_JOBS, POLL_DELAY, TRIES
 from worker.jobs import RetryPolicy, apply_event
+from worker.nightly import nightly_cron
 
 
 log = structlog.get_logger("worker")
@@ -91,6 +93,9 @@ def worker_settings(
         max_tries=ARQ_MAX_TRIES,
         log_results=False,
         burst=burst,
+        # RECONCILE_AT is UTC whatever the machine's zone.
+        cron_jobs=nightly_cron(settings),
+        timezone=UTC,
     )
 
 

@@ -1,0 +1,65 @@
+"""The nightly reconciliation: scheduled in `vinr-recon worker`, run against the sandbox over HTTP."""
+
+from __future__ import annotations
+
+from pydantic import SecretStr
+from redis.asyncio import Redis
+from sqlalchemy import select
+
+from conftest import REDIS_URL
+from ledger.db import create_engine
+from ledger.tables import InvoicePosition
+from reconcile.lock import exclusive
+from vinr.sandbox.app import create_app
+from vinr.sandbox.config import SandboxConfig
+from vinr.sandbox.serving import serve
+from worker.settings import worker_settings
+
+
+def test_the_worker_schedules_one_run_at_reconcile_at_in_utc(settings):
+    settings = settings.model_copy(update={"vinr_api_key": SecretStr("key"), "reconcile_at": "03:45"})
+    options = worker_settings(settings)
+
+    [job] = options["cron_jobs"]
+    assert (job.name, job.hour, job.minute, job.second, job.unique) == ("reconcile_nightly", 3, 45, 0, True)
+    assert options["timezone"].utcoffset(None).total_seconds() == 0
+    assert job.timeout_s >= 3600  # not the 60 s of an event's job
+
+
+def test_without_an_api_key_the_worker_runs_without_the_nightly_job(settings):
+    assert settings.vinr_api_key is None
+    assert worker_settings(settings)["cron_jobs"] == []
+
+
+async def test_the_nightly_job_reconciles_the_ledger_with_vinr(ledger_settings):
+    """The ledger never heard a webhook; the nightly job alone brings it in line with VINR."""
+    app = create_app(SandboxConfig(rate_limit=0))
+    async with serve(app) as root:
+        state = app.state.sandbox.state
+        customer = state.create_customer(email="ap@acme.example", name="Acme GmbH", metadata={}).id
+        invoice = state.create_invoice(customer=customer, currency="EUR", collection_method="charge_automatically",
+                                       days_until_due=None, metadata={})
+        state.add_line(invoice.id, description="Implementation", quantity=1, unit_amount=196000)
+        state.finalize(invoice.id)
+        state.pay(invoice.id, "4242424242424242", amount=50000)
+
+        settings = ledger_settings.model_copy(update={
+            "vinr_api_key": SecretStr(app.state.sandbox.api_key), "vinr_api_base": root + "/v1"})
+        [job] = worker_settings(settings)["cron_jobs"]
+        engine, redis = create_engine(settings.database_url), Redis.from_url(REDIS_URL)
+        try:
+            async with exclusive(redis) as held:  # another worker's run is in progress
+                assert held
+                assert await job.coroutine({"engine": engine, "redis": redis}) is None
+            summary = await job.coroutine({"engine": engine, "redis": redis})
+            async with engine.connect() as conn:
+                row = (await conn.execute(select(InvoicePosition.__table__)
+                                          .where(InvoicePosition.__table__.c.invoice_id == invoice.id))).one()
+        finally:
+            await redis.aclose()
+            await engine.dispose()
+
+    assert summary["status"] == "completed" and summary["matches"]
+    # The events the webhooks never brought are backfilled from the Events API: nothing left to correct.
+    assert summary["eventsBackfilled"] == 3 and summary["correctionsPosted"] == 0
+    assert (row.status, row.total, row.amount_paid, row.amount_due) == ("open", 196000, 50000, 146000)
