@@ -157,6 +157,7 @@ class EventResult:
     outcome: str  # applied | stale | ignored | duplicate
     snapshot: Outcome | None = None
     invoice: Invoice | None = None
+    notices: tuple[int, ...] = ()  # outbox ids staged with it (ledger.outbox), to deliver after commit
 
 
 async def apply_event(

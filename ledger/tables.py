@@ -172,3 +172,31 @@ class Finding(SQLModel, table=True):
     vinr_value: str | None = None
     corrected: bool = False
     entry_ids: list = Field(default_factory=list, sa_type=JSON)
+
+
+class Notice(SQLModel, table=True):
+    """An alert or callback to deliver, staged in the transaction of the ledger change behind it.
+
+    `key` is unique (`payment_failed:{event_id}:email`, `paid:{invoice_id}:fulfilment`,
+    `drift:{run_id}:chat`): a redelivered event or a second path to `paid` stages nothing new.
+    `payload` holds everything needed to render it, as it stood when it was staged.
+    """
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        CheckConstraint("channel IN ('email', 'chat', 'fulfilment')", name="channel"),
+        CheckConstraint("kind IN ('payment_failed', 'paid', 'drift')", name="kind"),
+        CheckConstraint("status IN ('pending', 'sent', 'dead')", name="status"),
+        Index("ix_outbox_status_created_at", "status", "created_at"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(unique=True, max_length=200)
+    channel: str = Field(max_length=20)
+    kind: str = Field(max_length=20)
+    invoice_id: str | None = Field(default=None, index=True, max_length=100)
+    payload: dict = Field(default_factory=dict, sa_type=JSON)
+    status: str = Field(default="pending", max_length=10)
+    attempts: int = Field(default=0)
+    last_error: str | None = Field(default=None)
+    created_at: datetime = _when()
+    sent_at: datetime | None = _when(default=None)

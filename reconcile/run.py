@@ -21,6 +21,7 @@ import structlog
 from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ledger import outbox
 from ledger.book import apply_event, record_dead, apply_snapshot, lock_position, position_from_row, positions, received
 from ledger.posting import FINAL, CannotApply, Position
 from ledger.tables import Finding as FindingRow, JournalEntry, ReconciliationRun
@@ -54,6 +55,7 @@ class RunReport:
     counts: Counter = field(default_factory=Counter)
     unresolved: int = 0
     message: str | None = None
+    notices: list[int] = field(default_factory=list)  # outbox ids this run staged, to queue once it ends
 
     @property
     def matches(self) -> bool:
@@ -128,14 +130,19 @@ async def _window_start(engine: AsyncEngine, since: int | None) -> int | None:
 
 
 class Reconciler:
-    """Runs one reconciliation against `client`, writing to `engine` unless `dry_run`."""
+    """Runs one reconciliation against `client`, writing to `engine` unless `dry_run`.
+
+    The alerts and callbacks its changes owe on `notices` (a backfilled payment failure, a first
+    move to paid, the run's own drift summary) are staged in the transaction of each change.
+    """
 
     def __init__(self, engine: AsyncEngine, client: VinrClient, *, dry_run: bool = False,
-                 progress: Callable[[int], None] | None = None):
+                 progress: Callable[[int], None] | None = None, notices: outbox.Channels = outbox.NO_CHANNELS):
         self.engine = engine
         self.client = client
         self.dry_run = dry_run
         self.progress = progress or (lambda n: None)
+        self.notices = notices
 
     async def run(self, since: int | None = None, now: datetime | None = None) -> RunReport:
         now = now or datetime.now(UTC)
@@ -174,6 +181,8 @@ class Reconciler:
 
     async def _record(self, report: RunReport) -> None:
         async with self.engine.begin() as conn:
+            staged = await outbox.stage(conn, outbox.for_run(
+                {**report.as_dict(), "unresolved": report.unresolved}, self.notices))
             await conn.execute(
                 update(runs).where(runs.c.id == report.run_id).values(
                     finished_at=datetime.now(UTC),
@@ -186,6 +195,7 @@ class Reconciler:
                     message=report.message,
                 )
             )
+        report.notices += staged.values()
 
     async def _backfill(self, report: RunReport, since: int) -> None:
         """Record every event of the window that the ledger never received (source backfill)."""
@@ -208,6 +218,8 @@ class Reconciler:
                 try:
                     async with self.engine.begin() as conn:
                         result = await apply_event(conn, event, body, {}, source="backfill")
+                        (result,) = await outbox.stage_results(conn, [event], [result], source="backfill",
+                                                               channels=self.notices)
                 except (InvalidEvent, CannotApply) as exc:
                     # Kept as dead for a person to see; the sweep below still moves the invoice.
                     async with self.engine.begin() as conn:
@@ -215,6 +227,7 @@ class Reconciler:
                     log.warning("backfilled event cannot be applied", event_id=event.id, error=str(exc))
                     continue
                 report.events_backfilled += result.outcome != "duplicate"
+                report.notices += result.notices
 
     async def _sweep(self, report: RunReport, window: int | None) -> set[str]:
         """Compare every invoice VINR lists for the window; return the ids of those not final."""
@@ -282,7 +295,7 @@ class Reconciler:
         drifted = [c for c in checks if c[2] or (c[3] and not self.dry_run)]
         if not drifted:
             return
-        counts, corrections, unresolved = Counter(), 0, 0
+        counts, corrections, unresolved, staged = Counter(), 0, 0, []
         async with self.engine.begin() as conn:
             corrected: set[str] = set()
             # Positions are locked in id order, as a worker's batch locks them: no deadlock.
@@ -290,7 +303,7 @@ class Reconciler:
                 counts.update(f.category for f in found)
                 if invoice is not None and not self.dry_run:
                     # A draft's edits are no drift, but keep the ledger's copy of the draft current.
-                    corrections += await self._correct(conn, report.run_id, invoice)
+                    corrections += await self._correct(conn, report.run_id, invoice, staged)
                     corrected.add(invoice_id)
                 elif found:
                     unresolved += 1
@@ -316,14 +329,18 @@ class Reconciler:
         report.counts.update(counts)
         report.corrections_posted += corrections
         report.unresolved += unresolved
+        report.notices += staged
 
-    async def _correct(self, conn, run_id: int, invoice: Invoice) -> int:
+    async def _correct(self, conn, run_id: int, invoice: Invoice, staged: list[int]) -> int:
         """Move the ledger to VINR's answer through the posting rule; entries name this run.
-        Returns the number of entries posted."""
+        Returns the number of entries posted; adds the ids of the notices it owes to `staged`."""
         position = await lock_position(conn, invoice.id)
         # Stamped with the time of VINR's answer, so an older webhook arriving later is stale.
         outcome = await apply_snapshot(conn, invoice, source="reconciliation", run_id=run_id,
                                        authoritative=True, position=position, event_at=int(time.time()))
+        if self.notices:
+            staged += (await outbox.stage(conn, outbox.for_snapshot(invoice, outcome, "reconciliation",
+                                                                    self.notices))).values()
         return len(outcome.entries)
 
 

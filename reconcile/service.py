@@ -13,6 +13,7 @@ from ledger.db import create_engine
 from reconcile.lock import exclusive
 from reconcile.run import Reconciler, RunReport
 from vinr.client import VinrClient
+from vinr_recon.jobs import enqueue_notices
 from vinr_recon.settings import Settings, require
 
 log = structlog.get_logger(__name__)
@@ -33,6 +34,7 @@ async def reconcile_once(
     Resources passed in stay open; those created here are closed here.
     """
     require(settings, "vinr_api_key")
+    channels = settings.notice_channels()
     own_engine, own_redis, own_client = engine is None, redis is None, client is None
     engine = engine or create_engine(settings.database_url)
     redis = redis or Redis.from_url(settings.redis_url)
@@ -42,7 +44,10 @@ async def reconcile_once(
             if not acquired:
                 log.info("reconciliation skipped: another run holds the lock")
                 return None
-            return await Reconciler(engine, client, dry_run=dry_run, progress=progress).run(since=since)
+            report = await Reconciler(engine, client, dry_run=dry_run, progress=progress, notices=channels).run(
+                since=since)
+        await _queue(settings, redis, report.notices)
+        return report
     finally:
         if own_client:
             await client.aclose()
@@ -50,3 +55,15 @@ async def reconcile_once(
             await redis.aclose()
         if own_engine:
             await engine.dispose()
+
+
+async def _queue(settings: Settings, redis: Redis, notice_ids: list[int]) -> None:
+    """Queue the delivery of what the run staged; a worker's sweep queues it anyway if this fails."""
+    if not notice_ids:
+        return
+    from arq.connections import ArqRedis
+
+    try:
+        await enqueue_notices(ArqRedis(redis.connection_pool), settings.queue_name, notice_ids)
+    except Exception as exc:
+        log.warning("notices not queued, a worker's sweep will", notices=notice_ids, error=repr(exc))

@@ -18,3 +18,21 @@ def job_key(job_id: str) -> str:
 
 def result_key(job_id: str) -> str:
     return f"arq:result:{job_id}"
+
+
+# deliver_notice(ctx, notice_id: int): one outbox row (ledger.outbox) sent on its channel. Its job id
+# names the row (and the queue: arq's job ids are global to a Redis, the rows' ids only to one
+# database), so enqueueing after the commit and the worker's sweep never run it twice at once.
+# It keeps no result: once it has run, the row's status is what counts.
+DELIVER_NOTICE = "deliver_notice"
+
+
+def notice_job_id(queue_name: str, notice_id: int) -> str:
+    return f"notice:{queue_name}:{notice_id}"
+
+
+async def enqueue_notices(redis, queue_name: str, notice_ids) -> None:
+    """Queue a delivery job for each staged notice (`redis`: an arq `ArqRedis`)."""
+    for notice_id in dict.fromkeys(notice_ids):
+        await redis.enqueue_job(DELIVER_NOTICE, notice_id, _job_id=notice_job_id(queue_name, notice_id),
+                                _queue_name=queue_name)

@@ -12,6 +12,10 @@ def _split(value: SecretStr | None) -> list[str]:
     return [part.strip() for part in value.get_secret_value().split(",") if part.strip()]
 
 
+def _present(value: SecretStr | None) -> bool:
+    return value is not None and bool(value.get_secret_value().strip())
+
+
 class Settings(BaseSettings):
     """Contract section 7. Secrets are `SecretStr`, so a repr or a log line shows `**********`."""
 
@@ -43,6 +47,18 @@ class Settings(BaseSettings):
     @property
     def api_tokens(self) -> list[str]:
         return _split(self.ledger_api_token)
+
+    def notice_channels(self):
+        """The alert and callback channels configured (`ledger.outbox.Channels`): the ledger stages
+        notices for these only. `ConfigurationError` for a callback URL without its secret."""
+        from ledger.outbox import Channels
+
+        if self.fulfilment_url and not _present(self.fulfilment_secret):
+            raise ConfigurationError("FULFILMENT_SECRET must be set with FULFILMENT_URL (see .env.example)")
+        if _present(self.smtp_url) and not self.smtp_url.get_secret_value().startswith(("smtp://", "smtps://")):
+            raise ConfigurationError("SMTP_URL must look like smtp://user:password@host:port (or smtps://)")
+        return Channels(email=_present(self.smtp_url), chat=_present(self.alert_webhook_url),
+                        fulfilment=bool(self.fulfilment_url))
 
 
 class ConfigurationError(Exception):

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.batch import PoisonInBatch, Received, apply_events
 from ledger.book import ConcurrentUpdate, EventResult
+from ledger.outbox import NO_CHANNELS, Channels, stage_results
 
 Waiting = tuple[Received, asyncio.Future[EventResult]]
 
@@ -28,6 +29,7 @@ class Batcher:
 
     A batch waits up to `linger` seconds to fill; each transaction gets `timeout` seconds and a
     batch with its retries twice that. `lock` is held around each transaction (SQLite's writer).
+    The alerts and callbacks a batch owes on `notices` are staged in its transaction.
     """
 
     def __init__(
@@ -38,8 +40,10 @@ class Batcher:
         linger: float = 0.0,
         timeout: float = 15.0,
         lock: asyncio.Lock | None = None,
+        notices: Channels = NO_CHANNELS,
     ) -> None:
         self._engine = engine
+        self._notices = notices
         self._max_batch = max_batch
         self._linger = linger
         self._timeout = timeout
@@ -99,6 +103,9 @@ class Batcher:
             try:
                 async with asyncio.timeout(self._timeout), self._lock, self._engine.begin() as conn:
                     results = await apply_events(conn, [item for item, _ in batch])
+                    if self._notices:  # at most one statement more per batch, none when nothing is owed
+                        results = await stage_results(conn, [item.event for item, _ in batch], results,
+                                                      source="webhook", channels=self._notices)
             except PoisonInBatch as poison:
                 _, future = batch.pop(poison.index)
                 _settle(future, error=poison.error)

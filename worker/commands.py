@@ -1,4 +1,4 @@
-"""`vinr-recon worker` and `vinr-recon replay [--event ID ...]`."""
+"""`vinr-recon worker` and `vinr-recon replay [--event ID ...] [--notices] [--notice ID ...]`."""
 
 from __future__ import annotations
 
@@ -22,9 +22,14 @@ def register(subparsers) -> None:
                              "concurrent jobs share one)")
     worker.set_defaults(run=run_worker)
 
-    replay = subparsers.add_parser("replay", help="re-queue dead-lettered events")
+    replay = subparsers.add_parser("replay", help="re-queue dead-lettered events (or, with --notices, dead alerts "
+                                                  "and callbacks)")
     replay.add_argument("--event", dest="events", action="append", metavar="ID",
                         help="replay this event's dead letter (repeatable; default: every one not yet replayed)")
+    replay.add_argument("--notices", action="store_true",
+                        help="replay the alerts and callbacks that never got through instead of events")
+    replay.add_argument("--notice", dest="notice_ids", action="append", type=int, metavar="ID",
+                        help="replay this dead notice (repeatable; implies --notices)")
     replay.set_defaults(run=run_replay)
 
 
@@ -47,7 +52,35 @@ def run_worker(args: argparse.Namespace, settings) -> int:
 
 
 def run_replay(args: argparse.Namespace, settings) -> int:
+    notice_ids = getattr(args, "notice_ids", None)
+    if getattr(args, "notices", False) or notice_ids:
+        return asyncio.run(_replay_notices(settings, notice_ids))
     return asyncio.run(_replay(settings, args.events))
+
+
+async def _replay_notices(settings, ids: list[int] | None) -> int:
+    from arq.connections import RedisSettings, create_pool
+
+    from ledger.db import create_engine
+    from worker.notices import replay_notices
+
+    engine = create_engine(settings.database_url)
+    redis = await create_pool(RedisSettings.from_dsn(settings.redis_url), default_queue_name=settings.queue_name)
+    try:
+        queued = await replay_notices(engine, redis, settings.queue_name, ids)
+    finally:
+        await redis.aclose()
+        await engine.dispose()
+    for notice, fresh in queued:
+        state = "queued" if fresh else "already queued"
+        print(f"{state} notice {notice.id} ({notice.kind} by {notice.channel}, invoice {notice.invoice_id or '-'}; "
+              f"died after {notice.attempts} tries with: {notice.last_error})")
+    missing = sorted(set(ids or ()) - {notice.id for notice, _ in queued})
+    for notice_id in missing:
+        print(f"no dead notice {notice_id}")
+    if not queued and not missing:
+        print("no dead notices")
+    return 1 if missing else 0
 
 
 async def _replay(settings, events: list[str] | None) -> int:

@@ -25,9 +25,11 @@ from sqlalchemy import update
 from ledger.batch import Received
 from ledger.book import EventResult
 from ledger.book import apply_event as book_apply_event
+from ledger.outbox import NO_CHANNELS, stage_results
 from ledger.posting import CannotApply
 from ledger.tables import DeadLetter
 from vinr.events import InvalidEvent, parse_event
+from vinr_recon.jobs import enqueue_notices
 from worker.deadletters import bury
 from worker.defaults import TRIES
 
@@ -89,6 +91,7 @@ async def apply_event(
                 raise Retry(defer=delay) from exc
         else:
             _log_result(result)
+            await queue_notices(ctx, result.notices)
             return result.outcome
         return await _dead_letter(ctx, event_id, event_type, body, headers, received, error, attempt, dead_letter_id)
 
@@ -104,9 +107,22 @@ async def _apply(ctx, body, headers, received, replay, dead_letter_id) -> EventR
     async with asyncio.timeout(ctx["policy"].attempt_timeout):
         async with _write_lock(ctx), ctx["engine"].begin() as conn:
             result = await book_apply_event(conn, event, body, headers, received_at=received, replay=replay)
+            (result,) = await stage_results(conn, [event], [result], source="webhook",
+                                            channels=ctx.get("channels", NO_CHANNELS))
             if dead_letter_id is not None:
                 await conn.execute(_mark_replayed(dead_letter_id))
     return result
+
+
+async def queue_notices(ctx: dict[str, Any], notice_ids: tuple[int, ...]) -> None:
+    """Queue the delivery of notices just committed. Never fails the caller: the worker's sweep
+    (worker.notices) queues whatever is still pending a little later."""
+    if not notice_ids:
+        return
+    try:
+        await enqueue_notices(ctx["redis"], ctx["queue_name"], notice_ids)
+    except Exception as exc:
+        log.warning("notices not queued, the sweep will", notices=list(notice_ids), error=_describe(exc))
 
 
 def _mark_replayed(dead_letter_id: int):

@@ -21,6 +21,7 @@ from vinr_recon.settings import Settings
 from worker.defaults import ARQ_MAX_TRIES, BATCH_LINGER, JOB_TIMEOUT, KEEP_RESULT, MAX_JOBS, POLL_DELAY, TRIES
 from worker.jobs import RetryPolicy, apply_event
 from worker.nightly import nightly_cron
+from worker.notices import NOTICE_RETRY, Notifier, notice_crons, notice_functions
 
 
 log = structlog.get_logger("worker")
@@ -40,6 +41,7 @@ def worker_settings(
     batch: bool = True,
     burst: bool = False,
     functions: list[Any] | None = None,
+    notice_retry: RetryPolicy = NOTICE_RETRY,
 ) -> dict[str, Any]:
     """Keyword arguments for `arq.worker.Worker` (or `run_worker`) applying events to the ledger.
 
@@ -49,6 +51,7 @@ def worker_settings(
     """
     # Two batches and a dead-letter write must fit in arq's own timeout (see RetryPolicy).
     policy = RetryPolicy(tries=tries, attempt_timeout=job_timeout / 6)
+    channels = settings.notice_channels()  # the alerts and callbacks to stage (worker.notices delivers them)
 
     async def on_startup(ctx: dict[str, Any]) -> None:
         from ledger.db import create_engine, is_sqlite
@@ -66,22 +69,26 @@ def worker_settings(
         ctx["engine"] = engine
         ctx["policy"] = policy
         ctx["write_lock"] = asyncio.Lock() if is_sqlite(engine) else None
+        ctx["channels"], ctx["queue_name"], ctx["notice_policy"] = channels, settings.queue_name, notice_retry
+        ctx["notifier"] = Notifier(settings)
         ctx["batcher"] = (
             # Half of max_jobs: one batch fills while the one before it commits.
             Batcher(engine, max_batch=max(1, max_jobs // 2), linger=BATCH_LINGER, timeout=policy.attempt_timeout,
-                    lock=ctx["write_lock"])
+                    lock=ctx["write_lock"], notices=channels)
             if batch else None
         )
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
         if ctx.get("batcher") is not None:
             await ctx["batcher"].close()
+        if ctx.get("notifier") is not None:
+            await ctx.pop("notifier").aclose()
         engine = ctx.pop("engine", None)
         if engine is not None:
             await engine.dispose()
 
     return dict(
-        functions=functions or [func(apply_event, name=APPLY_EVENT)],
+        functions=functions or [func(apply_event, name=APPLY_EVENT), *notice_functions()],
         queue_name=settings.queue_name,
         redis_settings=RedisSettings.from_dsn(settings.redis_url),
         on_startup=on_startup,
@@ -94,7 +101,7 @@ def worker_settings(
         log_results=False,
         burst=burst,
         # RECONCILE_AT is UTC whatever the machine's zone.
-        cron_jobs=nightly_cron(settings),
+        cron_jobs=nightly_cron(settings) + notice_crons(settings),
         timezone=UTC,
     )
 

@@ -1,0 +1,191 @@
+"""The outbox: alerts and callbacks owed, staged in the transaction of the ledger change behind them.
+
+What a write owes is decided by pure functions of what it did (`for_event`, `for_snapshot`,
+`for_run`); `stage` writes it in one `INSERT ... ON CONFLICT DO NOTHING`, so a notice's key, not
+the number of deliveries or paths that saw the change, decides how many there are:
+
+    payment_failed:{event_id}:{email|chat}   each newly recorded invoice.payment_failed event
+    paid:{invoice_id}:fulfilment             an invoice's first move to paid, by whatever path
+    drift:{run_id}:{email|chat}              a reconciliation run that found drift or did not complete
+
+Only configured channels are staged (`Channels`, built from the settings at each entry point:
+the ledger never reads configuration); with none, nothing here runs. Delivery, after the commit,
+is the worker's (worker.notices): a channel that is down never touches the ledger's transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ledger.book import EventResult
+from ledger.posting import FINAL, Outcome
+from ledger.tables import Notice as NoticeRow
+from vinr.events import Event, Invoice
+
+outbox = NoticeRow.__table__
+
+ALERT_CHANNELS = ("email", "chat")
+
+
+@dataclass(frozen=True)
+class Channels:
+    """Which channels are configured; false as a whole when none is."""
+
+    email: bool = False
+    chat: bool = False
+    fulfilment: bool = False
+
+    @property
+    def alerts(self) -> tuple[str, ...]:
+        return tuple(c for c in ALERT_CHANNELS if getattr(self, c))
+
+    def __bool__(self) -> bool:
+        return self.email or self.chat or self.fulfilment
+
+
+NO_CHANNELS = Channels()
+
+
+@dataclass(frozen=True)
+class Notice:
+    key: str
+    channel: str
+    kind: str
+    invoice_id: str | None
+    payload: dict[str, Any]
+
+
+# --- What a write owes (pure) -----------------------------------------------------------------
+
+
+def payment_failed(event_id: str, invoice: Invoice, source: str, channels: Channels) -> list[Notice]:
+    error = invoice.last_payment_error
+    payload = {
+        "eventId": event_id,
+        "source": source,
+        "invoiceId": invoice.id,
+        "number": invoice.number,
+        "customer": invoice.customer,
+        "status": invoice.status,
+        "currency": invoice.currency,
+        "total": invoice.total,
+        "amountDue": invoice.amount_due,
+        "attemptCount": invoice.attempt_count,
+        "hostedInvoiceUrl": invoice.hosted_invoice_url,
+        "metadata": dict(invoice.metadata),
+        "failure": None if error is None else {
+            "code": error.code, "declineCode": error.decline_code, "message": error.message,
+        },
+    }
+    return [Notice(f"payment_failed:{event_id}:{channel}", channel, "payment_failed", invoice.id, payload)
+            for channel in channels.alerts]
+
+
+def paid(invoice: Invoice, outcome: Outcome, source: str, channels: Channels) -> list[Notice]:
+    """The fulfilment callback's body, exactly as it will be sent."""
+    if not channels.fulfilment:
+        return []
+    key = f"paid:{invoice.id}:fulfilment"
+    payload = {
+        "type": "invoice.paid",
+        "idempotencyKey": key,
+        "invoiceId": invoice.id,
+        "number": invoice.number,
+        "customer": invoice.customer,
+        "metadata": dict(invoice.metadata),
+        "amountPaid": invoice.amount_paid,
+        "currency": invoice.currency,
+        "paidAt": outcome.position.paid_at,
+        "source": source,
+    }
+    return [Notice(key, "fulfilment", "paid", invoice.id, payload)]
+
+
+def for_snapshot(invoice: Invoice, outcome: Outcome, source: str, channels: Channels) -> list[Notice]:
+    """What moving the ledger to `invoice` owes: the paid callback on its first move to paid."""
+    return paid(invoice, outcome, source, channels) if outcome.became_paid else []
+
+
+def for_event(event: Event, result: EventResult, source: str, channels: Channels) -> list[Notice]:
+    """What recording `event` owes. A duplicate owes nothing; a payment failure is alerted
+    unless the ledger already holds the invoice as paid or void (nobody needs to chase it)."""
+    if not channels or result.snapshot is None or result.invoice is None:
+        return []
+    notices = []
+    if event.type == "invoice.payment_failed" and result.snapshot.position.status not in FINAL:
+        notices += payment_failed(event.id, result.invoice, source, channels)
+    return notices + for_snapshot(result.invoice, result.snapshot, source, channels)
+
+
+def for_run(run: dict[str, Any], channels: Channels) -> list[Notice]:
+    """A finished run's summary (`RunReport.as_dict()` and `unresolved`) when it found drift or
+    did not complete. A dry run alerts nobody: whoever ran it is reading its report."""
+    if run.get("dryRun") or not channels.alerts:
+        return []
+    counts = {category: n for category, n in run.get("counts", {}).items() if n}
+    if not counts and run["status"] == "completed":
+        return []
+    run_id = run["id"]
+    payload = {
+        "runId": run_id,
+        "status": run["status"],
+        "counts": counts,
+        "invoicesChecked": run.get("invoicesChecked", 0),
+        "eventsBackfilled": run.get("eventsBackfilled", 0),
+        "correctionsPosted": run.get("correctionsPosted", 0),
+        "unresolved": run.get("unresolved", 0),
+        "message": run.get("message"),
+        "report": f"/api/reconciliation/runs/{run_id}",
+        "findingsCsv": f"/api/reconciliation/runs/{run_id}/findings.csv",
+    }
+    return [Notice(f"drift:{run_id}:{channel}", channel, "drift", None, payload) for channel in channels.alerts]
+
+
+# --- Staging (one statement) ------------------------------------------------------------------
+
+
+def _insert(conn: AsyncConnection):
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return (dialect.insert(outbox).on_conflict_do_nothing(index_elements=[outbox.c.key])
+            .returning(outbox.c.id, outbox.c.key))
+
+
+async def stage(conn: AsyncConnection, notices: Sequence[Notice], now: datetime | None = None) -> dict[str, int]:
+    """Write `notices` in the caller's transaction; returns {key: id} of those not staged before."""
+    if not notices:
+        return {}
+    now = now or datetime.now(UTC)
+    rows = await conn.execute(_insert(conn), [
+        {"key": n.key, "channel": n.channel, "kind": n.kind, "invoice_id": n.invoice_id, "payload": n.payload,
+         "status": "pending", "attempts": 0, "created_at": now}
+        for n in notices
+    ])
+    return {key: notice_id for notice_id, key in rows}
+
+
+async def stage_results(conn: AsyncConnection, events: Sequence[Event], results: list[EventResult], *,
+                        source: str, channels: Channels) -> list[EventResult]:
+    """Stage what applying `events` (with their `results`, in order) owes, in the caller's
+    transaction; returns the results with the ids of the notices each staged."""
+    if not channels:
+        return results
+    owed = [for_event(event, result, source, channels) for event, result in zip(events, results, strict=True)]
+    if not any(owed):
+        return results
+    staged = await stage(conn, [notice for notices in owed for notice in notices])
+    return [
+        replace(result, notices=tuple(staged[n.key] for n in notices if n.key in staged)) if notices else result
+        for result, notices in zip(results, owed, strict=True)
+    ]
+
+
+async def dead_count(conn: AsyncConnection) -> int:
+    """Notices that never got through (for a gauge, or a person)."""
+    return await conn.scalar(select(func.count()).select_from(outbox).where(outbox.c.status == "dead"))

@@ -1,0 +1,391 @@
+"""Alerts and the paid callback end to end: events through the real worker (arq, burst mode, real
+Redis), the ledger on SQLite and PostgreSQL, and real peers on loopback: an SMTP server (aiosmtpd,
+with AUTH) and an HTTP server standing in for the chat webhook and the merchant app.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import io
+import json
+import time
+import warnings
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from arq.connections import RedisSettings, create_pool
+from arq.worker import Worker
+from pydantic import SecretStr
+from redis.asyncio import Redis
+from sqlalchemy import select
+
+from ledger import outbox as outbox_module
+from ledger.outbox import outbox
+from ledger.tables import InvoicePosition, ReceivedEvent
+from lifecycles import Event, enqueue, snapshot
+from notify_support import SMTP_PASSWORD, SmtpSink, http_sink, wait_for
+from reconcile.service import reconcile_once
+from receiver_support import LogCapture
+from tests.conftest import REDIS_URL
+from vinr.client import RetryPolicy as ClientRetry, VinrClient
+from vinr.events import Invoice
+from vinr.sandbox.app import create_app
+from vinr.sandbox.config import SandboxConfig
+from vinr.sandbox.delivery import event_body
+from vinr.sandbox.errors import SandboxError
+from vinr.sandbox.serving import serve
+from vinr.signature import verify
+from worker.commands import run_replay
+from worker.jobs import RetryPolicy
+from worker.settings import worker_settings
+
+positions, received = InvoicePosition.__table__, ReceivedEvent.__table__
+FULFILMENT_SECRET = "fulfil-secret-" + "f" * 20
+CHAT_PATH = "/hooks/T0000/B0000/chattoken" + "c" * 16
+DEFAULT_RECIPIENT = "finance@merchant.example"
+MANAGER = "anna.manager@merchant.example"
+FAST = RetryPolicy(tries=10, base_delay=0.1, max_delay=0.4, attempt_timeout=5.0)
+
+
+@pytest.fixture
+async def redis(settings):
+    pool = await create_pool(RedisSettings.from_dsn(settings.redis_url), default_queue_name=settings.queue_name)
+    yield pool
+    keys = [key async for key in pool.scan_iter(match=f"arq:*{settings.queue_name.rsplit('_', 1)[1]}*", count=1000)]
+    await pool.delete(settings.queue_name, *keys)
+    await pool.aclose()
+
+
+@pytest.fixture
+def prefix(settings) -> str:
+    return f"evt_{settings.queue_name.rsplit('_', 1)[1]}"
+
+
+@pytest.fixture
+def smtp():
+    sink = SmtpSink()
+    sink.start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture
+async def http():
+    async with http_sink() as sink:
+        yield sink
+
+
+def with_channels(settings, smtp_url: str, http, **extra):
+    return settings.model_copy(update={
+        "smtp_url": SecretStr(smtp_url),
+        "alert_email_from": "vinr-recon@merchant.example",
+        "alert_default_recipient": DEFAULT_RECIPIENT,
+        "alert_webhook_url": SecretStr(http.root + CHAT_PATH),
+        "fulfilment_url": http.root + "/fulfilment",
+        "fulfilment_secret": SecretStr(FULFILMENT_SECRET),
+        **extra,
+    })
+
+
+async def drain(settings, **options) -> Worker:
+    """Run the worker (`vinr-recon worker`'s settings) until its queue is empty, deferred
+    retries included."""
+    worker = Worker(**worker_settings(settings, burst=True, poll_delay=0, **options), handle_signals=False)
+    try:
+        await worker.async_run()
+    finally:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Call to deprecated close", DeprecationWarning)
+            await worker.close()
+    return worker
+
+
+async def notices(engine) -> list:
+    async with engine.connect() as conn:
+        return list((await conn.execute(select(outbox).order_by(outbox.c.id))).all())
+
+
+def failed(invoice_id: str, total: int, *, currency: str = "EUR", metadata: dict | None = None, **extra) -> dict:
+    return snapshot(invoice_id, "open", total, currency=currency, attempts=2, customer="cust_acme",
+                    number=f"INV-2026-{invoice_id[-3:]}", hostedInvoiceUrl=f"https://pay.vinr.com/{invoice_id}",
+                    metadata=metadata or {},
+                    lastPaymentError={"code": "card_declined", "declineCode": "generic_decline",
+                                      "message": "Your card was declined."}, **extra)
+
+
+@pytest.mark.parametrize("batch", [True, False], ids=["batched", "one-by-one"])
+async def test_a_failed_payment_delivered_three_times_alerts_once(
+    ledger_settings, ledger_engine, redis, prefix, smtp, http, batch
+):
+    settings = with_channels(ledger_settings, smtp.url, http)
+    a_open = snapshot("inv_a142", "open", 196000, customer="cust_acme")
+    a_failed = failed("inv_a142", 196000, metadata={"accountManager": MANAGER, "projectId": "proj_2291"})
+    b_failed = failed("inv_b007", 5000, currency="JPY")
+    events = [Event(f"{prefix}_1", "invoice.finalized", a_open, 1_763_800_000),
+              Event(f"{prefix}_2", "invoice.payment_failed", a_failed, 1_763_800_060),
+              Event(f"{prefix}_3", "invoice.payment_failed", b_failed, 1_763_800_120)]
+    # The failure three times: twice in this drain (two jobs, as after arq's result expired) ...
+    await enqueue(redis, settings.queue_name, events)
+    await enqueue(redis, settings.queue_name, events[1:2], job_id=lambda e: f"{e.id}:again")
+    await drain(settings, batch=batch)
+    # ... and once more after the first copies committed.
+    await enqueue(redis, settings.queue_name, events[1:2], job_id=lambda e: f"{e.id}:third")
+    await drain(settings, batch=batch)
+
+    assert sorted(mail.recipients[0] for mail in smtp.mails) == [MANAGER, DEFAULT_RECIPIENT]
+    assert set(smtp.logins) == {b"alerts"}  # logged in with SMTP_URL's credentials
+    (to_manager,) = [mail for mail in smtp.mails if mail.recipients == [MANAGER]]
+    assert to_manager.message["From"] == "vinr-recon@merchant.example"
+    assert to_manager.message["To"] == MANAGER
+    assert "INV-2026-142" in to_manager.message["Subject"] and "EUR 1,960.00" in to_manager.message["Subject"]
+    text = to_manager.text
+    for expected in ("Customer:", "cust_acme", "INV-2026-142 (inv_a142)", "Amount due:", "EUR 1,960.00",
+                     "card_declined (generic_decline): Your card was declined.", "https://pay.vinr.com/inv_a142"):
+        assert expected in text
+    assert [line.split() for line in text.splitlines() if line.startswith("Attempts:")] == [["Attempts:", "2"]]
+    (to_default,) = [mail for mail in smtp.mails if mail.recipients == [DEFAULT_RECIPIENT]]
+    assert "JPY 5,000 due" in to_default.message["Subject"]
+
+    chat = [json.loads(r.body) for r in http.at(CHAT_PATH)]
+    assert sorted("INV-2026-142" in m["text"] for m in chat) == [False, True]
+    assert all(m["blocks"][0]["type"] == "section" for m in chat)
+    rows = await notices(ledger_engine)
+    assert sorted((r.kind, r.channel, r.invoice_id, r.status, r.attempts) for r in rows) == [
+        ("payment_failed", "chat", "inv_a142", "sent", 1), ("payment_failed", "chat", "inv_b007", "sent", 1),
+        ("payment_failed", "email", "inv_a142", "sent", 1), ("payment_failed", "email", "inv_b007", "sent", 1),
+    ]
+    assert {r.key for r in rows} >= {f"payment_failed:{prefix}_2:email", f"payment_failed:{prefix}_2:chat"}
+
+
+async def test_smtp_down_at_first_the_email_arrives_once_it_is_back_and_the_ledger_never_waited(
+    ledger_settings, ledger_engine, redis, prefix, http
+):
+    smtp = SmtpSink()  # not listening yet
+    settings = with_channels(ledger_settings, smtp.url, http)
+    logs = LogCapture()
+    try:
+        event = Event(f"{prefix}_1", "invoice.payment_failed", failed("inv_c003", 12345, metadata={
+            "accountManager": MANAGER}), 1_763_800_000)
+        await enqueue(redis, settings.queue_name, [event])
+        worker = asyncio.create_task(drain(settings, notice_retry=FAST))
+        try:
+            await wait_for(lambda: _tries(ledger_engine, "email", 2))
+            # The ledger committed while SMTP was down, and the chat message went at once.
+            async with ledger_engine.connect() as conn:
+                assert await conn.scalar(select(received.c.outcome).where(received.c.event_id == event.id)) == "applied"
+                assert await conn.scalar(select(positions.c.attempt_count)) == 2
+            assert len(http.at(CHAT_PATH)) == 1 and smtp.mails == []
+            smtp.start()
+            await asyncio.wait_for(worker, 30)
+        finally:
+            smtp.stop()
+            if not worker.done():
+                worker.cancel()
+        assert [mail.recipients for mail in smtp.mails] == [[MANAGER]]
+        (row,) = [r for r in await notices(ledger_engine) if r.channel == "email"]
+        assert row.status == "sent" and row.attempts >= 3 and "Connect" in row.last_error
+        retried = [line for line in logs.lines() if line.get("event") == "notice not delivered, will retry"]
+        assert len(retried) >= 2 and all(line["channel"] == "email" for line in retried)
+        assert_no_secret(service_logs(logs), settings)
+        assert_no_secret(row.last_error, settings)
+    finally:
+        logs.close()
+
+
+async def _tries(engine, channel: str, at_least: int) -> bool:
+    async with engine.connect() as conn:
+        attempts = await conn.scalar(select(outbox.c.attempts).where(outbox.c.channel == channel))
+    return attempts is not None and attempts >= at_least
+
+
+async def test_a_notice_that_never_gets_through_is_dead_and_replayed(ledger_settings, ledger_engine, redis, prefix, http):
+    smtp = SmtpSink()
+    settings = with_channels(ledger_settings, smtp.url, http)
+    event = Event(f"{prefix}_1", "invoice.payment_failed", failed("inv_d004", 700), 1_763_800_000)
+    await enqueue(redis, settings.queue_name, [event])
+    await drain(settings, notice_retry=RetryPolicy(tries=2, base_delay=0.05, max_delay=0.1, attempt_timeout=5))
+    (dead,) = [r for r in await notices(ledger_engine) if r.channel == "email"]
+    assert (dead.status, dead.attempts) == ("dead", 2)
+    assert dead.last_error.startswith(f"DeliveryError: SMTP server 127.0.0.1:{smtp.port}: SMTPConnect")
+    assert_no_secret(dead.last_error, settings)
+
+    async with ledger_engine.connect() as conn:
+        assert await outbox_module.dead_count(conn) == 1
+
+    smtp.start()
+    try:
+        code, lines = await replay_notices(settings)
+        assert code == 0 and lines == [f"queued notice {dead.id}"]
+        await drain(settings)
+        assert await replay_notices(settings) == (0, ["no dead notices"])
+    finally:
+        smtp.stop()
+    assert [mail.recipients for mail in smtp.mails] == [[DEFAULT_RECIPIENT]]
+    (sent,) = [r for r in await notices(ledger_engine) if r.channel == "email"]
+    assert (sent.status, sent.attempts) == ("sent", 3)
+
+
+async def test_with_no_recipient_anywhere_the_email_is_dead_at_once_and_the_chat_message_goes(
+    ledger_settings, ledger_engine, redis, prefix, smtp, http
+):
+    settings = with_channels(ledger_settings, smtp.url, http, alert_default_recipient=None)
+    logs = LogCapture()
+    try:
+        event = Event(f"{prefix}_1", "invoice.payment_failed", failed("inv_f006", 100), 1_763_800_000)
+        await enqueue(redis, settings.queue_name, [event])
+        await drain(settings)
+    finally:
+        logs.close()
+    rows = {r.channel: r for r in await notices(ledger_engine)}
+    assert (rows["chat"].status, rows["email"].status, rows["email"].attempts) == ("sent", "dead", 1)
+    assert rows["email"].last_error.startswith("no recipient") and smtp.mails == []
+    (why,) = [line for line in logs.lines() if line.get("channel") == "email" and line["level"] == "error"]
+    assert "no recipient" in why["error"]
+
+
+async def test_a_notice_committed_but_never_queued_is_found_by_the_sweep(ledger_settings, ledger_engine, redis, smtp, http):
+    settings = with_channels(ledger_settings, smtp.url, http)
+    invoice = Invoice.model_validate(failed("inv_e005", 990))
+    owed = outbox_module.payment_failed("evt_crashed", invoice, "webhook", settings.notice_channels())
+    # Staged a minute ago by a worker that died before it could queue the delivery.
+    async with ledger_engine.begin() as conn:
+        await outbox_module.stage(conn, owed, now=datetime.now(UTC) - timedelta(minutes=1))
+    assert await redis.zcard(settings.queue_name) == 0
+    await drain(settings)  # the sweep runs at the worker's start-up, then every minute
+    assert [mail.recipients for mail in smtp.mails] == [[DEFAULT_RECIPIENT]] and len(http.at(CHAT_PATH)) == 1
+    assert {r.status for r in await notices(ledger_engine)} == {"sent"}
+
+
+async def replay_notices(settings) -> tuple[int, list[str]]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = await asyncio.to_thread(
+            run_replay, argparse.Namespace(events=None, notices=True, notice_ids=None), settings)
+    return code, [line.split(" (")[0] for line in out.getvalue().splitlines()]
+
+
+def service_logs(logs) -> str:
+    """Every line logged but the loopback peers' own access log (the chat URL's path is in it)."""
+    text = "\n".join(line for line in logs.text().splitlines() if '"logger": "uvicorn.access"' not in line)
+    assert '"logger": "worker.notices"' in text
+    return text
+
+
+def assert_no_secret(text: str, settings) -> None:
+    plain = base64.b64encode(f"\0alerts\0{SMTP_PASSWORD}".encode()).decode()
+    secrets = [SMTP_PASSWORD, plain, FULFILMENT_SECRET, CHAT_PATH.rsplit("/", 1)[1], settings.smtp_url.get_secret_value()]
+    if settings.vinr_api_key is not None:
+        secrets.append(settings.vinr_api_key.get_secret_value())
+    leaked = [secret for secret in secrets if secret in text]
+    assert not leaked, f"secrets in the text: {leaked}"
+
+
+# --- The paid callback: once, whichever path saw the invoice paid ---------------------------
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A sandbox event as the receiver would queue it."""
+
+    id: str
+    type: str
+    body: bytes
+
+
+async def test_a_paid_invoice_seen_by_webhook_and_by_reconciliation_calls_back_once(
+    ledger_settings, ledger_engine, redis, smtp, http
+):
+    app = create_app(SandboxConfig(rate_limit=0))
+    async with serve(app) as root:
+        sandbox = app.state.sandbox
+        state, hosted = sandbox.state, sandbox.config.hosted_base
+        settings = with_channels(ledger_settings, smtp.url, http, vinr_api_key=SecretStr(sandbox.api_key),
+                                 vinr_api_base=root + "/v1")
+        logs = LogCapture()
+        try:
+            await _paid_by_every_path(settings, ledger_engine, redis, state, hosted, smtp, http)
+            signatures = [r.headers["x-vinr-recon-signature"].split("v1=")[1] for r in http.at("/fulfilment")]
+            assert signatures and not [s for s in signatures if s in logs.text()]
+            assert_no_secret(service_logs(logs), settings)
+        finally:
+            logs.close()
+
+
+async def _paid_by_every_path(settings, engine, redis, state, hosted, smtp, http):
+    customer = state.create_customer(email="ops@acme.example", name="Acme GmbH",
+                                     metadata={"accountManager": MANAGER})
+
+    def new_invoice(amount: int, **metadata):
+        inv = state.create_invoice(customer=customer.id, currency="EUR", collection_method="send_invoice",
+                                   days_until_due=14, metadata={"projectId": "proj_2291", **metadata})
+        state.add_line(inv.id, description="Implementation", quantity=1, unit_amount=amount)
+        state.finalize(inv.id)
+        return inv.id
+
+    def deliveries(since: int) -> list[Delivery]:
+        return [Delivery(e.id, e.type, event_body(e, hosted)) for e in list(state.events)[since:]]
+
+    # A: a declined card, then paid; every webhook arrives, the paid one three times.
+    a = new_invoice(196000)
+    with pytest.raises(SandboxError):
+        state.pay(a, "4000000000000002")
+    state.pay(a, "4242424242424242")
+    webhooks = deliveries(0)
+    paid_a = [d for d in webhooks if d.type == "invoice.paid"]
+    await enqueue(redis, settings.queue_name, webhooks)
+    await enqueue(redis, settings.queue_name, paid_a, job_id=lambda d: f"{d.id}:again")
+    await enqueue(redis, settings.queue_name, paid_a, job_id=lambda d: f"{d.id}:third")
+    await drain(settings)
+
+    # B: finalized by webhook, then paid while VINR recorded no event (so no webhook and nothing
+    # to backfill): only the reconciliation's correction sees it paid. Its webhook arrives late.
+    seen = len(list(state.events))
+    b = new_invoice(50000)
+    await enqueue(redis, settings.queue_name, deliveries(seen))
+    await drain(settings)
+    state.quiet = True
+    state.pay(b, "4242424242424242")
+    state.quiet = False
+    client = VinrClient(settings.vinr_api_base, settings.vinr_api_key, retry=ClientRetry(max_attempts=2))
+    pool = Redis.from_url(REDIS_URL)
+    try:
+        report = await reconcile_once(settings, engine=engine, redis=pool, client=client)
+    finally:
+        await client.aclose()
+        await pool.aclose()
+    assert report.status == "completed" and report.counts["status_mismatch"] == 1 and report.corrections_posted
+    late = snapshot(b, "paid", 50000, 50000, customer=customer.id, metadata={"projectId": "proj_2291"},
+                    paidAt=int(time.time()))
+    await enqueue(redis, settings.queue_name, [Event(f"evt_late_{b}", "invoice.paid", late, int(time.time()))])
+    await drain(settings)
+
+    callbacks = http.at("/fulfilment")
+    assert sorted(json.loads(r.body)["invoiceId"] for r in callbacks) == sorted([a, b])
+    for request in callbacks:
+        # The service's own verifier, as the merchant app would check it.
+        verify(request.body, request.headers["x-vinr-recon-signature"], [FULFILMENT_SECRET], int(time.time()))
+        body = json.loads(request.body)
+        assert request.headers["idempotency-key"] == body["idempotencyKey"] == f"paid:{body['invoiceId']}:fulfilment"
+        assert body["metadata"] == {"projectId": "proj_2291"} and body["customer"] == customer.id
+        assert body["currency"] == "EUR" and isinstance(body["paidAt"], int)
+    by_invoice = {json.loads(r.body)["invoiceId"]: json.loads(r.body) for r in callbacks}
+    assert (by_invoice[a]["amountPaid"], by_invoice[a]["source"]) == (196000, "webhook")
+    assert (by_invoice[b]["amountPaid"], by_invoice[b]["source"]) == (50000, "reconciliation")
+
+    # A's failed payment: to the account manager named in the customer's metadata (read from VINR).
+    (mail_a,) = [m for m in smtp.mails if "Payment failed" in m.message["Subject"]]
+    assert mail_a.recipients == [MANAGER] and "Acme GmbH (" + customer.id + ")" in mail_a.text
+    # The run found drift: its summary went to the chat and, by email, to the default recipient.
+    (drift_mail,) = [m for m in smtp.mails if "Reconciliation run" in m.message["Subject"]]
+    assert drift_mail.recipients == [DEFAULT_RECIPIENT]
+    assert f"/api/reconciliation/runs/{report.run_id}" in drift_mail.text and "Status mismatch:" in drift_mail.text
+    drift_chat = [json.loads(r.body) for r in http.at(CHAT_PATH) if "Reconciliation run" in json.loads(r.body)["text"]]
+    assert len(drift_chat) == 1
+    assert {(r.kind, r.channel, r.status) for r in await notices(engine)} == {
+        ("payment_failed", "email", "sent"), ("payment_failed", "chat", "sent"), ("paid", "fulfilment", "sent"),
+        ("drift", "email", "sent"), ("drift", "chat", "sent")}
+    assert len(await notices(engine)) == 6

@@ -1,0 +1,264 @@
+"""Delivering the outbox (ledger.outbox): the `deliver_notice` job, the sweep, and replay.
+
+A notice is staged with the ledger change behind it and queued once that commits; a crash in
+between loses nothing, because the sweep (an arq cron job, every minute and at start-up) queues
+any notice still pending after a few seconds. The job id is the notice's, so neither path runs it
+twice at once. A failed try is retried with capped exponential backoff and jitter; after the last
+one the notice is `dead`, with its error, until `vinr-recon replay --notices` queues it again.
+
+Delivery is at least once: a worker killed between the send and the commit of `sent` sends again,
+which is why the fulfilment callback carries an idempotency key.
+
+Who gets an alert email: `accountManager` in the invoice's metadata, else in the customer's (read
+from VINR when VINR_API_KEY is set), else ALERT_DEFAULT_RECIPIENT; with none, the email is dead at
+once (the chat message still goes) and the log says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import structlog
+from arq import Retry
+from arq.cron import CronJob, cron
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from ledger.outbox import outbox
+from vinr.client import NotFound, RetryPolicy as ClientRetry, VinrClient, VinrError
+from vinr_recon.jobs import DELIVER_NOTICE, enqueue_notices, notice_job_id
+from vinr_recon.settings import Settings
+from worker import channels, render
+from worker.jobs import RetryPolicy
+
+log = structlog.get_logger("worker.notices")
+
+# About four hours of tries (2 s doubling to 30 min between them) before a notice is dead: an
+# SMTP server or a merchant app down for a while still gets it.
+NOTICE_RETRY = RetryPolicy(tries=20, base_delay=2.0, max_delay=1800.0, attempt_timeout=30.0)
+SWEEP_AFTER = timedelta(seconds=10)  # pending this long, and not queued: the commit's enqueue was lost
+SWEEP_LIMIT = 1000
+REPLAY_EXPIRES = timedelta(days=30)
+
+
+def recipient(invoice_metadata: dict[str, str], customer: dict[str, Any] | None, default: str | None) -> str | None:
+    """Who hears of an invoice's failed payment (see the module's docstring)."""
+    customer_metadata = (customer or {}).get("metadata") or {}
+    return invoice_metadata.get("accountManager") or customer_metadata.get("accountManager") or default or None
+
+
+class Notifier:
+    """Sends one notice on its channel, with the configuration and clients of one worker."""
+
+    def __init__(self, settings: Settings, *, http: httpx.AsyncClient | None = None,
+                 vinr: VinrClient | None = None) -> None:
+        self.settings = settings
+        self.smtp = channels.SmtpServer.parse(settings.smtp_url) if _set(settings.smtp_url) else None
+        self._http = http or httpx.AsyncClient(follow_redirects=False)
+        self._vinr = vinr
+        if vinr is None and _set(settings.vinr_api_key):
+            self._vinr = VinrClient.from_settings(settings, timeout=channels.TIMEOUT,
+                                                  retry=ClientRetry(max_attempts=2, base_delay=0.5))
+        # Every configured secret, so no error text stored or logged can carry one.
+        self._secrets = [value.get_secret_value() for value in (
+            settings.smtp_url, settings.alert_webhook_url, settings.fulfilment_secret, settings.vinr_api_key,
+            self.smtp.password if self.smtp else None,
+        ) if value is not None and value.get_secret_value()]
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+        if self._vinr is not None:
+            await self._vinr.aclose()
+
+    def scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "[redacted]")
+        return text
+
+    async def send(self, channel: str, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Deliver one notice; returns what to log about it. Raises `channels.DeliveryError` (or
+        any error) to be tried again, `channels.Undeliverable` when no try can succeed."""
+        settings = self.settings
+        if channel == "fulfilment":
+            if not settings.fulfilment_url or not _set(settings.fulfilment_secret):
+                raise channels.Undeliverable("FULFILMENT_URL and FULFILMENT_SECRET are not both set")
+            body, headers = channels.signed_callback(payload, settings.fulfilment_secret, int(time.time()))
+            await channels.post_callback(self._http, settings.fulfilment_url, body, headers)
+            return {}
+        if channel == "chat":
+            if not _set(settings.alert_webhook_url):
+                raise channels.Undeliverable("ALERT_WEBHOOK_URL is not set")
+            customer = await self._customer(payload, needed=False)
+            await channels.post_chat(self._http, settings.alert_webhook_url,
+                                     render.slack_message(render.render(kind, payload, customer)))
+            return {}
+        if channel == "email":
+            if self.smtp is None:
+                raise channels.Undeliverable("SMTP_URL is not set")
+            metadata = payload.get("metadata") or {}
+            needed = kind == "payment_failed" and "accountManager" not in metadata
+            customer = await self._customer(payload, needed=needed)
+            to = recipient(metadata, customer, settings.alert_default_recipient)
+            if to is None:
+                raise channels.Undeliverable(
+                    "no recipient: no accountManager in the invoice's or customer's metadata and "
+                    "ALERT_DEFAULT_RECIPIENT is not set")
+            alert = render.render(kind, payload, customer)
+            await channels.send_email(self.smtp, channels.email_message(settings.alert_email_from, to, alert))
+            return {"recipient": to}
+        raise channels.Undeliverable(f"unknown channel {channel!r}")
+
+    async def _customer(self, payload: dict[str, Any], *, needed: bool) -> dict[str, Any] | None:
+        """VINR's customer of an alert's invoice, if it can be read. When the recipient depends
+        on it (`needed`), a VINR outage is a failed try; otherwise the alert goes without it."""
+        customer_id = payload.get("customer")
+        if self._vinr is None or not customer_id or "invoiceId" not in payload:
+            return None
+        try:
+            return await self._vinr.get_customer(customer_id)
+        except NotFound:
+            return None
+        except VinrError as exc:
+            if needed:
+                raise channels.DeliveryError(f"customer {customer_id} not read from VINR: {exc}") from None
+            log.warning("customer not read from VINR; alert sent without it", customer=customer_id, error=str(exc))
+            return None
+
+
+def _set(value) -> bool:
+    return value is not None and bool(value.get_secret_value().strip())
+
+
+# --- The job --------------------------------------------------------------------------------
+
+
+async def deliver_notice(ctx: dict[str, Any], notice_id: int) -> str:
+    """Send one outbox notice; returns sent, dead, or (nothing to do) its status or missing.
+
+    Raises only `arq.Retry`; the ledger is never touched beyond the notice's own row.
+    """
+    policy: RetryPolicy = ctx.get("notice_policy") or NOTICE_RETRY
+    notifier: Notifier = ctx["notifier"]
+    attempt: int = ctx.get("job_try", 1)
+    with structlog.contextvars.bound_contextvars(notice_id=notice_id, job_id=ctx.get("job_id")):
+        async with ctx["engine"].connect() as conn:
+            row = (await conn.execute(select(outbox).where(outbox.c.id == notice_id))).first()
+        if row is None:
+            log.warning("notice not found")
+            return "missing"
+        if row.status != "pending":
+            return row.status
+        structlog.contextvars.bind_contextvars(invoice_id=row.invoice_id, kind=row.kind, channel=row.channel)
+        try:
+            async with asyncio.timeout(policy.attempt_timeout):
+                detail = await notifier.send(row.channel, row.kind, row.payload)
+        except channels.Undeliverable as exc:
+            error, final = notifier.scrub(str(exc)), True
+        except Exception as exc:  # a channel down, a timeout, a bug: tried again
+            error, final = notifier.scrub(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__), False
+        else:
+            await _settle(ctx, notice_id, attempt, status="sent")
+            log.info("notice sent", attempts=row.attempts + 1, **detail)
+            return "sent"
+        if not final and attempt < policy.tries:
+            delay = policy.backoff(attempt)
+            await _settle(ctx, notice_id, attempt, error=error)
+            log.warning("notice not delivered, will retry", attempt=attempt, retry_in=round(delay, 2), error=error)
+            raise Retry(defer=delay)
+        await _settle(ctx, notice_id, attempt, status="dead", error=error)
+        log.error("notice dead: replay it with `vinr-recon replay --notices`", attempts=row.attempts + 1, error=error)
+        return "dead"
+
+
+async def _settle(ctx: dict[str, Any], notice_id: int, attempt: int, *, status: str | None = None,
+                  error: str | None = None) -> None:
+    """Count the try on the notice's row (and its new status). If even that fails, the job is
+    tried again: the notice stays pending rather than being lost."""
+    values: dict[str, Any] = {"attempts": outbox.c.attempts + 1}
+    if status is not None:
+        values["status"] = status
+    if status == "sent":
+        values["sent_at"] = datetime.now(UTC)
+    if error is not None:
+        values["last_error"] = error
+    try:
+        async with _write_lock(ctx), ctx["engine"].begin() as conn:
+            await conn.execute(update(outbox).where(outbox.c.id == notice_id, outbox.c.status == "pending")
+                               .values(**values))
+    except Exception as exc:
+        policy: RetryPolicy = ctx.get("notice_policy") or NOTICE_RETRY
+        log.error("notice's outcome not recorded, will retry", status=status, error=repr(exc))
+        raise Retry(defer=policy.backoff(attempt)) from exc
+
+
+def _write_lock(ctx: dict[str, Any]):
+    lock = ctx.get("write_lock")
+    return lock if lock is not None else contextlib.nullcontext()
+
+
+# --- The sweep ------------------------------------------------------------------------------
+
+
+async def pending_ids(conn: AsyncConnection, older_than: datetime, limit: int = SWEEP_LIMIT) -> list[int]:
+    return list((await conn.scalars(
+        select(outbox.c.id).where(outbox.c.status == "pending", outbox.c.created_at < older_than)
+        .order_by(outbox.c.id).limit(limit)
+    )).all())
+
+
+async def sweep_notices(ctx: dict[str, Any]) -> int:
+    """Queue every notice pending for more than a few seconds; returns how many. A notice whose
+    job is queued, waiting for its retry or running is left alone (same job id)."""
+    async with ctx["engine"].connect() as conn:
+        ids = await pending_ids(conn, datetime.now(UTC) - SWEEP_AFTER)
+    await enqueue_notices(ctx["redis"], ctx["queue_name"], ids)
+    if ids:
+        log.info("pending notices queued", count=len(ids))
+    return len(ids)
+
+
+def notice_crons(settings: Settings) -> list[CronJob]:
+    """The sweep, every minute and at start-up, when any channel is configured. Not unique: arq's
+    unique cron ids are global to a Redis, so a second deployment's queue would lose its sweeps;
+    with several workers, a notice is still queued once (its job id)."""
+    if not settings.notice_channels():
+        return []
+    return [cron(sweep_notices, name="sweep_notices", run_at_startup=True, unique=False)]
+
+
+def notice_functions() -> list:
+    from arq.worker import func
+
+    return [func(deliver_notice, name=DELIVER_NOTICE, keep_result=0)]
+
+
+# --- Replay ---------------------------------------------------------------------------------
+
+
+async def dead_notices(conn: AsyncConnection, ids: list[int] | None = None) -> list[Any]:
+    query = select(outbox).where(outbox.c.status == "dead").order_by(outbox.c.id)
+    if ids:
+        query = query.where(outbox.c.id.in_(ids))
+    return list((await conn.execute(query)).all())
+
+
+async def replay_notices(engine: AsyncEngine, redis, queue_name: str,
+                         ids: list[int] | None = None) -> list[tuple[Any, bool]]:
+    """Make dead notices pending again and queue each under its own job id (the sweep's too, so
+    the two never run one notice at once); returns (notice as it was, queued now)."""
+    async with engine.begin() as conn:
+        notices = await dead_notices(conn, ids)
+        if notices:
+            await conn.execute(update(outbox).where(outbox.c.id.in_([n.id for n in notices]),
+                                                    outbox.c.status == "dead").values(status="pending"))
+    queued = []
+    for notice in notices:
+        job = await redis.enqueue_job(DELIVER_NOTICE, notice.id, _job_id=notice_job_id(queue_name, notice.id),
+                                      _queue_name=queue_name, _expires=REPLAY_EXPIRES)
+        queued.append((notice, job is not None))
+    return queued

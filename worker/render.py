@@ -1,0 +1,127 @@
+"""What an alert says: pure functions from an outbox payload to an email and a chat message.
+
+Amounts stay integers to the end: minor units are split with `divmod` by the currency's exponent
+(ISO 4217: most currencies 2, the yen 0, the Kuwaiti dinar 3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# ISO 4217 currencies whose minor unit is not a hundredth.
+_EXPONENTS = {
+    **dict.fromkeys(("BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "UYI", "VND",
+                     "VUV", "XAF", "XOF", "XPF"), 0),
+    **dict.fromkeys(("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"), 3),
+    "CLF": 4, "UYW": 4,
+}
+
+
+def exponent(currency: str) -> int:
+    return _EXPONENTS.get(currency.upper(), 2)
+
+
+def format_money(amount: int, currency: str) -> str:
+    """`120000, "EUR"` -> `EUR 1,200.00`; `5000, "JPY"` -> `JPY 5,000`; `1234, "KWD"` -> `KWD 1.234`."""
+    digits = exponent(currency)
+    units, minor = divmod(abs(amount), 10**digits)
+    text = f"{units:,}" + (f".{minor:0{digits}d}" if digits else "")
+    return f"{currency.upper()} {'-' if amount < 0 else ''}{text}"
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One alert, ready for any channel: a subject line and labelled fields."""
+
+    subject: str
+    intro: str
+    fields: tuple[tuple[str, str], ...]
+    link: str | None = None
+
+    def text(self) -> str:
+        width = max((len(label) for label, _ in self.fields), default=0) + 2
+        lines = [self.intro, ""] + [f"{label + ':':<{width}}{value}" for label, value in self.fields]
+        if self.link:
+            lines += ["", self.link]
+        return "\n".join(lines) + "\n\n-- vinr-recon\n"
+
+
+def payment_failed(payload: dict[str, Any], customer: dict[str, Any] | None = None) -> Alert:
+    """The alert for a failed payment; `customer` is VINR's customer object when it could be read."""
+    invoice = payload.get("number") or payload["invoiceId"]
+    who = _customer(payload.get("customer"), customer)
+    due = format_money(payload["amountDue"], payload["currency"])
+    failure = payload.get("failure") or {}
+    reason = failure.get("code") or "unknown"
+    if failure.get("declineCode") and failure.get("declineCode") != failure.get("code"):
+        reason += f" ({failure['declineCode']})"
+    if failure.get("message"):
+        reason += f": {failure['message']}"
+    return Alert(
+        subject=f"Payment failed: {invoice} ({who}), {due} due",
+        intro=f"A payment for invoice {invoice} failed.",
+        fields=(
+            ("Customer", who),
+            ("Invoice", f"{payload.get('number') or '(no number)'} ({payload['invoiceId']})"),
+            ("Amount due", due),
+            ("Failure", reason),
+            ("Attempts", str(payload.get("attemptCount", 0))),
+            ("Invoice page", payload.get("hostedInvoiceUrl") or "(none)"),
+        ),
+        link=payload.get("hostedInvoiceUrl"),
+    )
+
+
+def drift(payload: dict[str, Any]) -> Alert:
+    run_id, status, counts = payload["runId"], payload["status"], payload.get("counts", {})
+    found = sum(counts.values())
+    what = f"found {found} difference{'s' * (found != 1)}" if found else "found no difference"
+    if status != "completed":
+        what += f" and ended {status}"
+    fields = [("Run", str(run_id)), ("Status", status)]
+    fields += [(category.replace("_", " ").capitalize(), str(n)) for category, n in sorted(counts.items())]
+    fields += [
+        ("Invoices checked", str(payload.get("invoicesChecked", 0))),
+        ("Events backfilled", str(payload.get("eventsBackfilled", 0))),
+        ("Corrections posted", str(payload.get("correctionsPosted", 0))),
+        ("Left for a person", str(payload.get("unresolved", 0))),
+    ]
+    if payload.get("message"):
+        fields.append(("Message", payload["message"]))
+    fields.append(("Report", f"GET {payload['report']} (findings as CSV: {payload['findingsCsv']})"))
+    return Alert(subject=f"Reconciliation run {run_id} {what}", intro=f"Reconciliation run {run_id} {what}.",
+                 fields=tuple(fields))
+
+
+def render(kind: str, payload: dict[str, Any], customer: dict[str, Any] | None = None) -> Alert:
+    if kind == "payment_failed":
+        return payment_failed(payload, customer)
+    if kind == "drift":
+        return drift(payload)
+    raise ValueError(f"no alert for notices of kind {kind!r}")
+
+
+def slack_message(alert: Alert) -> dict[str, Any]:
+    """A Slack incoming-webhook body (Mattermost and Rocket.Chat take the same): `text` for
+    clients without blocks, and a section with the fields."""
+    lines = "\n".join(f"*{_escape(label)}:* {_escape(value)}" for label, value in alert.fields)
+    return {
+        "text": _escape(alert.subject),
+        "blocks": [
+            {"type": "section", "text": {"type": "mrkdwn", "text": f"*{_escape(alert.subject)}*"}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": lines}},
+        ],
+    }
+
+
+def _customer(customer_id: str | None, customer: dict[str, Any] | None) -> str:
+    name = (customer or {}).get("name") or (customer or {}).get("email")
+    if name and customer_id:
+        return f"{name} ({customer_id})"
+    return name or customer_id or "unknown customer"
+
+
+def _escape(text: str) -> str:
+    # Slack reads <...> as links and mentions: a customer's name must stay text.
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
