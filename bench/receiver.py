@@ -74,6 +74,9 @@ end
 
 # --- the servers -------------------------------------------------------------------------
 
+# As `vinr-recon serve` runs uvicorn (receiver/commands.py), for every server of the bench.
+UVICORN = dict(log_config=None, access_log=False, http="httptools", loop="uvloop", ws="none")
+
 
 def serve_bare(port: int) -> None:
     """A bare Starlette POST endpoint: read the body, answer the receiver's 200."""
@@ -89,7 +92,7 @@ def serve_bare(port: int) -> None:
 
     app = Starlette(routes=[Route(PATH, handler, methods=["POST"])])
     gc.freeze()  # as `vinr-recon serve` does
-    uvicorn.run(app, host="127.0.0.1", port=port, log_config=None, access_log=False, ws="none")
+    uvicorn.run(app, host="127.0.0.1", port=port, **UVICORN)
 
 
 def serve_uncoalesced(port: int) -> None:
@@ -104,10 +107,7 @@ def serve_uncoalesced(port: int) -> None:
     configure_logging(settings.log_level)
     app = create_app(settings, coalesce=False)
     gc.freeze()  # as `vinr-recon serve` does
-    uvicorn.run(
-        app,
-        host="127.0.0.1", port=port, log_config=None, access_log=False, ws="none", lifespan="on",
-    )
+    uvicorn.run(app, host="127.0.0.1", port=port, lifespan="on", **UVICORN)
 
 
 def free_port() -> int:

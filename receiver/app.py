@@ -18,9 +18,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ledger.db import create_engine
-from receiver import health
+from receiver import health, openapi
 from receiver.api import api_mount
 from receiver.enqueue import Enqueuer
 from receiver.metrics import Metrics
@@ -56,6 +57,35 @@ def connect_redis(url: str) -> Redis:
     )
 
 
+WEBHOOK_PATH = "/webhooks/vinr"
+
+
+class ReceiverApp(Starlette):
+    """Starlette, but `POST /webhooks/vinr` goes straight to its endpoint.
+
+    The webhook is nearly all of the traffic, and its endpoint is a plain ASGI app that answers
+    every case itself (it raises nothing it expects; anything else still becomes uvicorn's bare
+    500). Skipping Starlette's middleware chain and router spares it a good part of the
+    per-request cost. Every other request, and the webhook path under another method or a
+    `root_path`, is Starlette's as usual: the route stays registered, so e.g. `GET` gets 405.
+    """
+
+    def __init__(self, webhook: ASGIApp, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._webhook = webhook
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["path"] == WEBHOOK_PATH
+            and scope["method"] == "POST"
+            and not scope.get("root_path")
+        ):
+            await self._webhook(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings, *, coalesce: bool = True) -> Starlette:
     """The receiver for `settings`. `coalesce=False` sends one round trip per request (bench only)."""
     metrics = Metrics()
@@ -72,11 +102,13 @@ def create_app(settings: Settings, *, coalesce: bool = True) -> Starlette:
             await redis.aclose()
             await engine.dispose()
 
+    webhook = WebhookEndpoint(settings, metrics)
     routes = [
-        Route("/webhooks/vinr", WebhookEndpoint(settings, metrics), methods=["POST"]),
+        Route(WEBHOOK_PATH, webhook, methods=["POST"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", health.metrics, methods=["GET"]),
+        Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
         api_mount(settings),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return ReceiverApp(webhook, routes=routes, lifespan=lifespan)

@@ -43,6 +43,10 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         port=args.port,
         log_config=None,  # our structlog configuration (vinr_recon.logging) applies
         access_log=False,  # a line per request costs as much as the delivery; /metrics counts them
+        # uvicorn's "auto" picks these when installed (uvicorn[standard]) and falls back silently
+        # to h11 and asyncio, far slower: name them, so a missing one fails loudly.
+        http="httptools",
+        loop="uvloop",
         ws="none",
         lifespan="on",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,

@@ -7,13 +7,16 @@ import json
 import time
 import tracemalloc
 
+import httpx
 import pytest
 from arq.jobs import deserialize_job
 from redis.asyncio import Redis
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
 from conftest import REDIS_URL, unique
-from receiver.app import create_app
-from receiver.webhooks import identify
+from receiver.app import WEBHOOK_PATH, ReceiverApp, create_app
+from receiver.webhooks import Envelope, identify
 from receiver_support import (
     LogCapture,
     assert_no_secret_in,
@@ -24,7 +27,7 @@ from receiver_support import (
     served,
     signed,
 )
-from vinr.events import InvalidEvent, parse_event
+from vinr.events import Event, InvalidEvent, parse_event
 from vinr.signature import Reason
 from vinr_recon.jobs import APPLY_EVENT, job_key
 
@@ -163,6 +166,36 @@ async def test_unknown_event_types_are_queued_too(client, redis, settings):
     assert deserialize_job(await redis.get(job_key(event_id))).args[1] == "customer.created"
 
 
+# --- the fast path ------------------------------------------------------------------------
+
+
+async def test_only_a_post_to_the_webhook_path_skips_starlettes_router():
+    """POST /webhooks/vinr goes straight to its endpoint; another method, or a mount under a
+    root_path, goes through Starlette as it would without the shortcut."""
+
+    class Stub:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        async def __call__(self, scope, receive, send):
+            await PlainTextResponse(self.name)(scope, receive, send)
+
+    app = ReceiverApp(Stub("direct"), routes=[Route(WEBHOOK_PATH, Stub("routed"), methods=["POST"])])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://receiver") as client:
+        assert (await client.post(WEBHOOK_PATH)).text == "direct"
+        assert (await client.get(WEBHOOK_PATH)).status_code == 405
+        assert (await client.post(WEBHOOK_PATH + "/")).status_code == 307  # Starlette redirects to the route
+    mounted = httpx.ASGITransport(app, root_path="/vinr")
+    async with httpx.AsyncClient(transport=mounted, base_url="http://receiver") as client:
+        assert (await client.post("/vinr" + WEBHOOK_PATH)).text == "routed"
+
+
+async def test_the_webhook_path_answers_405_to_other_methods(client, redis, settings):
+    response = await client.get(URL)
+    assert response.status_code == 405
+    await assert_nothing_queued(redis, settings)
+
+
 # --- bodies that are not events, or too large -------------------------------------------
 
 
@@ -197,9 +230,17 @@ NAN_EVENT = b'{"id": "evt_nan", "object": "event", "type": "invoice.paid", "crea
         b'{"id": 1, "object": "event", "type": "x", "created": 1, "data": {}}',
         b'{"id": "evt_1", "object": "event", "type": "x", "created": 1.5, "data": {}}',
         b'{"id": "evt\t1", "object": "event", "type": "x", "created": 1, "data": {}}',
+        b'{"id": "evt_1", "object": "event", "type": "x", "created": 1, "data": []}',
+        b'{"id": "evt_1", "object": "event", "type": "x", "created": 1, "data": "inv_1"}',
+        b'{"id": "evt_1", "object": "event", "type": "x", "created": 1}',
+        b'{"id": "evt_1", "object": "invoice", "type": "x", "created": 1, "data": {}}',
+        b'{"id": "evt_1", "type": "x", "created": 1, "livemode": "maybe", "data": {}}',
+        b'{"id": "evt_1", "type": "x", "created": 1, "data": {"object": {"x": "\\ud800"}}, "more": [1, {}]}',
+        b'{"id": "evt_1", "type": "x", "created": 1, "data": {"x": "\xed\xa0\x80"}}',
     ],
     ids=["event", "NaN", "BOM", "UTF-16", "empty", "array", "truncated", "not UTF-8", "int id", "float created",
-         "raw tab in a string"],
+         "raw tab in a string", "data an array", "data a string", "no data", "not an event object",
+         "livemode not a bool", "lone surrogate escape", "surrogate bytes"],
 )
 def test_identify_accepts_and_refuses_exactly_what_parse_event_does(body):
     try:
@@ -210,6 +251,16 @@ def test_identify_accepts_and_refuses_exactly_what_parse_event_does(body):
         assert str(caught.value) == str(exc)
     else:
         assert identify(body) == (expected.id, expected.type)
+
+
+def test_the_receiver_checks_every_field_of_the_event_model():
+    """identify() checks `Event`'s top-level fields through a lighter model of its own."""
+    assert Envelope.model_fields.keys() == Event.model_fields.keys()
+    for name, field in Envelope.model_fields.items():
+        if name != "data":  # a JSON object either way; its content is the worker's to check
+            assert (field.annotation, field.default, field.metadata) == (
+                Event.model_fields[name].annotation, Event.model_fields[name].default, Event.model_fields[name].metadata,
+            ), name
 
 
 async def test_a_declared_length_over_the_limit_is_refused_before_any_body_arrives(settings, redis):
