@@ -21,6 +21,12 @@ from reconcile.report import get_run, list_runs, write_csv
 from vinr_recon.settings import Settings
 
 MAX_RUNS_PAGE = 200
+# Ids are the database's integer keys (32-bit on PostgreSQL): beyond, nothing can exist, and
+# the driver would refuse the parameter with an error instead of finding no row.
+MAX_ID = 2**31 - 1
+# VINR ids are short printable strings; anything else (a NUL, which PostgreSQL refuses in a
+# string parameter) names no invoice.
+MAX_INVOICE_ID = 100
 
 
 def _not_found(what: str) -> JSONResponse:
@@ -29,6 +35,8 @@ def _not_found(what: str) -> JSONResponse:
 
 async def get_invoice(request: Request) -> Response:
     invoice_id = request.path_params["invoice_id"]
+    if len(invoice_id) > MAX_INVOICE_ID or not invoice_id.isprintable():
+        return _not_found(f"invoice {invoice_id}")
     async with request.state.engine.connect() as conn:
         view = await invoice_view(conn, invoice_id)
     return JSONResponse(view) if view is not None else _not_found(f"invoice {invoice_id}")
@@ -49,12 +57,16 @@ async def get_runs(request: Request) -> Response:
         return JSONResponse({"error": "limit and before must be integers"}, 400)
     if limit < 1:
         return JSONResponse({"error": "limit must be at least 1"}, 400)
+    if before is not None and not 0 <= before <= MAX_ID:
+        return JSONResponse({"error": f"before must be a run id, 0 to {MAX_ID}"}, 400)
     async with request.state.engine.connect() as conn:
         return JSONResponse({"runs": await list_runs(conn, limit=limit, before=before)})
 
 
 async def get_run_by_id(request: Request) -> Response:
     run_id = request.path_params["run_id"]
+    if run_id > MAX_ID:
+        return _not_found(f"reconciliation run {run_id}")
     async with request.state.engine.connect() as conn:
         run = await get_run(conn, run_id)
     return JSONResponse(run) if run is not None else _not_found(f"reconciliation run {run_id}")
@@ -63,6 +75,8 @@ async def get_run_by_id(request: Request) -> Response:
 async def get_run_csv(request: Request) -> Response:
     """The run's findings as the CSV that `vinr-recon reconcile --report` writes."""
     run_id = request.path_params["run_id"]
+    if run_id > MAX_ID:
+        return _not_found(f"reconciliation run {run_id}")
     out = io.StringIO()
     async with request.state.engine.connect() as conn:
         if await get_run(conn, run_id) is None:

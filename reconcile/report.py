@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from datetime import UTC
 from typing import IO
 
 from sqlalchemy import select
@@ -17,7 +18,10 @@ CSV_COLUMNS = ("run_id", "invoice_id", "category", "field", "ledger_value", "vin
 
 
 def _iso(value) -> str | None:
-    return value.isoformat() if value is not None else None
+    if value is None:
+        return None
+    # SQLite hands back naive datetimes; the ledger writes UTC.
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
 
 
 def run_dict(row) -> dict:
