@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.book import trial_balance
-from ledger.tables import InvoicePosition, JournalEntry, Posting, ReceivedEvent
+from ledger.outbox import dead_count
+from ledger.tables import DeadLetter, InvoicePosition, JournalEntry, Posting, ReceivedEvent
 
 positions = InvoicePosition.__table__
 entries = JournalEntry.__table__
@@ -103,6 +104,13 @@ async def balances(conn: AsyncConnection) -> dict:
             for (account, currency), (debits, credits) in (await trial_balance(conn)).items()
         ]
     }
+
+
+async def dead(conn: AsyncConnection) -> dict[str, int]:
+    """What waits for a person: dead-lettered events not yet replayed, and dead notices."""
+    letters = DeadLetter.__table__
+    events = await conn.scalar(select(func.count()).select_from(letters).where(letters.c.replayed_at.is_(None)))
+    return {"events": events, "notices": await dead_count(conn)}
 
 
 def _iso(moment: datetime | None) -> str | None:

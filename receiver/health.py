@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ledger.views import dead
 from receiver.metrics import CONTENT_TYPE, Metrics
 
 log = structlog.get_logger("receiver.health")
@@ -54,8 +55,14 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready", "checks": checks})
 
 
+async def _count_dead(engine: AsyncEngine) -> dict[str, int]:
+    async with engine.connect() as connection:
+        return await dead(connection)
+
+
 async def metrics(request: Request) -> Response:
-    """The Prometheus text format; the queue depth is read from Redis at scrape time."""
+    """The Prometheus text format; the queue depth (Redis) and what is dead (the ledger) are read at
+    scrape time, each NaN when its store does not answer in time."""
     registry: Metrics = request.state.metrics
     redis: Redis = request.state.redis
     try:
@@ -64,4 +71,11 @@ async def metrics(request: Request) -> Response:
         log.warning("queue depth unavailable", error=type(exc).__name__)
         depth = float("nan")
     registry.queue_depth.set(depth)
+    try:
+        counts = await asyncio.wait_for(_count_dead(request.state.engine), CHECK_TIMEOUT)
+    except Exception as exc:
+        log.warning("dead counts unavailable", error=type(exc).__name__)
+        counts = {"events": float("nan"), "notices": float("nan")}
+    for kind, count in counts.items():
+        registry.dead.labels(kind).set(count)
     return Response(registry.render(), media_type=CONTENT_TYPE)

@@ -6,6 +6,8 @@ one process, as in the tests, do not clash over metric names.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from vinr.events import INVOICE_EVENT_TYPES
@@ -50,15 +52,22 @@ class Metrics:
             "Jobs waiting in the arq queue, read (ZCARD) at scrape time; NaN when Redis did not answer.",
             registry=self.registry,
         )
+        self.dead = Gauge(
+            "vinr_dead",
+            "What waits for a person, read from the ledger at scrape time: dead-lettered events not yet "
+            "replayed (kind=events) and alerts or callbacks that never got through (kind=notices).",
+            ["kind"],
+            registry=self.registry,
+        )
 
-        self._delivered: dict[tuple[str, str], Counter] = {}
+        self._delivered: dict[tuple[str, str], Callable[[], None]] = {}
 
     def delivered(self, type_label: str, outcome: str) -> None:
         """Count one delivery (type_label: an invoice event type, OTHER_TYPE or UNKNOWN_TYPE)."""
-        child = self._delivered.get((type_label, outcome))
-        if child is None:  # labels() takes a lock and builds a key; once per pair is enough
-            child = self._delivered[type_label, outcome] = self.deliveries.labels(type_label, outcome)
-        child.inc()
+        inc = self._delivered.get((type_label, outcome))
+        if inc is None:  # labels() takes a lock and builds a key; once per pair is enough
+            inc = self._delivered[type_label, outcome] = self.deliveries.labels(type_label, outcome).inc
+        inc()
 
     def render(self) -> bytes:
         """The text exposition of every metric of this app."""

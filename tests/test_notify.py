@@ -29,7 +29,8 @@ from ledger.tables import InvoicePosition, ReceivedEvent
 from lifecycles import Event, enqueue, snapshot
 from notify_support import SMTP_PASSWORD, SmtpSink, http_sink, wait_for
 from reconcile.service import reconcile_once
-from receiver_support import LogCapture
+from receiver.app import create_app as create_receiver
+from receiver_support import LogCapture, served
 from tests.conftest import REDIS_URL
 from vinr.client import RetryPolicy as ClientRetry, VinrClient
 from vinr.events import Invoice
@@ -215,6 +216,9 @@ async def test_a_notice_that_never_gets_through_is_dead_and_replayed(ledger_sett
 
     async with ledger_engine.connect() as conn:
         assert await outbox_module.dead_count(conn) == 1
+    async with served(create_receiver(settings)) as receiver:  # what Prometheus sees
+        scraped = (await receiver.get("/metrics")).text
+    assert 'vinr_dead{kind="notices"} 1.0' in scraped and 'vinr_dead{kind="events"} 0.0' in scraped
 
     smtp.start()
     try:
