@@ -23,7 +23,7 @@ from starlette.types import Receive, Scope, Send
 
 from receiver.enqueue import Enqueuer, QueueUnavailable, webhook_job
 from receiver.metrics import UNKNOWN_TYPE, Metrics, type_label
-from vinr.events import InvalidEvent, parse_event
+from vinr.events import MAX_ID, InvalidEvent, parse_event
 from vinr.signature import SignatureError, verify
 from vinr_recon.jobs import KEPT_HEADERS
 from vinr_recon.settings import Settings
@@ -119,9 +119,9 @@ class Envelope(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    id: str = Field(min_length=1)
+    id: str = Field(min_length=1, max_length=MAX_ID)
     object: Literal["event"] = "event"
-    type: str = Field(min_length=1)
+    type: str = Field(min_length=1, max_length=MAX_ID)
     created: StrictInt
     livemode: bool = False
     data: _Data

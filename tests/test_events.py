@@ -84,3 +84,14 @@ def test_currency_is_iso_4217_upper_case():
 def test_bodies_that_are_not_events(body):
     with pytest.raises(InvalidEvent):
         parse_event(body)
+
+
+def test_ids_longer_than_the_ledger_can_record_are_not_vinr_objects():
+    """The ledger's id columns hold 100 characters: a longer id would be retried until dead."""
+    assert parse_event(json.dumps({"id": "e" * 100, "type": "t", "created": 1, "data": {}})).id == "e" * 100
+    with pytest.raises(InvalidEvent, match="id"):
+        parse_event(json.dumps({"id": "e" * 101, "type": "t", "created": 1, "data": {}}))
+    with pytest.raises(InvalidEvent, match="type"):
+        parse_event(json.dumps({"id": "evt_1", "type": "t" * 101, "created": 1, "data": {}}))
+    with pytest.raises(InvalidEvent, match="id"):
+        parse_event(event({"object": dict(INVOICE, id="i" * 101)})).invoice()

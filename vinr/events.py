@@ -33,6 +33,10 @@ def _aliases(name: str, *older: str) -> AliasChoices:
     return AliasChoices(to_camel(name), name, *older)
 
 
+# VINR's ids and event types are short; the ledger's columns hold 100 characters, so a longer
+# one is no VINR object (and could never be recorded).
+MAX_ID = 100
+
 class _Model(BaseModel):
     model_config = ConfigDict(
         alias_generator=to_camel,
@@ -65,7 +69,7 @@ class PaymentError(_Model):
 class Invoice(_Model):
     """An invoice as VINR says it stood at one moment: the truth the ledger moves to."""
 
-    id: str = Field(min_length=1)
+    id: str = Field(min_length=1, max_length=MAX_ID)
     object: Literal["invoice"] = "invoice"
     customer: str | None = None
     status: InvoiceStatus
@@ -102,9 +106,9 @@ class Invoice(_Model):
 class Event(_Model):
     """One delivery's event. `data_object` is the object as sent, in either shape."""
 
-    id: str = Field(min_length=1)
+    id: str = Field(min_length=1, max_length=MAX_ID)
     object: Literal["event"] = "event"
-    type: str = Field(min_length=1)
+    type: str = Field(min_length=1, max_length=MAX_ID)
     created: StrictInt
     livemode: bool = False
     data: dict[str, Any]
