@@ -11,6 +11,12 @@ from redis.asyncio import Redis
 
 LOCK_KEY = "vinr-recon:reconcile:lock"
 
+
+def lock_key(queue_name: str) -> str:
+    """One lock per installation: two that share a Redis (each with its own QUEUE_NAME) must not
+    skip each other's runs."""
+    return f"{LOCK_KEY}:{queue_name}"
+
 # Release only our own lock: a run that outlived its expiry must not free the next run's lock.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end

@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.db import create_engine
-from reconcile.lock import exclusive
+from reconcile.lock import exclusive, lock_key
 from reconcile.run import Reconciler, RunReport
 from vinr.client import VinrClient
 from vinr_recon.jobs import enqueue_notices
@@ -40,7 +40,7 @@ async def reconcile_once(
     redis = redis or Redis.from_url(settings.redis_url)
     client = client or VinrClient.from_settings(settings)
     try:
-        async with exclusive(redis) as acquired:
+        async with exclusive(redis, key=lock_key(settings.queue_name)) as acquired:
             if not acquired:
                 log.info("reconciliation skipped: another run holds the lock")
                 return None

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from conftest import REDIS_URL
 from ledger.db import create_engine
 from ledger.tables import InvoicePosition
-from reconcile.lock import exclusive
+from reconcile.lock import exclusive, lock_key
 from vinr.sandbox.app import create_app
 from vinr.sandbox.config import SandboxConfig
 from vinr.sandbox.serving import serve
@@ -48,10 +48,11 @@ async def test_the_nightly_job_reconciles_the_ledger_with_vinr(ledger_settings):
         [job] = worker_settings(settings)["cron_jobs"]
         engine, redis = create_engine(settings.database_url), Redis.from_url(REDIS_URL)
         try:
-            async with exclusive(redis) as held:  # another worker's run is in progress
+            async with exclusive(redis, key=lock_key(settings.queue_name)) as held:  # another worker's run
                 assert held
                 assert await job.coroutine({"engine": engine, "redis": redis}) is None
-            summary = await job.coroutine({"engine": engine, "redis": redis})
+            async with exclusive(redis, key=lock_key("another-installation")):  # shares the Redis only
+                summary = await job.coroutine({"engine": engine, "redis": redis})
             async with engine.connect() as conn:
                 row = (await conn.execute(select(InvoicePosition.__table__)
                                           .where(InvoicePosition.__table__.c.invoice_id == invoice.id))).one()
