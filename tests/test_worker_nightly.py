@@ -13,7 +13,7 @@ from reconcile.lock import exclusive, lock_key
 from vinr.sandbox.app import create_app
 from vinr.sandbox.config import SandboxConfig
 from vinr.sandbox.serving import serve
-from worker.settings import worker_settings
+from worker.settings import Worker, worker_settings
 
 
 def test_the_worker_schedules_one_run_at_reconcile_at_in_utc(settings):
@@ -24,6 +24,14 @@ def test_the_worker_schedules_one_run_at_reconcile_at_in_utc(settings):
     assert (job.name, job.hour, job.minute, job.second, job.unique) == ("reconcile_nightly", 3, 45, 0, True)
     assert options["timezone"].utcoffset(None).total_seconds() == 0
     assert job.timeout_s >= 3600  # not the 60 s of an event's job
+
+
+async def test_the_nightly_jobs_long_timeout_does_not_hold_a_killed_workers_events(settings):
+    """arq keeps a job's in-progress key for the longest function timeout plus 10 s: with the
+    nightly run's hours, every event a killed worker had in flight waited that long."""
+    settings = settings.model_copy(update={"vinr_api_key": SecretStr("key")})
+    worker = Worker(**worker_settings(settings, job_timeout=20), handle_signals=False)  # connects on run only
+    assert worker.in_progress_timeout_s == 30
 
 
 def test_without_an_api_key_the_worker_runs_without_the_nightly_job(settings):

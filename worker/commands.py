@@ -34,9 +34,7 @@ def register(subparsers) -> None:
 
 
 def run_worker(args: argparse.Namespace, settings) -> int:
-    from arq.worker import run_worker as arq_run_worker
-
-    from worker.settings import SchemaNotMigrated, quiet_arq, worker_settings
+    from worker.settings import SchemaNotMigrated, Worker, quiet_arq, worker_settings
 
     quiet_arq()
     options = worker_settings(
@@ -44,7 +42,7 @@ def run_worker(args: argparse.Namespace, settings) -> int:
         burst=args.burst,
     )
     try:
-        arq_run_worker(options)
+        Worker(**options).run()
     except SchemaNotMigrated as exc:
         print(f"vinr-recon worker: {exc}", flush=True)
         return 2

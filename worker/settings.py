@@ -13,7 +13,7 @@ from typing import Any
 
 import structlog
 from arq.connections import RedisSettings
-from arq.worker import func
+from arq.worker import Worker as ArqWorker, func
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from vinr_recon.jobs import APPLY_EVENT
@@ -29,6 +29,18 @@ log = structlog.get_logger("worker")
 
 class SchemaNotMigrated(RuntimeError):
     """The ledger's database is not at the migrations' head: run `vinr-recon db upgrade`."""
+
+
+class Worker(ArqWorker):
+    """arq's worker, except that a killed worker's jobs are handed on after the job timeout plus
+    10 s. arq holds every job's in-progress key for the longest timeout of any function plus
+    10 s, which the nightly run's 4 h made 4 h for every event and notice a killed (or crashed)
+    worker had in flight. The nightly run, which may outlast the key, is kept single by the
+    reconciliation lock (reconcile.lock): a second start of it finds the lock held and skips."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.in_progress_timeout_s = self.job_timeout_s + 10
 
 
 def worker_settings(
