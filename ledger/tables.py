@@ -69,7 +69,8 @@ class Posting(SQLModel, table=True):
     __table_args__ = (
         CheckConstraint("amount > 0", name="amount_positive"),
         CheckConstraint("direction IN ('debit', 'credit')", name="direction"),
-        Index("ix_postings_account_currency", "account", "currency"),
+        # Covers the trial balance (sum per account, currency and direction) without the table.
+        Index("ix_postings_balance", "account", "currency", "direction", "amount"),
     )
     id: int | None = Field(default=None, primary_key=True)
     entry_id: int = Field(foreign_key="journal_entries.id", index=True)
@@ -83,6 +84,11 @@ class InvoicePosition(SQLModel, table=True):
     """The ledger's view of one invoice; `version` counts its changes (optimistic lock)."""
 
     __tablename__ = "invoice_positions"
+    __table_args__ = (
+        # The dashboard's invoice list: newest first, all or one status (receiver/dashboard).
+        Index("ix_invoice_positions_created_invoice_id", "created", "invoice_id"),
+        Index("ix_invoice_positions_status_created", "status", "created", "invoice_id"),
+    )
     invoice_id: str = Field(primary_key=True, max_length=100)
     customer: str | None = Field(default=None, index=True, max_length=100)
     number: str | None = Field(default=None, index=True, max_length=100)
@@ -108,6 +114,8 @@ class ReceivedEvent(SQLModel, table=True):
     __tablename__ = "received_events"
     __table_args__ = (
         CheckConstraint("outcome IN ('applied', 'stale', 'ignored', 'dead')", name="outcome"),
+        # The dashboard's failed payments of the last days.
+        Index("ix_received_events_type_received_at", "type", "received_at"),
     )
     id: int | None = Field(default=None, primary_key=True)
     event_id: str = Field(unique=True, max_length=100)

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ledger.db import create_engine
 from receiver import health, openapi
 from receiver.api import api_mount
+from receiver.dashboard import dashboard_mount
 from receiver.enqueue import Enqueuer
 from receiver.metrics import Metrics
 from receiver.webhooks import WebhookEndpoint
@@ -110,5 +111,6 @@ def create_app(settings: Settings, *, coalesce: bool = True) -> Starlette:
         Route("/metrics", health.metrics, methods=["GET"]),
         Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
         api_mount(settings),
+        dashboard_mount(settings),
     ]
     return ReceiverApp(webhook, routes=routes, lifespan=lifespan)

@@ -1,0 +1,252 @@
+"""The dashboard's pages (Starlette + Jinja2 templates, no script) and its mount."""
+
+from __future__ import annotations
+
+import io
+import secrets
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from arq.connections import ArqRedis
+from redis.exceptions import RedisError
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from ledger.tables import ACCOUNTS
+from ledger.views import invoice_view
+from receiver.api import MAX_ID, MAX_INVOICE_ID, token_matches
+from receiver.dashboard import access, queries
+from reconcile.report import write_csv
+from vinr_recon.settings import Settings
+from worker.deadletters import pending, replay
+from worker.render import format_money
+
+HERE = Path(__file__).parent
+MAX_QUERY = 100
+MAX_PAGE = 100_000
+
+
+def _when(value) -> str:
+    """A datetime or a Unix time, as `2026-11-22 02:00:05 UTC`; an em dash for none."""
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, int):
+        value = datetime.fromtimestamp(value, UTC)
+    elif isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return queries.utc(value).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _money(amount, currency) -> str:
+    if amount is None or not currency:
+        return "—"
+    return format_money(int(amount), currency)
+
+
+def _secrets(settings: Settings) -> list[str]:
+    """Every configured secret value, to be blotted out of any text a page shows."""
+    values = [*settings.webhook_secrets, *settings.api_tokens]
+    for name in ("vinr_api_key", "fulfilment_secret", "smtp_url", "alert_webhook_url"):
+        secret = getattr(settings, name, None)
+        if secret is not None:
+            values.append(secret.get_secret_value() if hasattr(secret, "get_secret_value") else str(secret))
+    return [v for v in values if v and len(v) >= 4]
+
+
+def make_templates(settings: Settings) -> Jinja2Templates:
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    secret_values = _secrets(settings)
+
+    def redact(text) -> str:
+        text = "" if text is None else str(text)
+        for value in secret_values:
+            text = text.replace(value, "[redacted]")
+        return text
+
+    templates.env.filters.update(money=_money, when=_when, redact=redact)
+    templates.env.globals.update(accounts=ACCOUNTS, statuses=queries.STATUSES, csrf_field=access.CSRF_FIELD)
+    return templates
+
+
+class Pages:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.templates = make_templates(settings)
+
+    def render(self, request: Request, name: str, code: int = 200, **context) -> Response:
+        base = request.scope.get("root_path", "")
+        flash = request.session.pop("flash", None) if "session" in request.scope else None
+        context.update(base=base, csrf=access.csrf_token(request), flash=flash,
+                       signed_in=access.signed_in(request))
+        return self.templates.TemplateResponse(request, name, context, status_code=code)
+
+    def not_found(self, request: Request, what: str) -> Response:
+        return self.render(request, "not_found.html", 404, what=what)
+
+    # --- sign-in ------------------------------------------------------------------------
+
+    async def signin_form(self, request: Request) -> Response:
+        base = request.scope["root_path"]
+        return self.render(request, "signin.html", next=access.safe_next(base, request.query_params.get("next")))
+
+    async def signin(self, request: Request) -> Response:
+        base = request.scope["root_path"]
+        form = await request.form()
+        token, target = form.get("token", ""), access.safe_next(base, form.get("next"))
+        origin = request.headers.get("origin")
+        if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
+            return Response("cross-site sign-in refused", 403)
+        if not isinstance(token, str) or not token_matches(token.strip(), self.settings.api_tokens):
+            return self.render(request, "signin.html", 401, next=target, error="That token is not valid.")
+        access.start_session(request, int(time.time()))
+        return RedirectResponse(target, 303)
+
+    async def signout(self, request: Request) -> Response:
+        if not await access.csrf_ok(request):
+            return Response("cross-site request refused", 403)
+        request.session.clear()
+        return RedirectResponse(request.scope["root_path"] + "/signin", 303)
+
+    # --- pages --------------------------------------------------------------------------
+
+    async def overview(self, request: Request) -> Response:
+        now = datetime.now(UTC)
+        async with request.state.engine.connect() as conn:
+            money = await queries.money_by_currency(conn)
+            failed_count, failed = await queries.failed_payments(conn, now)
+            run = await queries.last_run(conn)
+            waiting = await queries.waiting(conn)
+        return self.render(request, "overview.html", money=money, failed=failed, failed_count=failed_count,
+                           failed_days=queries.FAILED_DAYS, run=run, waiting=waiting)
+
+    async def invoices(self, request: Request) -> Response:
+        params = request.query_params
+        q = params.get("q", "").strip()[:MAX_QUERY]
+        status = params.get("status") or None
+        if status not in (None, *queries.STATUSES):
+            status = None
+        try:
+            page = min(max(int(params.get("page", 1)), 1), MAX_PAGE)
+        except ValueError:
+            page = 1
+        if q and not q.isprintable():
+            q = ""
+        async with request.state.engine.connect() as conn:
+            rows, more = await queries.invoices(conn, q, status, page)
+            total = await queries.invoice_count(conn, q, status)
+        if q and total == 1 and page == 1 and rows:
+            # One match: straight to the invoice.
+            return RedirectResponse(f"{request.scope['root_path']}/invoices/{rows[0].invoice_id}", 303)
+        return self.render(request, "invoices.html", rows=rows, more=more, page=page, q=q, status=status,
+                           total=total)
+
+    async def invoice(self, request: Request) -> Response:
+        invoice_id = request.path_params["invoice_id"]
+        if len(invoice_id) > MAX_INVOICE_ID or not invoice_id.isprintable():
+            return self.not_found(request, "invoice")
+        async with request.state.engine.connect() as conn:
+            view = await invoice_view(conn, invoice_id)
+            if view is None:
+                return self.not_found(request, f"invoice {invoice_id}")
+            notices = await queries.invoice_notices(conn, invoice_id)
+            found = await queries.invoice_findings(conn, invoice_id)
+        return self.render(request, "invoice.html", inv=view, notices=notices, findings=found)
+
+    async def runs(self, request: Request) -> Response:
+        try:
+            before = int(request.query_params["before"]) if "before" in request.query_params else None
+        except ValueError:
+            before = None
+        if before is not None and not 0 <= before <= MAX_ID:
+            before = None
+        async with request.state.engine.connect() as conn:
+            rows, more = await queries.run_list(conn, before)
+        return self.render(request, "runs.html", runs=rows, more=more)
+
+    async def run(self, request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+        if run_id > MAX_ID:
+            return self.not_found(request, f"reconciliation run {run_id}")
+        async with request.state.engine.connect() as conn:
+            run, rows, count = await queries.run_with_findings(conn, run_id)
+        if run is None:
+            return self.not_found(request, f"reconciliation run {run_id}")
+        return self.render(request, "run.html", run=run, findings=rows, count=count)
+
+    async def run_csv(self, request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+        if run_id > MAX_ID:
+            return self.not_found(request, f"reconciliation run {run_id}")
+        out = io.StringIO()
+        async with request.state.engine.connect() as conn:
+            run, _, _ = await queries.run_with_findings(conn, run_id, limit=0)
+            if run is None:
+                return self.not_found(request, f"reconciliation run {run_id}")
+            await write_csv(conn, run_id, out)
+        return Response(out.getvalue(), media_type="text/csv", headers={
+            "content-disposition": f'attachment; filename="reconciliation-run-{run_id}.csv"'})
+
+    async def dead_letters(self, request: Request) -> Response:
+        async with request.state.engine.connect() as conn:
+            waiting, replayed = await queries.dead_letter_list(conn)
+            notices = (await queries.waiting(conn))["notices"]
+        return self.render(request, "dead_letters.html", waiting=waiting, replayed=replayed, notices=notices)
+
+    async def replay_letter(self, request: Request) -> Response:
+        """Queue the dead letter again (worker.deadletters.replay); the worker applies it."""
+        if not await access.csrf_ok(request):
+            return Response("cross-site request refused", 403)
+        letter_id = request.path_params["letter_id"]
+        back = RedirectResponse(request.scope["root_path"] + "/dead-letters", 303)
+        letter = None
+        if letter_id <= MAX_ID:
+            async with request.state.engine.connect() as conn:
+                event_id = await queries.letter_event_id(conn, letter_id)
+                if event_id is not None:
+                    letter = next((x for x in await pending(conn, [event_id]) if x.id == letter_id), None)
+        if letter is None:
+            request.session["flash"] = f"Dead letter {letter_id} is not waiting (already replayed?)."
+            return back
+        redis = ArqRedis(connection_pool=request.state.redis.connection_pool)
+        try:
+            ((_, job_id, fresh),) = await replay(redis, self.settings.queue_name, [letter])
+        except (RedisError, OSError):
+            request.session["flash"] = "Redis did not answer: nothing was queued. Try again."
+            return back
+        request.session["flash"] = (f"Queued {letter.event_id} again (job {job_id}); the worker applies it."
+                                    if fresh else f"{letter.event_id} is already queued (job {job_id}).")
+        return back
+
+
+def dashboard_mount(settings: Settings) -> Mount:
+    """`/dashboard`: the pages, behind the sign-in; 503 while no `LEDGER_API_TOKEN` is configured."""
+    pages = Pages(settings)
+    tokens = settings.api_tokens
+    routes = [
+        Route("/", pages.overview, methods=["GET"], name="overview"),
+        Route("/signin", pages.signin_form, methods=["GET"]),
+        Route("/signin", pages.signin, methods=["POST"]),
+        Route("/signout", pages.signout, methods=["POST"]),
+        Route("/invoices", pages.invoices, methods=["GET"]),
+        Route("/invoices/{invoice_id}", pages.invoice, methods=["GET"]),
+        Route("/runs", pages.runs, methods=["GET"]),
+        Route("/runs/{run_id:int}", pages.run, methods=["GET"]),
+        Route("/runs/{run_id:int}/findings.csv", pages.run_csv, methods=["GET"]),
+        Route("/dead-letters", pages.dead_letters, methods=["GET"]),
+        Route("/dead-letters/{letter_id:int}/replay", pages.replay_letter, methods=["POST"]),
+        Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
+    ]
+    # A secret nobody knows while no token is configured (the guard answers 503 before it matters).
+    secret = access.session_secret(tokens) if tokens else secrets.token_hex(32)
+    return Mount("/dashboard", routes=routes, middleware=[
+        Middleware(access.DashboardGuard, tokens=tokens),
+        Middleware(SessionMiddleware, secret_key=secret, session_cookie=access.SESSION_COOKIE,
+                   max_age=access.SESSION_MAX_AGE, path="/dashboard", same_site="lax"),
+        Middleware(access.RequireSignIn),
+    ])

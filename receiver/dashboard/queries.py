@@ -1,0 +1,159 @@
+"""The dashboard's reads: each one bounded (a limit, an index) so pages stay fast at 100,000 invoices."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ledger.book import trial_balance
+from ledger.tables import DeadLetter, Finding, InvoicePosition, Notice, ReceivedEvent, ReconciliationRun
+
+positions = InvoicePosition.__table__
+received = ReceivedEvent.__table__
+letters = DeadLetter.__table__
+outbox = Notice.__table__
+runs = ReconciliationRun.__table__
+findings = Finding.__table__
+
+PAGE = 50
+FAILED_DAYS = 7
+STATUSES = ("draft", "open", "paid", "void", "uncollectible")
+
+
+async def money_by_currency(conn: AsyncConnection) -> list[dict]:
+    """Per currency, from the trial balance: invoiced, collected, still receivable, written off."""
+    table: dict[str, dict[str, int]] = {}
+    for (account, currency), (debits, credits) in (await trial_balance(conn)).items():
+        row = table.setdefault(currency, {"invoiced": 0, "collected": 0, "receivable": 0, "written_off": 0,
+                                          "credit": 0})
+        if account == "revenue":
+            row["invoiced"] = credits - debits
+        elif account == "vinr_clearing":
+            row["collected"] = debits - credits
+        elif account == "accounts_receivable":
+            row["receivable"] = debits - credits
+        elif account == "bad_debt":
+            row["written_off"] = debits - credits
+        elif account == "customer_credit":
+            row["credit"] = credits - debits
+    return [{"currency": currency, **row} for currency, row in sorted(table.items())]
+
+
+async def failed_payments(conn: AsyncConnection, now: datetime, days: int = FAILED_DAYS, limit: int = 20):
+    """`invoice.payment_failed` events received in the last `days`, newest first, and how many."""
+    since = now - timedelta(days=days)
+    where = and_(received.c.type == "invoice.payment_failed", received.c.received_at >= since)
+    count = await conn.scalar(select(func.count()).select_from(received).where(where))
+    rows = (await conn.execute(
+        select(received.c.event_id, received.c.invoice_id, received.c.received_at, received.c.created,
+               positions.c.number, positions.c.customer, positions.c.currency, positions.c.amount_due,
+               positions.c.status, positions.c.attempt_count)
+        .select_from(received.outerjoin(positions, positions.c.invoice_id == received.c.invoice_id))
+        .where(where)
+        .order_by(received.c.received_at.desc(), received.c.id.desc())
+        .limit(limit)
+    )).all()
+    return count, rows
+
+
+async def last_run(conn: AsyncConnection):
+    return (await conn.execute(select(runs).order_by(runs.c.id.desc()).limit(1))).first()
+
+
+async def waiting(conn: AsyncConnection) -> dict[str, int]:
+    letters_waiting = await conn.scalar(
+        select(func.count()).select_from(letters).where(letters.c.replayed_at.is_(None)))
+    notices_dead = await conn.scalar(select(func.count()).select_from(outbox).where(outbox.c.status == "dead"))
+    return {"letters": letters_waiting, "notices": notices_dead}
+
+
+def _invoice_filter(q: str, status: str | None):
+    where = [positions.c.status.is_not(None)]
+    if q:
+        where.append(or_(positions.c.invoice_id == q, positions.c.number == q, positions.c.customer == q))
+    if status:
+        where.append(positions.c.status == status)
+    return and_(*where)
+
+
+async def invoices(conn: AsyncConnection, q: str, status: str | None, page: int, per_page: int = PAGE):
+    """One page of invoices, newest first (VINR's `created`), and whether another follows.
+
+    Limit/offset over (status, created, invoice_id) and (created, invoice_id); a search matches an
+    id, a number or a customer exactly, each through its own index.
+    """
+    rows = (await conn.execute(
+        select(positions.c.invoice_id, positions.c.number, positions.c.customer, positions.c.status,
+               positions.c.currency, positions.c.total, positions.c.amount_paid, positions.c.amount_due,
+               positions.c.created)
+        .where(_invoice_filter(q, status))
+        .order_by(positions.c.created.desc(), positions.c.invoice_id.desc())
+        .limit(per_page + 1)
+        .offset((page - 1) * per_page)
+    )).all()
+    return rows[:per_page], len(rows) > per_page
+
+
+async def invoice_count(conn: AsyncConnection, q: str, status: str | None) -> int:
+    return await conn.scalar(select(func.count()).select_from(positions).where(_invoice_filter(q, status)))
+
+
+async def invoice_notices(conn: AsyncConnection, invoice_id: str) -> list:
+    """The alerts and callbacks staged for the invoice (never their payload or last error)."""
+    return (await conn.execute(
+        select(outbox.c.id, outbox.c.channel, outbox.c.kind, outbox.c.status, outbox.c.attempts,
+               outbox.c.created_at, outbox.c.sent_at)
+        .where(outbox.c.invoice_id == invoice_id).order_by(outbox.c.id).limit(200)
+    )).all()
+
+
+async def invoice_findings(conn: AsyncConnection, invoice_id: str) -> list:
+    return (await conn.execute(
+        select(findings, runs.c.started_at)
+        .join(runs, runs.c.id == findings.c.run_id)
+        .where(findings.c.invoice_id == invoice_id).order_by(findings.c.id.desc()).limit(100)
+    )).all()
+
+
+async def run_list(conn: AsyncConnection, before: int | None, limit: int = PAGE) -> tuple[list, bool]:
+    query = select(runs).order_by(runs.c.id.desc()).limit(limit + 1)
+    if before is not None:
+        query = query.where(runs.c.id < before)
+    rows = (await conn.execute(query)).all()
+    return rows[:limit], len(rows) > limit
+
+
+async def run_with_findings(conn: AsyncConnection, run_id: int, limit: int = 500):
+    run = (await conn.execute(select(runs).where(runs.c.id == run_id))).first()
+    if run is None:
+        return None, [], 0
+    count = await conn.scalar(select(func.count()).select_from(findings).where(findings.c.run_id == run_id))
+    rows = (await conn.execute(
+        select(findings).where(findings.c.run_id == run_id).order_by(findings.c.id).limit(limit))).all()
+    return run, rows, count
+
+
+async def dead_letter_list(conn: AsyncConnection, limit: int = 100):
+    """Letters waiting (oldest first) and the last ones replayed; never their body or headers."""
+    columns = (letters.c.id, letters.c.event_id, letters.c.type, letters.c.error, letters.c.attempts,
+               letters.c.dead_at, letters.c.replayed_at, received.c.invoice_id, received.c.outcome)
+    joined = letters.outerjoin(received, received.c.event_id == letters.c.event_id)
+    pending = (await conn.execute(
+        select(*columns).select_from(joined).where(letters.c.replayed_at.is_(None))
+        .order_by(letters.c.id).limit(limit))).all()
+    replayed = (await conn.execute(
+        select(*columns).select_from(joined).where(letters.c.replayed_at.is_not(None))
+        .order_by(letters.c.replayed_at.desc()).limit(20))).all()
+    return pending, replayed
+
+
+async def letter_event_id(conn: AsyncConnection, letter_id: int) -> str | None:
+    return await conn.scalar(select(letters.c.event_id).where(letters.c.id == letter_id))
+
+
+def utc(moment: datetime | None) -> datetime | None:
+    if moment is None:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -1,0 +1,177 @@
+"""The dashboard in a real browser: Debian's headless Chromium driven by Playwright (no browser
+download), against the receiver app under uvicorn, a migrated SQLite ledger and the real Redis.
+
+Signs in, finds the seed guide's invoice by its number, opens it, downloads the latest run's CSV,
+replays a dead letter and sees the worker (burst mode, in a thread) apply it; signed out, every
+page sends the browser to the sign-in. Saves docs/screenshots/overview.png and invoice.png.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sqlite3
+import warnings
+from pathlib import Path
+
+import pytest
+from arq.connections import RedisSettings, create_pool
+from arq.worker import Worker
+
+from conftest import API_TOKEN, _in_thread
+from dashboard_support import DEAD_INVOICE, GUIDE_ID, GUIDE_NUMBER, forget_replays, seed
+from api_support import served_in_thread
+from ledger.db import create_engine
+from receiver.app import create_app
+from receiver_support import forget_queue
+from worker.settings import worker_settings
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
+if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
+    pytest.skip(f"no Chromium at {CHROMIUM}: install Debian's chromium (.ci/run does)", allow_module_level=True)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def dashboard_settings(settings, sqlite_template, tmp_path):
+    """A seeded SQLite ledger of its own and the test's own queue on the real Redis."""
+    path = tmp_path / "dashboard.db"
+    source, target = sqlite3.connect(sqlite_template), sqlite3.connect(path)
+    try:
+        source.backup(target)
+    finally:
+        source.close()
+        target.close()
+    chosen = settings.model_copy(update={"database_url": f"sqlite:///{path}"})
+
+    async def seeded():
+        engine = create_engine(chosen.database_url)
+        try:
+            return await seed(engine)
+        finally:
+            await engine.dispose()
+
+    chosen.__dict__["_ids"] = _in_thread(asyncio.run, seeded())
+    yield chosen
+
+    async def forget():
+        redis = await create_pool(RedisSettings.from_dsn(chosen.redis_url))
+        try:
+            await forget_queue(redis, chosen.queue_name)
+            await forget_replays(redis, chosen.__dict__["_ids"])
+        finally:
+            await redis.aclose()
+
+    _in_thread(asyncio.run, forget())
+
+
+async def _drain(settings) -> Worker:
+    worker = Worker(**worker_settings(settings, burst=True, poll_delay=0), handle_signals=False)
+    try:
+        await worker.async_run()
+    finally:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Call to deprecated close", DeprecationWarning)
+            await worker.close()
+    return worker
+
+
+@pytest.fixture
+def browser(tmp_path):
+    with sync_api.sync_playwright() as playwright:
+        # launch() gives the browser a fresh, empty profile of its own every time.
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def test_the_dashboard_in_chromium(dashboard_settings, browser, tmp_path):
+    ids = dashboard_settings.__dict__["_ids"]
+    dead_event = ids["dead_event"]
+    with served_in_thread(create_app(dashboard_settings)) as base_url:
+        context = browser.new_context(viewport={"width": 1280, "height": 860}, accept_downloads=True,
+                                      base_url=base_url)
+        page = context.new_page()
+        page.set_default_timeout(10_000)
+
+        # Signed out, each page sends the browser to the sign-in.
+        for path in ["/dashboard/", "/dashboard/invoices", f"/dashboard/invoices/{GUIDE_ID}", "/dashboard/runs",
+                     f"/dashboard/runs/{ids['run']}", "/dashboard/dead-letters"]:
+            page.goto(path)
+            assert page.url.startswith(f"{base_url}/dashboard/signin?next="), path
+            assert page.get_by_role("heading", name="Sign in").is_visible()
+
+        # A wrong token, then the right one.
+        page.goto("/dashboard/")
+        page.get_by_label("Token").fill("not-the-token")
+        page.get_by_role("button", name="Sign in").click()
+        assert page.get_by_role("alert").inner_text() == "That token is not valid."
+        page.get_by_label("Token").fill(API_TOKEN)
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url(f"{base_url}/dashboard/")
+        assert page.get_by_role("heading", name="Where the money stands").is_visible()
+        assert "EUR 2,010.00" in page.locator("#money").inner_text()
+        assert "INV-2026-000143" in page.locator("#failed").inner_text()
+        cookie = next(c for c in context.cookies() if c["name"] == "vinr_dashboard")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Lax" and API_TOKEN not in cookie["value"]
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "overview.png"), full_page=True)
+
+        # Find the seed guide's invoice by its number and open it.
+        page.get_by_role("link", name="Invoices").click()
+        page.get_by_role("searchbox", name="Search").fill(GUIDE_NUMBER)
+        page.get_by_role("button", name="Search").click()
+        page.wait_for_url(f"{base_url}/dashboard/invoices/{GUIDE_ID}")
+        assert GUIDE_NUMBER in page.get_by_role("heading", level=1).inner_text()
+        entries, events = page.locator("#entries").inner_text(), page.locator("#events").inner_text()
+        assert "finalize" in entries and "payment" in entries and "EUR 1,960.00" in entries
+        assert "evt_guide_finalized" in events and "evt_guide_paid" in events and "applied" in events
+        assert "fulfilment" in page.locator("#notices").inner_text()
+        page.screenshot(path=str(SCREENSHOTS / "invoice.png"), full_page=True)
+
+        # The latest reconciliation run and its CSV.
+        page.get_by_role("link", name="Reconciliation").click()
+        page.locator("#runs tbody tr").first.get_by_role("link").click()
+        page.wait_for_url(f"{base_url}/dashboard/runs/{ids['run']}")
+        assert "in_drift" in page.locator("#findings").inner_text()
+        with page.expect_download() as download_info:
+            page.get_by_role("link", name="Download CSV").click()
+        download = download_info.value
+        assert download.suggested_filename == f"reconciliation-run-{ids['run']}.csv"
+        csv_path = tmp_path / "findings.csv"
+        download.save_as(csv_path)
+        lines = csv_path.read_text().splitlines()
+        assert lines[0].startswith("run_id,invoice_id,category") and f"{ids['run']},in_drift,status_mismatch" in lines[1]
+
+        # Replay the dead letter; the worker applies it.
+        page.get_by_role("link", name="Dead letters").click()
+        row = page.locator(f"#letter-{ids['letter']}")
+        assert dead_event in row.inner_text() and "[redacted]" in row.inner_text()
+        row.get_by_role("button", name="Replay").click()
+        page.wait_for_url(f"{base_url}/dashboard/dead-letters")
+        assert f"Queued {dead_event} again" in page.get_by_role("status").inner_text()
+        worker = _in_thread(asyncio.run, _drain(dashboard_settings))
+        assert (worker.jobs_complete, worker.jobs_failed) == (1, 0)
+        page.reload()
+        assert page.locator(f"#letter-{ids['letter']}").count() == 0
+        assert "applied" in page.locator(f"#replayed-{ids['letter']}").inner_text()
+        page.goto(f"/dashboard/invoices/{DEAD_INVOICE}")
+        # Its entry names the event (the received event of a dead letter carries no invoice id).
+        assert dead_event in page.locator("#entries").inner_text()
+        assert "EUR 70.00" in page.locator("#facts").inner_text()
+
+        # Signed out again, the pages are closed.
+        page.get_by_role("button", name="Sign out").click()
+        page.wait_for_url(f"{base_url}/dashboard/signin")
+        page.goto("/dashboard/invoices")
+        assert page.url.startswith(f"{base_url}/dashboard/signin?next=")
+        context.close()
