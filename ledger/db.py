@@ -38,10 +38,13 @@ def create_engine(url: str, *, writer: bool = True, pool_size: int = 10, pre_pin
     failed with "database is locked" where the default journal did, and is faster.
     """
     full = async_url(url)
+    # A database error's text names its SQL, never its parameters: those are raw webhook bodies
+    # and headers (the signature) that dead letters and log lines would otherwise carry.
     if make_url(full).get_backend_name() != "sqlite":
-        return create_async_engine(full, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=pre_ping)
+        return create_async_engine(full, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=pre_ping,
+                                   hide_parameters=True)
 
-    engine = create_async_engine(full, connect_args={"timeout": 30})
+    engine = create_async_engine(full, connect_args={"timeout": 30}, hide_parameters=True)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection, _record):

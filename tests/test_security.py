@@ -269,6 +269,29 @@ def _raw_sql_formatting(path: Path) -> list[tuple[str, int, str]]:
     return found
 
 
+async def test_a_database_error_names_no_parameter(ledger_engine):
+    """A failed write's error, which a dead letter keeps and a log line shows, carries its SQL
+    but not the values: the raw body and headers, the signature among them."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import insert
+    from sqlalchemy.exc import IntegrityError
+
+    from ledger.tables import ReceivedEvent
+
+    signature = "t=1763800000,v1=" + "5257a869" * 8
+    row = {"event_id": unique("evt_hidden"), "type": "invoice.paid", "body": b'{"secret": "' + WEBHOOK_SECRET.encode() + b'"}',
+           "headers": {"x-vinr-signature": signature}, "received_at": datetime.now(UTC), "outcome": "applied"}
+    async with ledger_engine.begin() as conn:
+        await conn.execute(insert(ReceivedEvent.__table__).values(**row))
+    with pytest.raises(IntegrityError) as caught:
+        async with ledger_engine.begin() as conn:
+            await conn.execute(insert(ReceivedEvent.__table__).values(**row))
+    text = str(caught.value)
+    assert "received_events" in text  # the SQL is still there to read
+    assert signature not in text and WEBHOOK_SECRET not in text and row["event_id"] not in text
+
+
 def test_the_scanner_sees_formatted_sql(tmp_path):
     """The scan itself, on a sample: it must catch each form it claims to."""
     sample = tmp_path / "sample.py"

@@ -155,8 +155,8 @@ async def _dead_letter(ctx, event_id, event_type, body, headers, received, error
 
 
 def _describe(exc: BaseException, limit: int = 2000) -> str:
-    """The error as the dead letter keeps it: its type and message (a database error's SQL and
-    parameters included), cut to `limit` characters."""
+    """The error as the dead letter keeps it: its type and message (a database error's SQL, but
+    not its parameters: ledger.db hides them), cut to `limit` characters."""
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
