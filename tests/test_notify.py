@@ -11,6 +11,7 @@ import base64
 import contextlib
 import io
 import json
+import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -150,6 +151,10 @@ async def test_a_failed_payment_delivered_three_times_alerts_once(
     assert [line.split() for line in text.splitlines() if line.startswith("Attempts:")] == [["Attempts:", "2"]]
     (to_default,) = [mail for mail in smtp.mails if mail.recipients == [DEFAULT_RECIPIENT]]
     assert "JPY 5,000 due" in to_default.message["Subject"]
+    # A stable Message-ID per notice, in the sender's domain: a redelivery after a crash is a
+    # copy that mail systems recognise, and two alerts never share one.
+    ids = {mail.message["Message-ID"] for mail in smtp.mails}
+    assert len(ids) == 2 and all(re.fullmatch(r"<[0-9a-f]{32}@merchant\.example>", i) for i in ids)
 
     chat = [json.loads(r.body) for r in http.at(CHAT_PATH)]
     assert sorted("INV-2026-142" in m["text"] for m in chat) == [False, True]

@@ -17,6 +17,7 @@ credential), the callback secret or a signature.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -66,9 +67,15 @@ class SmtpServer:
         )
 
 
-def email_message(sender: str, recipient: str, alert: Alert) -> EmailMessage:
+def email_message(sender: str, recipient: str, alert: Alert, notice_key: str | None = None) -> EmailMessage:
+    """The alert as an email. With the outbox notice's key, its `Message-ID` is derived from it:
+    a redelivery after a crash between the send and its record carries the same id, by which
+    mail systems and clients recognise the copy."""
     message = EmailMessage()
     message["From"], message["To"], message["Subject"] = sender, recipient, alert.subject
+    if notice_key:
+        digest = hashlib.sha256(notice_key.encode()).hexdigest()[:32]
+        message["Message-ID"] = f"<{digest}@{sender.rpartition('@')[2] or 'vinr-recon'}>"
     message.set_content(alert.text())
     return message
 

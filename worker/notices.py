@@ -80,8 +80,8 @@ class Notifier:
             text = text.replace(secret, "[redacted]")
         return text
 
-    async def send(self, channel: str, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """Deliver one notice; returns what to log about it. Raises `channels.DeliveryError` (or
+    async def send(self, channel: str, kind: str, payload: dict[str, Any], key: str | None = None) -> dict[str, Any]:
+        """Deliver one notice (`key`: its outbox key); returns what to log about it. Raises `channels.DeliveryError` (or
         any error) to be tried again, `channels.Undeliverable` when no try can succeed."""
         settings = self.settings
         if channel == "fulfilment":
@@ -109,7 +109,7 @@ class Notifier:
                     "no recipient: no accountManager in the invoice's or customer's metadata and "
                     "ALERT_DEFAULT_RECIPIENT is not set")
             alert = render.render(kind, payload, customer)
-            await channels.send_email(self.smtp, channels.email_message(settings.alert_email_from, to, alert))
+            await channels.send_email(self.smtp, channels.email_message(settings.alert_email_from, to, alert, key))
             return {"recipient": to}
         raise channels.Undeliverable(f"unknown channel {channel!r}")
 
@@ -156,7 +156,7 @@ async def deliver_notice(ctx: dict[str, Any], notice_id: int) -> str:
         structlog.contextvars.bind_contextvars(invoice_id=row.invoice_id, kind=row.kind, channel=row.channel)
         try:
             async with asyncio.timeout(policy.attempt_timeout):
-                detail = await notifier.send(row.channel, row.kind, row.payload)
+                detail = await notifier.send(row.channel, row.kind, row.payload, row.key)
         except channels.Undeliverable as exc:
             error, final = notifier.scrub(str(exc)), True
         except Exception as exc:  # a channel down, a timeout, a bug: tried again

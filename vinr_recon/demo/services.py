@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vinr_recon.demo.processes import DemoFailure, Processes
+from vinr_recon.demo.processes import Child, DemoFailure, Processes
 
 INSTALL_REDIS = (
     "production needs a real Redis: `apt-get install redis-server` (Debian, Ubuntu), "
@@ -66,23 +66,37 @@ class RedisChoice:
 async def choose_redis(url: str, procs: Processes, folder: Path) -> RedisChoice:
     if await redis_answers(url):
         return RedisChoice(url, f"Redis at REDIS_URL ({_hide_password(url)})", shared=True)
-    server = shutil.which("redis-server")
-    if server:
-        port = free_port()
-        procs.start("redis", [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                              "--appendonly", "no", "--dir", str(folder)])
-        private = f"redis://127.0.0.1:{port}/0"
-        deadline = time.monotonic() + 10
-        while not await redis_answers(private, 0.5):
-            procs.check()
-            if time.monotonic() > deadline:
-                raise DemoFailure("the private redis-server did not answer within 10 s")
-            await asyncio.sleep(0.05)
+    if shutil.which("redis-server"):
+        private, _ = await start_private_redis(procs, folder)
+        port = private.rsplit(":", 1)[1].split("/")[0]
         return RedisChoice(private, f"a private redis-server on port {port} (none answered at REDIS_URL)",
                            shared=False)
     emulated = EmulatedRedis.start()
     return RedisChoice(emulated.url, "an in-process Redis emulation (fakeredis): no Redis found",
                        shared=False, note=INSTALL_REDIS, stop=emulated.stop)
+
+
+async def start_private_redis(procs: Processes, folder: Path, *, port: int | None = None,
+                              appendfsync: str | None = None, name: str = "redis") -> tuple[str, Child]:
+    """A `redis-server` from PATH on loopback, its files in `folder`; returns (URL, child) once
+    it answers. With `appendfsync` (always, everysec) it persists to an append-only file there,
+    so a restart on the same port and folder keeps what it had acknowledged; else nothing."""
+    server = shutil.which("redis-server")
+    if server is None:
+        raise DemoFailure("no redis-server on PATH: " + INSTALL_REDIS)
+    port = port or free_port()
+    persistence = ["--appendonly", "yes", "--appendfsync", appendfsync] if appendfsync else ["--appendonly", "no"]
+    child = procs.start(name, [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                               *persistence, "--dir", str(folder)])
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while not await redis_answers(url, 0.5):
+        if child.popen.poll() is not None:
+            raise DemoFailure(f"redis-server exited with status {child.popen.returncode}: {child.tail(5)}")
+        if time.monotonic() > deadline:
+            raise DemoFailure("the private redis-server did not answer within 10 s")
+        await asyncio.sleep(0.05)
+    return url, child
 
 
 def _hide_password(url: str) -> str:
@@ -164,17 +178,22 @@ class Email:
     recipients: tuple[str, ...]
     subject: str
     body: str
+    message_id: str = field(default="", compare=False)
+    at: float = field(default_factory=time.monotonic, compare=False)  # when it arrived
 
 
 @dataclass(frozen=True)
 class Chat:
     text: str
+    body: dict | None = field(default=None, compare=False)  # the whole JSON message (Slack blocks)
+    at: float = field(default_factory=time.monotonic, compare=False)
 
 
 @dataclass(frozen=True)
 class Callback:
     body: dict | None
     signature: str  # "verified", or why not
+    at: float = field(default_factory=time.monotonic, compare=False)
 
 
 @dataclass
@@ -219,7 +238,8 @@ class Mailbox:
                 part = message.get_body(("plain", "html")) if message.is_multipart() else message
                 body = part.get_content() if part is not None else ""
                 mailbox.emails.append(Email(envelope.mail_from, tuple(envelope.rcpt_tos),
-                                            str(message.get("subject", "")), body.strip()))
+                                            str(message.get("subject", "")), body.strip(),
+                                            str(message.get("message-id", ""))))
                 return "250 Message accepted for delivery"
 
         port = free_port()
@@ -240,10 +260,11 @@ class Mailbox:
         async def chat(request: Request) -> JSONResponse:
             body = await request.body()
             try:
-                text = json.loads(body).get("text") or body.decode(errors="replace")
+                document = json.loads(body)
+                text = document.get("text") or body.decode(errors="replace")
             except (ValueError, AttributeError):
-                text = body.decode(errors="replace")
-            self.chats.append(Chat(str(text)))
+                document, text = None, body.decode(errors="replace")
+            self.chats.append(Chat(str(text), document if isinstance(document, dict) else None))
             return JSONResponse({"ok": True})
 
         async def fulfilment(request: Request) -> JSONResponse:

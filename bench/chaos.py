@@ -1,0 +1,880 @@
+"""The chaos run (issue 9): VINR on a bad day, and the service's processes killed under it.
+
+    .venv/bin/python bench/chaos.py [--invoices 2000] [--workers 2] [--seed 1] [--keep]
+
+The sandbox (`vinr-recon sandbox`) takes N invoices through full lifecycles (paid; partial then
+paid; declined then paid; declined and left open; void, some after a partial payment;
+uncollectible then paid late; 3-D Secure), in three waves (create and finalize, a first
+payment step, a second), over a few dozen customers and three currencies. Its webhooks come
+30 % duplicated, in random order (reorder delay) and 5 % never, in both payload shapes and
+both key cases. The receiver (`vinr-recon serve`) and W workers (`vinr-recon worker`) run as
+real processes against a private Redis with AOF persistence (`--appendfsync always`) and a
+private PostgreSQL database (created, `vinr-recon db upgrade`d, dropped at the end); alerts
+go to an aiosmtpd mailbox and a chat endpoint, the paid callback to an HTTP listener (all on
+loopback, vinr_recon.demo.services.Mailbox).
+
+While events flow, a worker is SIGKILLed and restarted (three times at full size) and Redis is
+shut down and started again on the same port and AOF folder. Then: delivery settles and the
+queue drains, `vinr-recon reconcile --json` runs, the alerts and callbacks drain. The figures
+come from the sandbox's API (its events with every delivery attempt, its invoices) and from the
+ledger's database; the expectations are derived independently of the service's code:
+
+- mismatches: status, currency, total, amountPaid, amountDue of every invoice, VINR vs ledger;
+- facts posted twice: per invoice, the net of its postings on each account against what VINR's
+  final snapshot implies (contract sections 3 and 6: clearing = amountPaid, receivable =
+  amountDue while open, bad debt = amountDue while uncollectible, revenue = total, or what was
+  paid when void), plus entries per (invoice, kind) beyond what its lifecycle allows;
+- trial balance per currency, and every entry balanced;
+- alerts: one email and one chat message per payment_failed event applied while the ledger did
+  not yet hold its invoice as paid or void (ledger/outbox.py `for_event`), in the ledger's
+  order of application: its transactions (positions are locked before events are claimed, so
+  a later transaction of one invoice has higher received_events ids); within one batch the
+  order is not recorded, so for a failure batched with its invoice's paid or void event the
+  outbox's choice is taken (counted apart). Plus one of each for a reconciliation run that
+  found drift; one callback per invoice VINR ends with as paid. Each is identified by its
+  idempotency key (invoice and attempt count for an alert, `idempotencyKey` for a callback).
+
+Pass: 0 mismatches, 0 facts posted twice, every trial balance 0, every alert and callback
+exactly once, and (the run's own premises) no acknowledged event lost and none dead-lettered.
+Delivery of a notice is at least once: a worker killed after a send but before its record sends
+it again. Such an identical copy (same Message-ID, idempotency key or text) arriving after a
+crash of the run's own making is shown apart as redelivered; any other second arrival fails.
+Exit 0 only then. tests/test_chaos.py runs a small copy of this in CI through `Chaos.execute`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from secrets import token_hex
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import asyncpg  # noqa: E402
+import httpx  # noqa: E402
+
+from vinr_recon.demo.processes import Child, DemoFailure, Processes, vinr_recon  # noqa: E402
+from vinr_recon.demo.run import _children_env, _delivered, _page_all, _queued  # noqa: E402
+from vinr_recon.demo.services import Mailbox, free_port, start_private_redis  # noqa: E402
+from vinr_recon.demo.story import CARD_3DS, CARD_DECLINED, CARD_OK, StoryError, Vinr  # noqa: E402
+from vinr_recon.settings import Settings  # noqa: E402
+
+PG_ADMIN_URL = os.environ.get("CHAOS_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
+FINANCE = "finance@merchant.example"
+LIFECYCLES = {  # name: weight
+    "paid": 20, "partial_then_paid": 15, "declined_then_paid": 15, "declined_open": 10,
+    "void": 10, "uncollectible_then_paid": 15, "three_d_secure": 15,
+}
+CURRENCIES = ("EUR", "EUR", "EUR", "CHF", "USD")
+FINAL = {"paid", "void"}
+
+
+@dataclass
+class ChaosConfig:
+    invoices: int = 2000
+    workers: int = 2
+    seed: int = 1
+    worker_kills: int = 3
+    redis_restarts: int = 1
+    redis_down: float = 1.0  # seconds Redis stays down
+    job_timeout: float = 30.0  # a killed worker's jobs run again this + 10 s later (arq's in-progress key)
+    duplicate_rate: float = 0.3
+    drop_rate: float = 0.05
+    reorder_delay: float = 0.5
+    old_shape_rate: float = 0.2
+    snake_case_rate: float = 0.2
+    concurrency: int = 12  # invoices driven at once through the sandbox's API
+    settle_timeout: float = 300.0
+    log_level: str = "INFO"
+    keep: bool = False
+
+
+@dataclass
+class Plan:
+    kind: str
+    currency: str
+    customer: int
+    lines: list[tuple[str, int, int]]
+    metadata: dict[str, str]
+    id: str = ""
+    partial: bool = False  # void: after a partial payment; declined_open: declined twice
+
+
+@dataclass
+class Figures:
+    invoices: int = 0
+    lifecycles: Counter = field(default_factory=Counter)
+    events_sent: int = 0
+    events_dropped: int = 0
+    deliveries: int = 0
+    acknowledged: int = 0
+    refused: Counter = field(default_factory=Counter)  # non-2xx statuses (or errors) of attempts
+    events_acknowledged: int = 0
+    applied_webhook: int = 0
+    backfilled: int = 0
+    acknowledged_lost: list[str] = field(default_factory=list)
+    never_recorded: list[str] = field(default_factory=list)
+    dead_lettered: int = 0
+    outcomes: Counter = field(default_factory=Counter)
+    mismatched: list[str] = field(default_factory=list)
+    double_postings: list[str] = field(default_factory=list)
+    extra_entries: list[str] = field(default_factory=list)
+    entries: int = 0
+    unbalanced_entries: int = 0
+    trial_balance: dict[str, int] = field(default_factory=dict)
+    notices: dict[str, dict[str, Any]] = field(default_factory=dict)  # channel -> expected/received/...
+    outbox: Counter = field(default_factory=Counter)
+    alerts_order_dependent: int = 0
+    alerts_batched: int = 0
+    reconcile: dict[str, Any] = field(default_factory=dict)
+    chaos: list[str] = field(default_factory=list)
+    unexpected_exits: list[str] = field(default_factory=list)
+    phases: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def notices_ok(self) -> bool:
+        return all(not (n["missing"] or n["unexpected"] or n["duplicates"]) for n in self.notices.values())
+
+    @property
+    def passed(self) -> bool:
+        return (not self.mismatched and not self.double_postings and not self.extra_entries
+                and not self.unbalanced_entries and all(v == 0 for v in self.trial_balance.values())
+                and self.notices_ok and bool(self.notices) and not self.acknowledged_lost
+                and not self.never_recorded and self.dead_lettered == 0)
+
+    def failures(self) -> list[str]:
+        out = []
+        for name, items in (("mismatched with VINR", self.mismatched), ("posted twice", self.double_postings),
+                            ("entries beyond the lifecycle", self.extra_entries),
+                            ("acknowledged but lost", self.acknowledged_lost),
+                            ("never recorded", self.never_recorded)):
+            if items:
+                out.append(f"{name}: {len(items)}: " + "; ".join(items[:5]))
+        for channel, n in self.notices.items():
+            for what in ("missing", "unexpected", "duplicates"):
+                if n[what]:
+                    out.append(f"{channel} {what}: {len(n[what])}: {sorted(map(str, n[what]))[:5]}")
+        if self.dead_lettered:
+            out.append(f"dead-lettered: {self.dead_lettered}")
+        if self.unbalanced_entries:
+            out.append(f"unbalanced entries: {self.unbalanced_entries}")
+        for currency, value in self.trial_balance.items():
+            if value:
+                out.append(f"trial balance {currency}: {value}")
+        return out
+
+    def table(self) -> str:
+        rows: list[tuple[str, str]] = [
+            ("invoices (lifecycles)", f"{self.invoices} ({', '.join(f'{k} {v}' for k, v in sorted(self.lifecycles.items()))})"),
+            ("chaos", "; ".join(self.chaos) or "none"),
+            ("worker exits not caused by the run", f"{len(self.unexpected_exits)} (restarted){': ' if self.unexpected_exits else ''}"
+                                                   f"{'; '.join(self.unexpected_exits)}"),
+            ("events sent by the sandbox", f"{self.events_sent} ({self.events_dropped} dropped on purpose)"),
+            ("deliveries attempted", str(self.deliveries)),
+            ("  acknowledged (2xx)", f"{self.acknowledged} ({self.events_acknowledged} distinct events)"),
+            ("  refused or failed", ", ".join(f"{k}: {v}" for k, v in sorted(self.refused.items())) or "0"),
+            ("events applied from webhooks", f"{self.applied_webhook} ({', '.join(f'{k} {v}' for k, v in sorted(self.outcomes.items()))})"),
+            ("events backfilled by reconciliation", str(self.backfilled)),
+            ("acknowledged events lost", str(len(self.acknowledged_lost))),
+            ("events never recorded", str(len(self.never_recorded))),
+            ("dead-lettered", str(self.dead_lettered)),
+            ("reconciliation", f"exit {self.reconcile.get('exit')}, status {self.reconcile.get('status')}, "
+                               f"counts {self.reconcile.get('counts')}, backfilled {self.reconcile.get('eventsBackfilled')}, "
+                               f"corrections {self.reconcile.get('correctionsPosted')}"),
+            ("invoices mismatched with VINR", str(len(self.mismatched))),
+            ("facts posted twice (account nets vs VINR)", str(len(self.double_postings))),
+            ("entries beyond the lifecycle", f"{len(self.extra_entries)} (of {self.entries} entries)"),
+            ("unbalanced entries", str(self.unbalanced_entries)),
+            ("trial balance (debits - credits)", ", ".join(f"{c} {v}" for c, v in sorted(self.trial_balance.items()))),
+        ]
+        for channel, n in self.notices.items():
+            rows.append((f"{channel}: received / expected",
+                         f"{n['received']} / {n['expected']} (missing {len(n['missing'])}, unexpected "
+                         f"{len(n['unexpected'])}, duplicates {len(n['duplicates'])}, identical copies "
+                         f"redelivered after a crash {len(n['redelivered'])}; {n['detail']})"))
+        rows.append(("payment_failed events recorded after paid/void (no alert owed)", str(self.alerts_order_dependent)))
+        rows.append(("payment_failed events batched with paid/void (the outbox decides)", str(self.alerts_batched)))
+        rows.append(("outbox", ", ".join(f"{k} {v}" for k, v in sorted(self.outbox.items()))))
+        rows.append(("phases (s)", ", ".join(f"{k} {v:.1f}" for k, v in self.phases.items())))
+        rows.append(("wall time", f"{self.seconds:.1f} s"))
+        rows.append(("PASS" if self.passed else "FAIL", "" if self.passed else " | ".join(self.failures())))
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+# --- the plan ------------------------------------------------------------------------------
+
+
+def make_plans(cfg: ChaosConfig, customers: int) -> list[Plan]:
+    rng = random.Random(cfg.seed)
+    kinds = list(LIFECYCLES)
+    weights = [LIFECYCLES[k] for k in kinds]
+    plans = []
+    for n in range(cfg.invoices):
+        lines = [(f"Item {n}.{i}", rng.randint(1, 4), rng.randint(5, 2000) * 100) for i in range(rng.randint(1, 3))]
+        metadata = {"projectId": f"proj_{n:05d}"}
+        if rng.random() < 0.25:
+            metadata["accountManager"] = f"am{n % 7}@merchant.example"
+        kind = rng.choices(kinds, weights)[0]
+        plans.append(Plan(kind, rng.choice(CURRENCIES), rng.randrange(customers), lines, metadata,
+                          partial=rng.random() < 0.5))
+    return plans
+
+
+async def wave(vinr: Vinr, plan: Plan, step: int, customers: list[str]) -> None:
+    """One step of an invoice's lifecycle: 0 creates, finalizes and sends it; 1 and 2 pay it."""
+    k, inv = plan.kind, plan.id
+    if step == 0:
+        made = await vinr.invoice(customers[plan.customer], plan.lines, currency=plan.currency, metadata=plan.metadata)
+        plan.id = made["id"]
+        return
+    total = sum(q * u for _, q, u in plan.lines)
+    part = max(1, total // 3)
+    if step == 1:
+        if k == "paid":
+            await vinr.pay(inv, CARD_OK)
+        elif k == "partial_then_paid" or (k == "void" and plan.partial):
+            await vinr.pay(inv, CARD_OK, amount=part)
+        elif k in ("declined_then_paid", "declined_open"):
+            await vinr.pay(inv, CARD_DECLINED, expect=402)
+        elif k == "void":
+            await vinr.call("POST", f"/invoices/{inv}/void")
+        elif k == "uncollectible_then_paid":
+            await vinr.call("POST", f"/invoices/{inv}/mark_uncollectible")
+        elif k == "three_d_secure":
+            await vinr.pay(inv, CARD_3DS, expect=402)
+    elif step == 2:
+        if k in ("partial_then_paid", "declined_then_paid", "uncollectible_then_paid"):
+            await vinr.pay(inv, CARD_OK)
+        elif k == "declined_open" and plan.partial:
+            await vinr.pay(inv, CARD_DECLINED, expect=402)
+        elif k == "void" and plan.partial:
+            await vinr.call("POST", f"/invoices/{inv}/void")
+        elif k == "three_d_secure":
+            await vinr.pay(inv, CARD_3DS, threeDSecure="approve")
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
+class Chaos:
+    """Everything the run started, and the acts of chaos."""
+
+    def __init__(self, cfg: ChaosConfig, folder: Path):
+        self.cfg, self.folder = cfg, folder
+        self.procs = Processes(folder, dict(os.environ))
+        self.mailbox = Mailbox(fulfilment_secret="whsec_fulfil_" + token_hex(16))
+        self.queue = f"vinr-recon-chaos:{token_hex(6)}"
+        self.workers: dict[int, Child] = {}
+        self.killed: set[int] = set()  # pids we killed on purpose
+        self.crashes: list[float] = []  # when a worker was killed or died, or Redis went down
+        self.redis: Child | None = None
+        self.redis_port = 0
+        self.redis_url = ""
+        self.database = f"vinr_chaos_{token_hex(6)}"
+        self.database_url = ""
+        self.figures = Figures(invoices=cfg.invoices)
+        self.redis_restarting = False
+
+    # services
+
+    async def create_database(self) -> None:
+        conn = await asyncpg.connect(PG_ADMIN_URL)
+        try:
+            await conn.execute(f'CREATE DATABASE "{self.database}"')
+        finally:
+            await conn.close()
+        self.database_url = f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{self.database}"
+
+    async def drop_database(self) -> None:
+        if not self.database_url:
+            return
+        conn = await asyncpg.connect(PG_ADMIN_URL)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    async def start_redis(self) -> None:
+        aof = self.folder / "redis"
+        aof.mkdir(exist_ok=True)
+        self.redis_url, self.redis = await start_private_redis(
+            self.procs, aof, port=self.redis_port or None, appendfsync="always")
+        self.redis_port = int(self.redis_url.rsplit(":", 1)[1].split("/")[0])
+
+    def start_worker(self, n: int) -> None:
+        self.workers[n] = self.procs.start(f"worker-{n}", vinr_recon("worker", "--job-timeout", str(self.cfg.job_timeout)))
+
+    # chaos
+
+    def kill_worker(self, n: int) -> None:
+        child = self.workers[n]
+        self.killed.add(child.popen.pid)
+        self.crashes.append(time.monotonic())
+        os.killpg(child.popen.pid, signal.SIGKILL)
+        child.popen.wait(10)
+        self.start_worker(n)
+
+    async def restart_redis(self) -> float:
+        started = time.monotonic()
+        self.redis_restarting = True
+        try:
+            child = self.redis
+            self.crashes.append(time.monotonic())
+            os.killpg(child.popen.pid, signal.SIGTERM)  # redis: fsync the AOF, then exit
+            await asyncio.to_thread(child.popen.wait, 30)
+            await asyncio.sleep(self.cfg.redis_down)
+            await self.start_redis()
+        finally:
+            self.redis_restarting = False
+        return time.monotonic() - started
+
+    def supervise(self) -> None:
+        """Fail if the sandbox or the receiver died; restart a worker that died on its own (as a
+        process manager would) and count it."""
+        for child in self.procs.children:
+            if child.popen.poll() is None or child.popen.pid in self.killed:
+                continue
+            if child is self.redis and self.redis_restarting:
+                continue
+            if child in self.workers.values():
+                n = next(k for k, v in self.workers.items() if v is child)
+                self.figures.unexpected_exits.append(f"worker-{n} exited with {child.popen.returncode}")
+                self.crashes.append(time.monotonic())
+                self.killed.add(child.popen.pid)
+                self.start_worker(n)
+                continue
+            if child.name.startswith(("db-upgrade", "reconcile")):
+                continue
+            if child is not self.redis and child.name == "redis":
+                continue  # an earlier Redis, stopped on purpose
+            raise DemoFailure(f"{child.name} exited with status {child.popen.returncode}\n{child.tail()}")
+
+    async def chaos_acts(self, progress: list[int], total: int) -> None:
+        """Acts at fixed shares of the driving: worker kills spread over it, Redis restarts among them."""
+        cfg = self.cfg
+        acts: list[tuple[float, str]] = []
+        for i in range(cfg.worker_kills):
+            acts.append(((i + 0.5) / (cfg.worker_kills + 0.5) * 0.8 + 0.02, "kill"))
+        for i in range(cfg.redis_restarts):
+            acts.append(((i + 1) / (cfg.redis_restarts + 1) * 0.8 + 0.1, "redis"))
+        acts.sort()
+        victim = 0
+        for share, act in acts:
+            while progress[0] < share * total:
+                await asyncio.sleep(0.02)
+            at = f"{progress[0] / total:.0%} of the driving"
+            if act == "kill":
+                n = victim % cfg.workers + 1
+                victim += 1
+                self.kill_worker(n)  # SIGKILL is immediate: the wait takes milliseconds
+                self.figures.chaos.append(f"SIGKILL worker-{n} at {at}")
+            else:
+                down = await self.restart_redis()
+                self.figures.chaos.append(f"Redis restarted at {at} (down {down:.1f} s)")
+
+    async def run(self) -> Figures:
+        cfg, fig = self.cfg, self.figures
+        started = time.monotonic()
+        mark = started
+
+        def phase(name: str) -> None:
+            nonlocal mark
+            now = time.monotonic()
+            fig.phases[name] = now - mark
+            mark = now
+
+        self.mailbox.start()
+        await self.start_redis()
+        await self.create_database()
+        receiver_port, sandbox_port = free_port(), free_port()
+        base = f"http://127.0.0.1:{sandbox_port}/v1"
+        receiver = f"http://127.0.0.1:{receiver_port}"
+        secret, api_key = "whsec_chaos_" + token_hex(16), "vinr_test_" + token_hex(16)
+        values = {
+            "VINR_WEBHOOK_SECRET": secret, "VINR_API_KEY": api_key, "VINR_API_BASE": base,
+            "REDIS_URL": self.redis_url, "QUEUE_NAME": self.queue, "DATABASE_URL": self.database_url,
+            "LEDGER_API_TOKEN": token_hex(16), "LOG_LEVEL": cfg.log_level,
+            "SMTP_URL": self.mailbox.smtp_url, "ALERT_WEBHOOK_URL": self.mailbox.chat_url,
+            "ALERT_DEFAULT_RECIPIENT": FINANCE, "ALERT_EMAIL_FROM": "vinr-recon@merchant.example",
+            "FULFILMENT_URL": self.mailbox.fulfilment_url, "FULFILMENT_SECRET": self.mailbox.fulfilment_secret,
+            "RECONCILE_AT": "23:59",
+        }
+        self.procs.env = _children_env(set(Settings.model_fields), values)
+        code, _ = await asyncio.to_thread(self.procs.run, "db-upgrade", vinr_recon("db", "upgrade"), 120)
+        if code != 0:
+            raise DemoFailure(f"`vinr-recon db upgrade` exited with status {code}")
+        sandbox = self.procs.start("sandbox", vinr_recon(
+            "sandbox", "--port", str(sandbox_port), "--api-key", api_key,
+            "--webhook-url", f"{receiver}/webhooks/vinr", "--webhook-secret", secret,
+            "--rate-limit", "0", "--time-scale", "0.001", "--seed", str(cfg.seed),
+            "--duplicate-rate", str(cfg.duplicate_rate), "--duplicate-count", "1",
+            "--reorder-delay", str(cfg.reorder_delay), "--drop-rate", str(cfg.drop_rate),
+            "--old-shape-rate", str(cfg.old_shape_rate), "--snake-case-rate", str(cfg.snake_case_rate)))
+        self.procs.start("receiver", vinr_recon("serve", "--host", "127.0.0.1", "--port", str(receiver_port)))
+        for n in range(1, cfg.workers + 1):
+            self.start_worker(n)
+        await self._wait("the sandbox", lambda: f"VINR sandbox API: {base}" in sandbox.log.read_text(errors="replace"))
+        async with httpx.AsyncClient(timeout=5) as probe:
+            async def ready() -> bool:
+                try:
+                    return (await probe.get(f"{receiver}/readyz")).status_code == 200
+                except httpx.HTTPError:
+                    return False
+            await self._wait("the receiver", ready)
+        for child in self.workers.values():
+            await self._wait(child.name, lambda c=child: "worker started" in c.log.read_text(errors="replace"))
+        phase("start")
+
+        limits = httpx.Limits(max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency)
+        client = httpx.AsyncClient(base_url=base, headers={"X-Api-Key": api_key}, timeout=30, limits=limits)
+        try:
+            await self.drive(client)
+            phase("drive")
+            await self.settle(client)
+            phase("settle")
+            await self.reconcile()
+            phase("reconcile")
+            await self.drain_notices()
+            phase("notices")
+            await self.measure(client)
+            phase("measure")
+        finally:
+            await client.aclose()
+        fig.seconds = time.monotonic() - started
+        return fig
+
+    def execute(self) -> Figures:
+        """The whole run; everything it started is stopped and its database dropped, whatever
+        happens. The logs stay in its folder."""
+        async def main() -> Figures:
+            try:
+                return await self.run()
+            finally:
+                await _cleanup(self)
+
+        return asyncio.run(main())
+
+    async def _wait(self, what: str, check, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            self.supervise()
+            result = check()
+            if asyncio.iscoroutine(result):
+                result = await result
+            if result:
+                return
+            if time.monotonic() > deadline:
+                raise DemoFailure(f"{what} did not come up within {timeout:g} s")
+            await asyncio.sleep(0.05)
+
+    async def drive(self, client: httpx.AsyncClient) -> None:
+        cfg = self.cfg
+        vinr = Vinr(client)
+        n_customers = max(3, cfg.invoices // 50)
+        customers = []
+        for i in range(n_customers):
+            metadata = {"accountId": f"acct_{i}"} | ({"accountManager": f"cm{i}@merchant.example"} if i % 3 == 0 else {})
+            customers.append((await vinr.call("POST", "/customers", {
+                "email": f"billing{i}@customer.example", "name": f"Customer {i}", "metadata": metadata}))["id"])
+        self.namespace = customers[0][len("cust_"):-6]
+        self.plans = make_plans(cfg, n_customers)
+        self.figures.lifecycles = Counter(p.kind for p in self.plans)
+        total = 3 * len(self.plans)
+        progress = [0]
+        acts = asyncio.create_task(self.chaos_acts(progress, total))
+        gate = asyncio.Semaphore(cfg.concurrency)
+
+        async def one(plan: Plan, step: int) -> None:
+            async with gate:
+                try:
+                    await wave(vinr, plan, step, customers)
+                except StoryError as exc:
+                    raise DemoFailure(f"the sandbox refused a step ({plan.kind}, step {step}): {exc}") from None
+                progress[0] += 1
+
+        try:
+            for step in range(3):
+                tasks = [asyncio.create_task(one(plan, step)) for plan in self.plans]
+                while tasks:
+                    done, pending = await asyncio.wait(tasks, timeout=0.5, return_when=asyncio.FIRST_EXCEPTION)
+                    for task in done:
+                        task.result()
+                    tasks = list(pending)
+                    self.supervise()
+                    if acts.done():
+                        acts.result()
+            progress[0] = total
+            await acts
+        finally:
+            if not acts.done():
+                acts.cancel()
+
+    async def settle(self, client: httpx.AsyncClient) -> None:
+        """Wait until every delivery got its 2xx (or was dropped) and no event's job is left."""
+        deadline, calm = time.monotonic() + self.cfg.settle_timeout, 0
+        while calm < 2:
+            self.supervise()
+            events = await _page_all(client, "/events")
+            waiting = [e for e in events if _delivered(e) is False]
+            try:
+                busy = await _queued(self.redis_url, self.queue, self.namespace)
+            except Exception as exc:
+                busy = repr(exc)
+            calm = calm + 1 if not waiting and not busy else 0
+            if time.monotonic() > deadline:
+                busy = f"{busy}: {await self.stuck_jobs()}"
+                raise DemoFailure(f"delivery did not settle within {self.cfg.settle_timeout:g} s "
+                                  f"({len(waiting)} deliveries failing, e.g. {[e['id'] for e in waiting[:3]]}; "
+                                  f"event jobs queued or running: {busy})")
+            await asyncio.sleep(0.5)
+
+    async def stuck_jobs(self, limit: int = 5) -> list[str]:
+        """What Redis and the ledger hold of the event jobs still in the queue (for a failure message)."""
+        from redis.asyncio import Redis
+
+        client = Redis.from_url(self.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        conn = await asyncpg.connect(self.database_url)
+        out = []
+        try:
+            jobs = [j async for j in client.zscan_iter(self.queue, match=f"*{self.namespace}*", count=1000)]
+            for job_id, score in jobs[:limit]:
+                job_id = job_id.decode()
+                keys = {prefix: await client.pttl(f"arq:{prefix}:{job_id}") for prefix in ("job", "in-progress", "retry", "result")}
+                row = await conn.fetchrow("SELECT outcome, source FROM received_events WHERE event_id = $1", job_id)
+                out.append(f"{job_id} score {score:.0f} (now {time.time() * 1000:.0f}) ttl {keys} ledger {dict(row) if row else None}")
+        finally:
+            await client.aclose()
+            await conn.close()
+        return out
+
+    async def reconcile(self) -> None:
+        for _ in range(60):
+            code, stdout = await asyncio.to_thread(self.procs.run, "reconcile", vinr_recon("reconcile", "--json"), 600)
+            if code != 3:  # 3: another run held the lock
+                break
+            await asyncio.sleep(0.5)
+        if code not in (0, 1):
+            raise DemoFailure(f"`vinr-recon reconcile` exited with status {code}")
+        run = json.loads(stdout)
+        run = run.get("run", run) if isinstance(run, dict) else {}
+        self.figures.reconcile = {"exit": code, **{k: run.get(k) for k in (
+            "id", "status", "counts", "eventsBackfilled", "correctionsPosted", "invoicesChecked")}}
+
+    async def drain_notices(self) -> None:
+        deadline = time.monotonic() + self.cfg.settle_timeout
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            while True:
+                self.supervise()
+                pending = await conn.fetchval("SELECT count(*) FROM outbox WHERE status = 'pending'")
+                try:
+                    queued = await _queued(self.redis_url, self.queue)
+                except Exception:
+                    queued = -1
+                if not pending and not queued:
+                    break
+                if time.monotonic() > deadline:
+                    break  # measured as missing
+                await asyncio.sleep(0.3)
+        finally:
+            await conn.close()
+        quiet_since, seen = time.monotonic(), self.mailbox.count()
+        while time.monotonic() - quiet_since < 1.5:
+            await asyncio.sleep(0.1)
+            if self.mailbox.count() != seen:
+                seen, quiet_since = self.mailbox.count(), time.monotonic()
+
+    # --- measuring ---------------------------------------------------------------------------
+
+    async def measure(self, client: httpx.AsyncClient) -> None:
+        fig = self.figures
+        events = await _page_all(client, "/events")  # every event, with every delivery attempt
+        invoices = {inv["id"]: inv for inv in await _page_all(client, "/invoices")}
+        ours = {p.id for p in self.plans}
+        by_id = {e["id"]: e for e in events}
+
+        # deliveries
+        fig.events_sent = len(events)
+        acked: set[str] = set()
+        for e in events:
+            attempts = e.get("deliveryAttempts") or []
+            if not attempts:
+                fig.events_dropped += 1
+            for a in attempts:
+                fig.deliveries += 1
+                if a["status"] is not None and 200 <= a["status"] < 300:
+                    fig.acknowledged += 1
+                    acked.add(e["id"])
+                else:
+                    fig.refused[str(a["status"] or a["error"])] += 1
+        fig.events_acknowledged = len(acked)
+
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            received = await conn.fetch("SELECT id, event_id, invoice_id, source, outcome, applied_at "
+                                        "FROM received_events ORDER BY id")
+            staged = {r["key"] for r in await conn.fetch("SELECT key FROM outbox")}
+            fig.dead_lettered = await conn.fetchval("SELECT count(*) FROM dead_letters")
+            entries = await conn.fetch("SELECT id, idempotency_key, kind, invoice_id, currency, source FROM journal_entries")
+            postings = await conn.fetch("SELECT entry_id, account, direction, amount, currency FROM postings")
+            positions = {r["invoice_id"]: r for r in await conn.fetch("SELECT * FROM invoice_positions")}
+            fig.outbox = Counter(f"{r['kind']}/{r['status']}" for r in await conn.fetch("SELECT kind, status FROM outbox"))
+        finally:
+            await conn.close()
+
+        recorded = {r["event_id"]: r for r in received}
+        fig.applied_webhook = sum(1 for r in received if r["source"] == "webhook")
+        fig.backfilled = sum(1 for r in received if r["source"] == "backfill")
+        fig.outcomes = Counter(r["outcome"] for r in received if r["source"] == "webhook")
+        fig.dead_lettered += sum(1 for r in received if r["outcome"] == "dead")
+        fig.acknowledged_lost = sorted(e for e in acked if recorded.get(e) is None or recorded[e]["source"] != "webhook")
+        fig.never_recorded = sorted(e for e in by_id if e not in recorded)
+
+        # invoices: VINR vs the ledger
+        for inv_id in sorted(ours):
+            vinr, pos = invoices.get(inv_id), positions.get(inv_id)
+            if vinr is None or pos is None:
+                fig.mismatched.append(f"{inv_id}: {'not at VINR' if vinr is None else 'not in the ledger'}")
+                continue
+            ledger = {"status": pos["status"], "currency": pos["currency"], "total": pos["total"],
+                      "amountPaid": pos["amount_paid"], "amountDue": pos["amount_due"]}
+            diff = {k: (ledger[k], vinr[k]) for k in ledger if ledger[k] != vinr[k]}
+            if diff:
+                fig.mismatched.append(f"{inv_id}: " + ", ".join(f"{k} ledger {a} VINR {b}" for k, (a, b) in diff.items()))
+
+        # postings: nets per invoice and account against what VINR's final snapshot implies
+        entry_by_id = {e["id"]: e for e in entries}
+        fig.entries = len(entries)
+        net: dict[str, Counter] = defaultdict(Counter)
+        per_entry: dict[int, int] = Counter()
+        balance: Counter = Counter()
+        for p in postings:
+            signed = p["amount"] if p["direction"] == "debit" else -p["amount"]
+            net[entry_by_id[p["entry_id"]]["invoice_id"]][p["account"]] += signed
+            per_entry[p["entry_id"]] += signed
+            balance[p["currency"]] += signed
+        fig.unbalanced_entries = sum(1 for v in per_entry.values() if v)
+        fig.trial_balance = dict(balance)
+        for inv_id in sorted(ours):
+            vinr = invoices.get(inv_id)
+            if vinr is None:
+                continue
+            want = expected_nets(vinr)
+            got = {a: v for a, v in net.get(inv_id, Counter()).items() if v}
+            if want != got:
+                fig.double_postings.append(f"{inv_id} ({vinr['status']}): ledger {got} VINR implies {want}")
+
+        # entries per (invoice, kind) against what the lifecycle allows
+        payments = Counter()  # invoice -> increases of amountPaid at VINR
+        last_paid: dict[str, int] = {}
+        for e in sorted(events, key=lambda e: (e["created"], e["id"])):
+            inv = e["data"]["object"]
+            paid = inv.get("amountPaid", 0)
+            if paid > last_paid.get(inv["id"], 0):
+                payments[inv["id"]] += 1
+            last_paid[inv["id"]] = max(paid, last_paid.get(inv["id"], 0))
+        kinds = Counter((e["invoice_id"], e["kind"]) for e in entries)
+        for (inv_id, kind), count in sorted(kinds.items()):
+            allowed = payments[inv_id] if kind == "payment" else 1 if kind in (
+                "finalize", "void", "write_off", "recovery") else 0
+            if count > allowed:
+                fig.extra_entries.append(f"{inv_id}: {count} {kind} entries, lifecycle allows {allowed}")
+
+        self.measure_notices(events, by_id, received, invoices, staged)
+
+    def measure_notices(self, events: list[dict], by_id: dict[str, dict], received, invoices: dict[str, dict],
+                        staged: set[str]) -> None:
+        fig = self.figures
+        status_of = {e["id"]: e["data"]["object"]["status"] for e in events}
+        # The ledger's order of application: transactions (one `applied_at` each) in the order of
+        # their ids; an invoice's position is locked before its events are claimed, so a later
+        # transaction of one invoice has higher ids. Within one transaction (a batch) the events
+        # are applied in the order they reached the batch, which the database does not keep (it
+        # claims them in event-id order): a payment failure batched with its invoice's paid or
+        # void event may be owed an alert or not, and there the outbox's choice is taken.
+        transactions: dict[str, dict[Any, list]] = defaultdict(dict)
+        for r in received:
+            if r["invoice_id"] is not None and r["event_id"] in by_id:
+                transactions[r["invoice_id"]].setdefault(r["applied_at"], []).append(r)
+        expected_alerts: dict[str, set[tuple[str, int]]] = {"email": set(), "chat": set()}
+        order_dependent = batched = 0
+        for invoice_id, groups in transactions.items():
+            final_seen = False
+            for group in groups.values():
+                final_here = any(status_of[r["event_id"]] in FINAL for r in group)
+                for r in group:
+                    e = by_id[r["event_id"]]
+                    if e["type"] != "invoice.payment_failed" or r["outcome"] == "dead":
+                        continue
+                    key = (invoice_id, e["data"]["object"]["attemptCount"])
+                    if final_seen:
+                        order_dependent += 1  # recorded after its invoice's paid or void: no alert owed
+                        continue
+                    batched += final_here
+                    for channel in expected_alerts:
+                        if not final_here or f"payment_failed:{r['event_id']}:{channel}" in staged:
+                            expected_alerts[channel].add(key)
+                final_seen = final_seen or final_here
+        fig.alerts_batched = batched
+        ours = {p.id for p in self.plans}
+        fig.alerts_order_dependent = order_dependent
+        run_id = fig.reconcile.get("id")
+        drift = bool(fig.reconcile.get("status") != "completed" or any((fig.reconcile.get("counts") or {}).values()))
+        expected_runs = {("run", run_id)} if drift and run_id is not None else set()
+
+        # Each arrival as (what it is about, when, what makes two arrivals the same copy).
+        emails = [Arrival(alert_key(mail.subject, mail.body, plain=True), mail.at, mail.message_id or mail.body)
+                  for mail in self.mailbox.emails]
+        chats = []
+        for chat in self.mailbox.chats:
+            blocks = (chat.body or {}).get("blocks") or []
+            text = "\n".join(b.get("text", {}).get("text", "") for b in blocks if isinstance(b, dict))
+            chats.append(Arrival(alert_key(chat.text, text, plain=False), chat.at, chat.text))
+        callbacks, unverified = [], 0
+        for cb in self.mailbox.callbacks:
+            key = (cb.body or {}).get("idempotencyKey")
+            callbacks.append(Arrival(key, cb.at, key))
+            unverified += cb.signature != "verified"
+        expected_callbacks = {f"paid:{i}:fulfilment" for i in ours if invoices.get(i, {}).get("status") == "paid"}
+        fig.notices["emails"] = tally(emails, expected_alerts["email"] | expected_runs, self.crashes,
+                                      f"{len(expected_alerts['email'])} payment_failed + {len(expected_runs)} drift")
+        fig.notices["chat messages"] = tally(chats, expected_alerts["chat"] | expected_runs, self.crashes,
+                                             f"{len(expected_alerts['chat'])} payment_failed + {len(expected_runs)} drift")
+        fig.notices["callbacks"] = tally(callbacks, expected_callbacks, self.crashes, f"{unverified} not verified")
+        if unverified:
+            fig.notices["callbacks"]["unexpected"].append(f"{unverified} with a bad signature")
+
+
+def expected_nets(inv: dict) -> dict[str, int]:
+    """Each account's net (debits - credits) for one invoice as VINR states it (contract 3 and 6)."""
+    status, total, paid, due = inv["status"], inv["total"], inv["amountPaid"], inv["amountDue"]
+    if status == "draft":
+        return {}
+    out = Counter({"vinr_clearing": paid})
+    if status == "void":
+        out["revenue"] -= paid
+    else:
+        out["revenue"] -= total
+        if total < 0:
+            out["revenue"], out["customer_credit"] = 0, total
+    if status == "open":
+        out["accounts_receivable"] += due
+    if status == "uncollectible":
+        out["bad_debt"] += due
+    return {a: v for a, v in out.items() if v}
+
+
+ALERT_INVOICE = re.compile(r"Invoice:?\*?:?\s.*?\((inv_[A-Za-z0-9_]+)\)")
+ALERT_ATTEMPTS = re.compile(r"Attempts:?\*?:?\s*(\d+)")
+DRIFT_RUN = re.compile(r"Reconciliation run (\d+)")
+
+
+def alert_key(subject: str, text: str, *, plain: bool) -> tuple:
+    """What an alert is about: (invoice id, attempt count) for a payment failure, ("run", id) for drift."""
+    if subject.startswith("Payment failed"):
+        inv, attempts = ALERT_INVOICE.search(text), ALERT_ATTEMPTS.search(text)
+        return (inv.group(1) if inv else None, int(attempts.group(1)) if attempts else None)
+    run = DRIFT_RUN.search(subject)
+    return ("run", int(run.group(1)) if run else None) if run else ("other", subject)
+
+
+@dataclass(frozen=True)
+class Arrival:
+    key: Any  # what the notice is about
+    at: float  # time.monotonic() when the peer received it
+    copy: str  # equal for two arrivals of one notice (Message-ID, idempotency key, text)
+
+
+# A worker killed between a send and the commit of its `sent` leaves the notice pending, and the
+# next try sends it again (delivery is at least once: ledger/outbox.py, worker/notices.py). Such a
+# second arrival is a redelivery, not a second alert, when it is an identical copy of the first
+# (same Message-ID or idempotency key, by which the peer recognises it) and a crash of the
+# run's own making fell within this many seconds after the first arrival, before the second.
+CRASH_WINDOW = 10.0
+
+
+def tally(arrivals: list[Arrival], expected: set, crashes: list[float], detail: str) -> dict[str, Any]:
+    by_key: dict[Any, list[Arrival]] = defaultdict(list)
+    for arrival in sorted(arrivals, key=lambda a: a.at):
+        by_key[arrival.key].append(arrival)
+    duplicates, redelivered = [], []
+    for key, copies in by_key.items():
+        for first, again in zip(copies, copies[1:]):
+            crash = any(first.at - 0.5 <= c <= min(first.at + CRASH_WINDOW, again.at) for c in crashes)
+            (redelivered if crash and again.copy == copies[0].copy else duplicates).append(str(key))
+    return {
+        "expected": len(expected), "received": len(arrivals),
+        "missing": sorted(map(str, expected - set(by_key))),
+        "unexpected": sorted(map(str, set(by_key) - expected)),
+        "duplicates": sorted(duplicates),
+        "redelivered": sorted(redelivered),
+        "detail": detail,
+    }
+
+
+async def _cleanup(chaos: Chaos) -> None:
+    chaos.procs.stop_all()
+    chaos.mailbox.stop()
+    try:
+        await chaos.drop_database()
+    except Exception as exc:  # reported, never hiding the run's own outcome
+        print(f"clean-up: database {chaos.database} not dropped: {exc}", file=sys.stderr)
+
+
+def logs(chaos: Chaos, lines: int = 40) -> str:
+    return "\n".join(f"--- {c.name} (pid {c.popen.pid})\n{c.tail(lines)}" for c in chaos.procs.children)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--invoices", type=int, default=2000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--worker-kills", type=int, default=3)
+    parser.add_argument("--redis-restarts", type=int, default=1)
+    parser.add_argument("--job-timeout", type=float, default=30.0,
+                        help="the workers' --job-timeout: a killed worker's jobs run again this + 10 s later")
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--settle-timeout", type=float, default=300.0,
+                        help="seconds to wait for delivery to settle, and again for the notices")
+    parser.add_argument("--keep", action="store_true", help="keep the logs (the database is dropped anyway)")
+    args = parser.parse_args()
+    if args.workers < 2 and args.worker_kills:
+        parser.error("killing a worker needs at least 2 workers")
+    cfg = ChaosConfig(invoices=args.invoices, workers=args.workers, seed=args.seed, worker_kills=args.worker_kills,
+                      redis_restarts=args.redis_restarts, job_timeout=args.job_timeout, log_level=args.log_level,
+                      settle_timeout=args.settle_timeout,
+                      keep=args.keep)
+    folder = Path(tempfile.mkdtemp(prefix="vinr-recon-chaos-"))
+    chaos = Chaos(cfg, folder)
+    try:
+        figures = chaos.execute()
+    except (DemoFailure, httpx.HTTPError) as exc:
+        print(f"chaos run failed: {exc}\n{logs(chaos)}\nlogs in {folder}", file=sys.stderr)
+        return 1
+    print(figures.table())
+    if args.keep or not figures.passed:
+        print(f"logs in {folder}")
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
+    return 0 if figures.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
