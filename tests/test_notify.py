@@ -398,3 +398,43 @@ async def _paid_by_every_path(settings, engine, redis, state, hosted, smtp, http
         ("payment_failed", "email", "sent"), ("payment_failed", "chat", "sent"), ("paid", "fulfilment", "sent"),
         ("drift", "email", "sent"), ("drift", "chat", "sent")}
     assert len(await notices(engine)) == 6
+
+
+async def test_events_never_delivered_are_backfilled_and_alert_and_call_back_once(
+    ledger_settings, ledger_engine, redis, smtp, http
+):
+    """No webhook of the invoice ever arrives: reconciliation backfills its events from VINR's
+    Events API, and their side effects follow, once; a second run backfills and sends nothing."""
+    app = create_app(SandboxConfig(rate_limit=0))
+    async with serve(app) as root:
+        state = app.state.sandbox.state
+        settings = with_channels(ledger_settings, smtp.url, http, vinr_api_key=SecretStr(app.state.sandbox.api_key),
+                                 vinr_api_base=root + "/v1")
+        customer = state.create_customer(email="ops@acme.example", name="Acme GmbH", metadata={})
+        inv = state.create_invoice(customer=customer.id, currency="EUR", collection_method="send_invoice",
+                                   days_until_due=14, metadata={"accountManager": MANAGER})
+        state.add_line(inv.id, description="Implementation", quantity=1, unit_amount=196000)
+        state.finalize(inv.id)
+        with pytest.raises(SandboxError):
+            state.pay(inv.id, "4000000000000002")
+        state.pay(inv.id, "4242424242424242")
+
+        client = VinrClient(settings.vinr_api_base, settings.vinr_api_key, retry=ClientRetry(max_attempts=2))
+        pool = Redis.from_url(REDIS_URL)
+        try:
+            first = await reconcile_once(settings, engine=ledger_engine, redis=pool, client=client)
+            await drain(settings)
+            second = await reconcile_once(settings, engine=ledger_engine, redis=pool, client=client)
+            await drain(settings)
+        finally:
+            await client.aclose()
+            await pool.aclose()
+
+    assert first.status == second.status == "completed"
+    assert first.events_backfilled == len(list(state.events)) > 0 and second.events_backfilled == 0
+    failed_mails = [m for m in smtp.mails if "Payment failed" in m.message["Subject"]]
+    assert [m.recipients for m in failed_mails] == [[MANAGER]] and inv.id in failed_mails[0].text
+    (callback,) = [json.loads(r.body) for r in http.at("/fulfilment")]
+    assert (callback["invoiceId"], callback["amountPaid"], callback["source"]) == (inv.id, 196000, "backfill")
+    assert sorted((r.kind, r.channel, r.status) for r in await notices(ledger_engine)) == [
+        ("paid", "fulfilment", "sent"), ("payment_failed", "chat", "sent"), ("payment_failed", "email", "sent")]

@@ -1,0 +1,68 @@
+"""`vinr-recon reconcile` as a user runs it: a real process against the sandbox over HTTP and a
+SQLite ledger made by `vinr-recon db upgrade`; its exit status, `--dry-run`, `--json` and
+`--report FILE.csv`, and its refusal without `VINR_API_KEY`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REDIS_URL, unique
+from vinr.sandbox.app import create_app
+from vinr.sandbox.config import SandboxConfig
+from vinr.sandbox.serving import serve_in_thread
+
+pytestmark = pytest.mark.slow
+
+
+def vinr_recon(*args: str, env: dict[str, str], cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vinr_recon", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def env(tmp_path):
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("VINR_", "DATABASE_", "LEDGER_", "REDIS_"))}
+    return base | {"DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}", "REDIS_URL": REDIS_URL,
+                   "QUEUE_NAME": unique("arq:queue:cli"), "LOG_LEVEL": "WARNING"}
+
+
+def test_dry_run_then_run_then_nothing_left(env, tmp_path):
+    app = create_app(SandboxConfig(rate_limit=0, seed=5))
+    sandbox = app.state.sandbox
+    sandbox.seed(40)
+    with serve_in_thread(app) as root:
+        env = env | {"VINR_API_KEY": sandbox.api_key, "VINR_API_BASE": root + "/v1"}
+        assert vinr_recon("db", "upgrade", env=env, cwd=tmp_path).returncode == 0
+
+        dry = vinr_recon("reconcile", "--dry-run", "--json", env=env, cwd=tmp_path)
+        assert dry.returncode == 1, dry.stderr  # the empty ledger does not match VINR
+        dry_run = json.loads(dry.stdout)
+        assert dry_run["dryRun"] is True and dry_run["matches"] is False
+        assert dry_run["counts"]["missing_in_ledger"] > 0 and dry_run["correctionsPosted"] == 0
+
+        report = tmp_path / "drift.csv"
+        fixed = vinr_recon("reconcile", "--report", str(report), env=env, cwd=tmp_path)
+        assert fixed.returncode == 0, fixed.stderr  # corrected: the ledger matches at the end
+        assert "the ledger matches VINR" in fixed.stderr
+        with report.open(newline="") as file:
+            rows = list(csv.DictReader(file))
+        missing = [r for r in rows if r["category"] == "missing_in_ledger"]
+        assert len(missing) == dry_run["counts"]["missing_in_ledger"]
+        assert {r["invoice_id"] for r in missing} <= {inv.id for inv in sandbox.state.invoices}
+
+        again = vinr_recon("reconcile", "--json", env=env, cwd=tmp_path)
+        assert again.returncode == 0, again.stderr
+        second = json.loads(again.stdout)
+        assert second["matches"] is True and not any(second["counts"].values()) and second["findings"] == []
+
+
+def test_without_an_api_key_it_refuses_to_start_and_says_so(env, tmp_path):
+    refused = vinr_recon("reconcile", env=env, cwd=tmp_path)
+    assert refused.returncode != 0 and "VINR_API_KEY" in refused.stdout + refused.stderr
+    assert "Traceback" not in refused.stderr
