@@ -1,4 +1,6 @@
-"""`vinr-recon db upgrade`: bring the ledger's schema to the latest migration."""
+"""`vinr-recon db upgrade`: bring the ledger's schema to the latest migration.
+`vinr-recon db check`: rebuild every invoice's position from its postings and the trial balance
+per currency; exit 0 when the books are sound."""
 
 from __future__ import annotations
 
@@ -10,6 +12,9 @@ def register(subparsers) -> None:
     actions = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
     upgrade = actions.add_parser("upgrade", help="apply the schema migrations (safe to run again)")
     upgrade.set_defaults(run=run_upgrade)
+    check = actions.add_parser("check", help="rebuild every position from its postings; exit 0 when all agree "
+                                             "and every currency's trial balance is zero")
+    check.set_defaults(run=run_check)
 
 
 def run_upgrade(args: argparse.Namespace, settings) -> int:
@@ -20,3 +25,35 @@ def run_upgrade(args: argparse.Namespace, settings) -> int:
     upgrade(settings.database_url)
     print(f"ledger schema up to date: {make_url(settings.database_url).render_as_string(hide_password=True)}")
     return 0
+
+
+def run_check(args: argparse.Namespace, settings) -> int:
+    import asyncio
+    from collections import Counter
+
+    from ledger.audit import disagreements, postings_without_position
+    from ledger.book import trial_balance
+    from ledger.db import create_engine
+
+    async def check() -> int:
+        engine = create_engine(settings.database_url, writer=False)
+        try:
+            async with engine.connect() as conn:
+                found = await disagreements(conn)
+                orphans = await postings_without_position(conn)
+                per_currency: Counter = Counter()
+                for (_, currency), (debits, credits) in (await trial_balance(conn)).items():
+                    per_currency[currency] += debits - credits
+        finally:
+            await engine.dispose()
+        for d in found:
+            print(f"{d.invoice_id} ({d.status}): {d.field} is {d.stored} in its position, {d.posted} in its postings")
+        if orphans:
+            print(f"{orphans} journal entries name an invoice that has no position")
+        for currency, balance in sorted(per_currency.items()):
+            print(f"trial balance {currency}: {balance}" + ("" if balance == 0 else "  <- does not balance"))
+        sound = not found and not orphans and not any(per_currency.values())
+        print("every position agrees with its postings" if sound else "the books are NOT sound")
+        return 0 if sound else 1
+
+    return asyncio.run(check())

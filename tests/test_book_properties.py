@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from conftest import clear_ledger
+from ledger.audit import disagreements
 from ledger.book import apply_event, trial_balance
 from ledger.tables import InvoicePosition, Posting
 from lifecycles import Event, lifecycles
@@ -52,6 +53,7 @@ async def check_books_match_vinr(engine, events: list[Event], delivered: list[Ev
     async with engine.connect() as conn:
         rows = {row.invoice_id: row for row in await conn.execute(select(positions))}
         balance = await trial_balance(conn)
+        rebuilt_differently = await disagreements(conn)  # every position is what its postings say
         unbalanced = (
             await conn.execute(
                 select(postings.c.entry_id)
@@ -67,6 +69,7 @@ async def check_books_match_vinr(engine, events: list[Event], delivered: list[Ev
             invoice["status"], invoice["currency"], invoice["total"], invoice["amountPaid"], invoice["amountDue"]
         ), invoice_id
     assert unbalanced == []
+    assert rebuilt_differently == []
 
     per_currency: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for (_, currency), (debits, credits) in balance.items():

@@ -1,12 +1,14 @@
 """`vinr-recon reconcile` as a user runs it: a real process against the sandbox over HTTP and a
 SQLite ledger made by `vinr-recon db upgrade`; its exit status, `--dry-run`, `--json` and
-`--report FILE.csv`, and its refusal without `VINR_API_KEY`."""
+`--report FILE.csv`, and its refusal without `VINR_API_KEY`. Then `vinr-recon db check` on the
+books it made, and on the same books with one position edited behind the journal's back."""
 
 from __future__ import annotations
 
 import csv
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 
@@ -60,6 +62,16 @@ def test_dry_run_then_run_then_nothing_left(env, tmp_path):
         assert again.returncode == 0, again.stderr
         second = json.loads(again.stdout)
         assert second["matches"] is True and not any(second["counts"].values()) and second["findings"] == []
+
+        checked = vinr_recon("db", "check", env=env, cwd=tmp_path)
+        assert checked.returncode == 0 and "every position agrees with its postings" in checked.stdout, checked.stdout
+        assert "trial balance EUR: 0" in checked.stdout
+        with sqlite3.connect(tmp_path / "ledger.db") as db:  # a position edited behind the journal's back
+            (edited,) = db.execute("SELECT invoice_id FROM invoice_positions WHERE amount_paid > 0 LIMIT 1").fetchone()
+            db.execute("UPDATE invoice_positions SET amount_paid = amount_paid - 1 WHERE invoice_id = ?", (edited,))
+        db.close()
+        unsound = vinr_recon("db", "check", env=env, cwd=tmp_path)
+        assert unsound.returncode == 1 and f"{edited} (" in unsound.stdout and "NOT sound" in unsound.stdout
 
 
 def test_without_an_api_key_it_refuses_to_start_and_says_so(env, tmp_path):

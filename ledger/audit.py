@@ -1,0 +1,89 @@
+"""Rebuilding every invoice's position from its postings: the proof that the position table is
+derived from the journal, not a second truth beside it.
+
+Each fact of a position (ledger.posting) is the net of the invoice's postings on one account:
+
+    recognized    revenue          credits - debits
+    amountPaid    vinr_clearing    debits - credits
+    written off   bad_debt         debits - credits
+    credited      customer_credit  credits - debits
+
+and what is still receivable (accounts_receivable, debits - credits) is `amountDue` while the
+invoice is open, 0 otherwise. `disagreements` rebuilds these for every invoice in one grouped
+query and returns the invoices whose stored position differs, with both figures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ledger.posting import AR, BAD_DEBT, CLEARING, CREDIT, REVENUE
+from ledger.tables import InvoicePosition, JournalEntry, Posting
+
+positions = InvoicePosition.__table__
+entries = JournalEntry.__table__
+postings = Posting.__table__
+
+FIELDS = ("recognized", "amount_paid", "written_off", "credited", "receivable")
+
+
+@dataclass(frozen=True)
+class Disagreement:
+    invoice_id: str
+    status: str | None
+    field: str
+    stored: int
+    posted: int
+
+
+def _net(account: str, sign: int):
+    """sign × (debits - credits) of the invoice's postings on `account`."""
+    signed = case((postings.c.direction == "debit", postings.c.amount), else_=-postings.c.amount)
+    return sign * func.coalesce(func.sum(case((postings.c.account == account, signed), else_=0)), 0)
+
+
+async def disagreements(conn: AsyncConnection, limit: int = 1000) -> list[Disagreement]:
+    """Invoices whose stored position is not what their postings say (none, in a sound ledger)."""
+    posted = {
+        "recognized": _net(REVENUE, -1),
+        "amount_paid": _net(CLEARING, 1),
+        "written_off": _net(BAD_DEBT, 1),
+        "credited": _net(CREDIT, -1),
+        "receivable": _net(AR, 1),
+    }
+    stored = {
+        "recognized": positions.c.recognized,
+        "amount_paid": positions.c.amount_paid,
+        "written_off": positions.c.written_off,
+        "credited": positions.c.credited,
+        "receivable": case((positions.c.status == "open", positions.c.amount_due), else_=0),
+    }
+    query = (
+        select(positions.c.invoice_id, positions.c.status,
+               *(stored[f].label(f"stored_{f}") for f in FIELDS), *(posted[f].label(f"posted_{f}") for f in FIELDS))
+        .select_from(positions
+                     .outerjoin(entries, entries.c.invoice_id == positions.c.invoice_id)
+                     .outerjoin(postings, postings.c.entry_id == entries.c.id))
+        .group_by(positions.c.invoice_id)  # its primary key: the other columns follow from it
+        .having(or_(*(stored[f] != posted[f] for f in FIELDS)))
+        .order_by(positions.c.invoice_id)
+        .limit(limit)
+    )
+    found = []
+    for row in (await conn.execute(query)).mappings():
+        for f in FIELDS:
+            if row[f"stored_{f}"] != row[f"posted_{f}"]:
+                found.append(Disagreement(row["invoice_id"], row["status"], f, int(row[f"stored_{f}"]),
+                                          int(row[f"posted_{f}"])))
+    return found
+
+
+async def postings_without_position(conn: AsyncConnection) -> int:
+    """Entries naming an invoice the position table does not hold (none, in a sound ledger)."""
+    orphan = and_(entries.c.invoice_id.is_not(None), positions.c.invoice_id.is_(None))
+    return await conn.scalar(
+        select(func.count()).select_from(
+            entries.outerjoin(positions, positions.c.invoice_id == entries.c.invoice_id)).where(orphan))
