@@ -182,7 +182,7 @@ class Figures:
         rows: list[tuple[str, str]] = [
             ("invoices (lifecycles)", f"{self.invoices} ({', '.join(f'{k} {v}' for k, v in sorted(self.lifecycles.items()))})"),
             ("chaos", "; ".join(self.chaos) or "none"),
-            ("worker exits not caused by the run", f"{len(self.unexpected_exits)} (restarted){': ' if self.unexpected_exits else ''}"
+            ("workers that exited on their own (e.g. Redis gone)", f"{len(self.unexpected_exits)} (restarted){': ' if self.unexpected_exits else ''}"
                                                    f"{'; '.join(self.unexpected_exits)}"),
             ("events sent by the sandbox", f"{self.events_sent} ({self.events_dropped} dropped on purpose)"),
             ("deliveries attempted", str(self.deliveries)),
