@@ -111,6 +111,11 @@ def assert_report(code: int, out: str) -> None:
     assert "Trial balance, EUR" in out and "Trial balance, CHF" in out
     assert "✗" not in out
     assert "Alerts and callbacks sent by the worker" in out
+    # The declined card's alert reached the account manager, by email and chat; the guide's
+    # invoice, paid, called the merchant app back with a signature that verifies.
+    assert re.search(r"email to jana\.weber@merchant\.example: Payment failed: INV-\d{4}-\d{6} .*EUR 450\.00 due", out)
+    assert re.search(r"chat: Payment failed: INV-\d{4}-\d{6} .*EUR 450\.00 due", out)
+    assert len(re.findall(r"fulfilment callback invoice\.paid inv_\w+: signature verified", out)) == 4
     assert "NOT verified" not in out  # every fulfilment callback that arrived was signed right
     assert "✓ The ledger matches VINR" in out
 
