@@ -317,3 +317,15 @@ def test_sql_is_built_only_through_the_orm_or_bound_parameters():
     unreviewed = {key: where for key, where in found.items() if key not in REVIEWED}
     assert not unreviewed, f"raw SQL built by string formatting: {sorted(unreviewed.values())}"
     assert set(REVIEWED) <= set(found), "a reviewed exception is gone: drop it from REVIEWED"
+
+
+def test_the_suite_wide_log_check_knows_a_secret_when_it_sees_one():
+    """conftest.no_secret_in_any_log searches every log line of the suite with `_leak`."""
+    from conftest import _leak
+
+    for leaked in (WEBHOOK_SECRET, "whsec_" + "9f" * 12, "t=1763800000,v1=" + "ab" * 32, "vinr_test_" + "c" * 32,
+                   API_TOKEN):
+        assert _leak("here", f'{{"event": "x", "value": "{leaked}"}}'), leaked
+    for harmless in ("postgresql://postgres@127.0.0.1:5432/vinr_test_ceec243e7a774180", "v1=[redacted]",
+                     "evt_1Q2w3E4r5T6y", '"signature": "[redacted]"'):
+        assert _leak("here", harmless) is None, harmless
