@@ -108,12 +108,12 @@ def child(database_url: str, queue: str, mode: str) -> None:
     batch (events per transaction) as JSON on stdout."""
     import warnings
 
-    from arq.worker import Worker, func
+    from arq.worker import func
 
     from vinr_recon.jobs import APPLY_EVENT
     from vinr_recon.logging import configure_logging
     from vinr_recon.settings import Settings
-    from worker.settings import quiet_arq, worker_settings
+    from worker.settings import Worker, quiet_arq, worker_settings  # what `vinr-recon worker` runs
 
     configure_logging("INFO", json=True)  # as deployed: one JSON line per event
     quiet_arq()
