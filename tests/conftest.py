@@ -131,6 +131,17 @@ def sqlite_template(tmp_path_factory) -> Path:
     return path
 
 
+def copy_of(sqlite_template: Path, path: Path) -> str:
+    """A migrated SQLite ledger at `path`, copied from the session's template; its URL."""
+    source, target = sqlite3.connect(sqlite_template), sqlite3.connect(path)
+    try:
+        source.backup(target)
+    finally:
+        source.close()
+        target.close()
+    return f"sqlite:///{path}"
+
+
 async def clear_ledger(engine) -> None:
     """Empty every ledger table but the chart of accounts."""
     tables = [table for table in reversed(ledger_metadata.sorted_tables) if table.name != "accounts"]
@@ -146,14 +157,7 @@ async def clear_ledger(engine) -> None:
 async def ledger_url(request, tmp_path, sqlite_template):
     """A migrated, empty ledger: a fresh SQLite file, or the session's PostgreSQL database."""
     if request.param == "sqlite":
-        path = tmp_path / "ledger.db"
-        source, target = sqlite3.connect(sqlite_template), sqlite3.connect(path)
-        try:
-            source.backup(target)
-        finally:
-            source.close()
-            target.close()
-        return f"sqlite:///{path}"
+        return copy_of(sqlite_template, tmp_path / "ledger.db")
     url = request.getfixturevalue("pg_database")
     engine = create_ledger_engine(url)
     try:

@@ -2,13 +2,15 @@
 
 `snapshot` follows contract section 3 (amountDue by status); `lifecycles` is a hypothesis
 strategy that simulates one invoice from draft to its end and yields the events VINR would
-send; `enqueue` puts jobs on an arq queue in the receiver's exact format.
+send; `enqueue` puts jobs on an arq queue in the receiver's exact format, and `drain` runs the
+worker until that queue is empty.
 """
 
 from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import dataclass
 
 from arq.jobs import serialize_job
@@ -99,3 +101,19 @@ async def enqueue(redis, queue_name: str, events, *, job_id=lambda event: event.
             pipe.set(job_key(job_id(event)), serialize_job(APPLY_EVENT, args, {}, None, now_ms))
             pipe.zadd(queue_name, {job_id(event): now_ms})
         await pipe.execute()
+
+
+async def drain(settings, **options):
+    """Run the worker (`vinr-recon worker`'s class and settings) until its queue is empty,
+    deferred retries included; returns it, for its counts of jobs."""
+    from worker.settings import Worker, worker_settings
+
+    worker = Worker(**worker_settings(settings, burst=True, poll_delay=0, **options), handle_signals=False)
+    try:
+        await worker.async_run()
+    finally:
+        with warnings.catch_warnings():
+            # arq 0.28 closes its pool with redis 5's deprecated close().
+            warnings.filterwarnings("ignore", "Call to deprecated close", DeprecationWarning)
+            await worker.close()
+    return worker

@@ -11,21 +11,18 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import sqlite3
-import warnings
 from pathlib import Path
 
 import pytest
 from arq.connections import RedisSettings, create_pool
-from arq.worker import Worker
 
-from conftest import API_TOKEN, _in_thread
+from conftest import API_TOKEN, _in_thread, copy_of
+from lifecycles import drain
 from dashboard_support import DEAD_INVOICE, GUIDE_ID, GUIDE_NUMBER, forget_replays, seed
 from api_support import served_in_thread
 from ledger.db import create_engine
 from receiver.app import create_app
 from receiver_support import forget_queue
-from worker.settings import worker_settings
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
@@ -42,14 +39,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def dashboard_settings(settings, sqlite_template, tmp_path):
     """A seeded SQLite ledger of its own and the test's own queue on the real Redis."""
-    path = tmp_path / "dashboard.db"
-    source, target = sqlite3.connect(sqlite_template), sqlite3.connect(path)
-    try:
-        source.backup(target)
-    finally:
-        source.close()
-        target.close()
-    chosen = settings.model_copy(update={"database_url": f"sqlite:///{path}"})
+    chosen = settings.model_copy(update={"database_url": copy_of(sqlite_template, tmp_path / "dashboard.db")})
 
     async def seeded():
         engine = create_engine(chosen.database_url)
@@ -70,17 +60,6 @@ def dashboard_settings(settings, sqlite_template, tmp_path):
             await redis.aclose()
 
     _in_thread(asyncio.run, forget())
-
-
-async def _drain(settings) -> Worker:
-    worker = Worker(**worker_settings(settings, burst=True, poll_delay=0), handle_signals=False)
-    try:
-        await worker.async_run()
-    finally:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "Call to deprecated close", DeprecationWarning)
-            await worker.close()
-    return worker
 
 
 @pytest.fixture
@@ -159,7 +138,7 @@ def test_the_dashboard_in_chromium(dashboard_settings, browser, tmp_path):
         row.get_by_role("button", name="Replay").click()
         page.wait_for_url(f"{base_url}/dashboard/dead-letters")
         assert f"Queued {dead_event} again" in page.get_by_role("status").inner_text()
-        worker = _in_thread(asyncio.run, _drain(dashboard_settings))
+        worker = _in_thread(asyncio.run, drain(dashboard_settings))
         assert (worker.jobs_complete, worker.jobs_failed) == (1, 0)
         page.reload()
         assert page.locator(f"#letter-{ids['letter']}").count() == 0

@@ -13,13 +13,11 @@ import io
 import json
 import re
 import time
-import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from arq.connections import RedisSettings, create_pool
-from arq.worker import Worker
 from pydantic import SecretStr
 from redis.asyncio import Redis
 from sqlalchemy import select
@@ -27,7 +25,7 @@ from sqlalchemy import select
 from ledger import outbox as outbox_module
 from ledger.outbox import outbox
 from ledger.tables import InvoicePosition, ReceivedEvent
-from lifecycles import Event, enqueue, snapshot
+from lifecycles import Event, drain, enqueue, snapshot
 from notify_support import SMTP_PASSWORD, SmtpSink, http_sink, wait_for
 from reconcile.service import reconcile_once
 from receiver.app import create_app as create_receiver
@@ -43,7 +41,6 @@ from vinr.sandbox.serving import serve
 from vinr.signature import verify
 from worker.commands import run_replay
 from worker.jobs import RetryPolicy
-from worker.settings import worker_settings
 
 positions, received = InvoicePosition.__table__, ReceivedEvent.__table__
 FULFILMENT_SECRET = "fulfil-secret-" + "f" * 20
@@ -91,19 +88,6 @@ def with_channels(settings, smtp_url: str, http, **extra):
         "fulfilment_secret": SecretStr(FULFILMENT_SECRET),
         **extra,
     })
-
-
-async def drain(settings, **options) -> Worker:
-    """Run the worker (`vinr-recon worker`'s settings) until its queue is empty, deferred
-    retries included."""
-    worker = Worker(**worker_settings(settings, burst=True, poll_delay=0, **options), handle_signals=False)
-    try:
-        await worker.async_run()
-    finally:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "Call to deprecated close", DeprecationWarning)
-            await worker.close()
-    return worker
 
 
 async def notices(engine) -> list:

@@ -8,22 +8,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import warnings
 
 import pytest
 from arq import Retry
 from arq.connections import RedisSettings, create_pool
 from arq.jobs import Job
-from arq.worker import Worker
 from sqlalchemy import func, select, text, update
 
 from ledger.book import apply_snapshot, trial_balance
 from ledger.tables import DeadLetter, InvoicePosition, JournalEntry, ReceivedEvent
-from lifecycles import Event, enqueue, snapshot
+from lifecycles import Event, drain, enqueue, snapshot
 from vinr.events import Invoice
 from worker.commands import run_replay
 from worker.jobs import RetryPolicy, apply_event
-from worker.settings import SchemaNotMigrated, check_schema, worker_settings
+from worker.settings import SchemaNotMigrated, check_schema
 
 dead_letters, positions = DeadLetter.__table__, InvoicePosition.__table__
 entries, received = JournalEntry.__table__, ReceivedEvent.__table__
@@ -43,19 +41,6 @@ async def redis(settings):
 def prefix(settings) -> str:
     """Event ids unique to this test (job and result keys live in the shared Redis)."""
     return f"evt_{settings.queue_name.rsplit('_', 1)[1]}"
-
-
-async def drain(settings, **options) -> Worker:
-    """Run the worker until its queue is empty."""
-    worker = Worker(**worker_settings(settings, burst=True, poll_delay=0, **options), handle_signals=False)
-    try:
-        await worker.async_run()
-    finally:
-        with warnings.catch_warnings():
-            # arq 0.28 closes its pool with redis 5's deprecated close().
-            warnings.filterwarnings("ignore", "Call to deprecated close", DeprecationWarning)
-            await worker.close()
-    return worker
 
 
 async def results(redis, job_ids):
