@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import time
 from contextlib import asynccontextmanager
+from datetime import UTC, timedelta
 
 import pytest
 from pydantic import SecretStr
@@ -17,7 +18,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from ledger.book import apply_event, apply_snapshot, trial_balance
-from ledger.tables import Finding, InvoicePosition, JournalEntry, ReceivedEvent
+from ledger.tables import Finding, InvoicePosition, JournalEntry, ReceivedEvent, ReconciliationRun
 from reconcile.run import Reconciler
 from reconcile.service import reconcile_once
 from tests.conftest import REDIS_URL
@@ -252,3 +253,44 @@ async def test_two_runs_started_together_one_is_skipped(ledger_settings):
             await redis.aclose()
             await engine.dispose()
         assert sorted(r is None for r in results) == [False, True]
+
+
+async def test_the_next_run_sweeps_from_the_last_one_less_a_day_and_refetches_older_open_invoices(ledger_engine):
+    """Run 2's sweep lists only invoices created since run 1 started, less a day's overlap; an
+    invoice older than that which the ledger holds as open is fetched on its own, and old final
+    ones are not read again."""
+    moment = [time.time() - 10 * 86400]
+    async with vinr(SandboxConfig(rate_limit=0, clock=lambda: moment[0])) as (sandbox, client):
+        state = sandbox.state
+        customer = state.create_customer(email="a@b.example", name="B", metadata={}).id
+
+        def invoice(amount: int) -> str:
+            inv = state.create_invoice(customer=customer, currency="EUR", collection_method="send_invoice",
+                                       days_until_due=14, metadata={})
+            state.add_line(inv.id, description="work", quantity=1, unit_amount=amount)
+            state.finalize(inv.id)
+            return inv.id
+
+        old_open = invoice(5000)
+        for n in range(5):
+            state.pay(invoice(1000 + n), "4242424242424242")  # old and final
+        first = await Reconciler(ledger_engine, client).run()
+        assert first.status == "completed" and first.window_start is None and first.invoices_checked == 6
+
+        moment[0] = time.time()
+        state.quiet = True  # VINR records no event: only a fetch of the invoice can see these
+        state.pay(old_open, "4242424242424242")
+        new_open = invoice(7000)
+        state.quiet = False
+        second = await Reconciler(ledger_engine, client).run()
+
+    async with ledger_engine.connect() as conn:
+        started = await conn.scalar(select(ReconciliationRun.__table__.c.started_at)
+                                    .where(ReconciliationRun.__table__.c.id == first.run_id))
+        found = {(f.invoice_id, f.category) for f in await conn.execute(
+            select(Finding.__table__).where(Finding.__table__.c.run_id == second.run_id))}
+    started = started if started.tzinfo else started.replace(tzinfo=UTC)
+    assert second.window_start == int((started - timedelta(days=1)).timestamp())
+    assert second.invoices_checked == 2  # the new one by the sweep, the old open one by its fetch
+    assert found == {(new_open, "missing_in_ledger"), (old_open, "status_mismatch"), (old_open, "amount_mismatch")}
+    assert second.status == "completed" and second.matches

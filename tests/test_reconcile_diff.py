@@ -49,3 +49,13 @@ def test_missing_at_vinr():
 def test_a_drafts_edits_are_not_drift():
     draft = post(Position("inv_1"), invoice(status="draft", total=0, amount_due=0)).position
     assert compare(draft, invoice(status="draft", total=500, amount_due=500), "inv_1") == []
+
+
+def test_a_draft_the_ledger_saw_finalized_for_more_is_a_total_mismatch():
+    draft = post(Position("inv_1"), invoice(status="draft", total=250, amount_due=250)).position
+    found = compare(draft, invoice(status="open", total=649, amount_due=649), "inv_1")
+    assert {(f.category, f.field, f.ledger_value, f.vinr_value) for f in found} == {
+        (STATUS_MISMATCH, "status", "draft", "open"),
+        (AMOUNT_MISMATCH, "total", "250", "649"),
+        (AMOUNT_MISMATCH, "amountDue", "250", "649"),
+    }
