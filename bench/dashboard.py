@@ -15,6 +15,7 @@ Then the receiver app runs under uvicorn on loopback, the bench signs in, and ea
 requested once to warm up and `--repeat` times more; the table shows the median and the worst
 time per page, against the 200 ms target. Exit status 0 whatever the figures (a bench, not a test).
 """
+
 from __future__ import annotations
 
 import argparse
