@@ -99,8 +99,7 @@ class Pages:
         base = request.scope["root_path"]
         form = await request.form()
         token, target = form.get("token", ""), access.safe_next(base, form.get("next"))
-        origin = request.headers.get("origin")
-        if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
+        if not access.same_origin(request):
             return Response("cross-site sign-in refused", 403)
         if not isinstance(token, str) or not token_matches(token.strip(), self.settings.api_tokens):
             return self.render(request, "signin.html", 401, next=target, error="That token is not valid.")
