@@ -110,12 +110,14 @@ async def apply_events(conn: AsyncConnection, batch: list[Received], *, source: 
 
 # --- Locking the positions -----------------------------------------------------------------
 
-# Inserting an existing row's key with DO UPDATE locks that row, as FOR UPDATE would; ORDER BY
-# makes every batch lock in the same order.
+# Inserting an existing row's key with DO UPDATE locks that row, as FOR UPDATE would. ORDER BY
+# makes every batch lock in the same order, and COLLATE "C" makes it code-point order, the order
+# of Python's sorted() in which reconciliation locks: by the database's own collation (en_US,
+# ICU) the two would lock "inv_B" and "inv_a" in opposite orders and deadlock.
 _LOCK_PG = text("""
     INSERT INTO invoice_positions (invoice_id, total, amount_paid, amount_due, recognized, written_off,
                                    credited, attempt_count, version)
-    SELECT id, 0, 0, 0, 0, 0, 0, 0, 0 FROM unnest(CAST(:ids AS VARCHAR[])) AS id ORDER BY id
+    SELECT id, 0, 0, 0, 0, 0, 0, 0, 0 FROM unnest(CAST(:ids AS VARCHAR[])) AS id ORDER BY id COLLATE "C"
     ON CONFLICT (invoice_id) DO UPDATE SET invoice_id = excluded.invoice_id
     RETURNING *
 """)

@@ -124,9 +124,15 @@ def for_event(event: Event, result: EventResult, source: str, channels: Channels
     return notices + for_snapshot(result.invoice, result.snapshot, source, channels)
 
 
+# The drift alert lists this many of a run's findings; the rest are in its report.
+DRIFT_LISTED = 20
+
+
 def for_run(run: dict[str, Any], channels: Channels) -> list[Notice]:
-    """A finished run's summary (`RunReport.as_dict()` and `unresolved`) when it found drift or
-    did not complete. A dry run alerts nobody: whoever ran it is reading its report."""
+    """A finished run's summary (`RunReport.as_dict()`, `unresolved`, and its first findings as
+    `differences`) when it found drift or did not complete. Differences that webhooks closed
+    before the run corrected them are no findings. A dry run alerts nobody: whoever ran it is
+    reading its report."""
     if run.get("dryRun") or not channels.alerts:
         return []
     counts = {category: n for category, n in run.get("counts", {}).items() if n}
@@ -141,6 +147,7 @@ def for_run(run: dict[str, Any], channels: Channels) -> list[Notice]:
         "eventsBackfilled": run.get("eventsBackfilled", 0),
         "correctionsPosted": run.get("correctionsPosted", 0),
         "unresolved": run.get("unresolved", 0),
+        "differences": run.get("differences", [])[:DRIFT_LISTED],
         "message": run.get("message"),
         "report": f"/api/reconciliation/runs/{run_id}",
         "findingsCsv": f"/api/reconciliation/runs/{run_id}/findings.csv",

@@ -159,11 +159,16 @@ class ReconciliationRun(SQLModel, table=True):
     status: str = Field(default="running", max_length=10)
     dry_run: bool = False
     window_start: int | None = Field(default=None, sa_type=BigInteger)
+    # Every invoice created before this moment has been swept by some completed run; the next
+    # run's window starts from it (less an overlap). A narrower run (--since) leaves it as it was.
+    covered_until: int | None = Field(default=None, sa_type=BigInteger)
     invoices_checked: int = 0
     events_backfilled: int = 0
     corrections_posted: int = 0
     api_requests: int = 0
     counts: dict = Field(default_factory=dict, sa_type=JSON)
+    # Differences seen that webhooks closed before the run could correct them: not drift.
+    caught_up: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     message: str | None = None
 
 

@@ -12,7 +12,12 @@ STATUS_MISMATCH = "status_mismatch"
 AMOUNT_MISMATCH = "amount_mismatch"
 CURRENCY_MISMATCH = "currency_mismatch"
 MISSING_AT_VINR = "missing_at_vinr"
-CATEGORIES = (MISSING_IN_LEDGER, STATUS_MISMATCH, AMOUNT_MISMATCH, CURRENCY_MISMATCH, MISSING_AT_VINR)
+# VINR listed or answered an invoice that breaks the contract: a person must look at it.
+UNREADABLE_AT_VINR = "unreadable_at_vinr"
+# The position kept moving under the run's fresh answers: the next run looks again.
+UNSETTLED = "unsettled"
+CATEGORIES = (MISSING_IN_LEDGER, STATUS_MISMATCH, AMOUNT_MISMATCH, CURRENCY_MISMATCH, MISSING_AT_VINR,
+              UNREADABLE_AT_VINR, UNSETTLED)
 
 _AMOUNTS = (("total", "total"), ("amountPaid", "amount_paid"), ("amountDue", "amount_due"))
 

@@ -1,15 +1,25 @@
-"""One reconciliation at a time across every worker and command line: a Redis lock with an expiry."""
+"""One reconciliation at a time across every worker and command line: a Redis lock with an expiry.
+
+The holder renews it in the background. A holder that can no longer renew it (Redis refused, or
+the lock expired and someone else took it) must stop: another run may start beside it. So the
+renewer cancels the holding task with `LOCK_LOST` as the reason, and the run records that.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator
 
+import structlog
 from redis.asyncio import Redis
 
+log = structlog.get_logger(__name__)
+
 LOCK_KEY = "vinr-recon:reconcile:lock"
+LOCK_LOST = "the reconciliation lock was lost: another run may have started"
 
 
 def lock_key(queue_name: str) -> str:
@@ -28,27 +38,55 @@ return 0
 """
 
 
+class LockLost(Exception):
+    """The holder could not keep the lock; what it was doing was stopped."""
+
+
 @contextlib.asynccontextmanager
 async def exclusive(redis: Redis, ttl: float = 120.0, key: str = LOCK_KEY) -> AsyncIterator[bool]:
     """Yield True while this process holds the lock (renewed in the background), False if another does.
 
-    If the holder dies, the lock expires after `ttl` seconds and the next run may start.
+    If the holder dies, the lock expires after `ttl` seconds and the next run may start. If the
+    lock is lost while held, the holding task is cancelled (its CancelledError says `LOCK_LOST`)
+    and `LockLost` is raised from here.
     """
     token = uuid.uuid4().hex
     if not await redis.set(key, token, nx=True, px=int(ttl * 1000)):
         yield False
         return
 
+    holder = asyncio.current_task()
+    lost = False
+
     async def renew() -> None:
+        nonlocal lost
+        held_until = time.monotonic() + ttl
         while True:
             await asyncio.sleep(ttl / 3)
-            await redis.eval(_EXTEND, 1, key, token, int(ttl * 1000))
+            try:
+                renewed = await redis.eval(_EXTEND, 1, key, token, int(ttl * 1000))
+            except Exception as exc:  # Redis away: keep trying while the lock may still be ours
+                log.warning("reconciliation lock not renewed, retrying", error=repr(exc))
+                renewed = None if time.monotonic() < held_until - ttl / 6 else 0
+            if renewed == 1:
+                held_until = time.monotonic() + ttl
+            elif renewed == 0:
+                lost = True
+                log.error("reconciliation lock lost; stopping the run")
+                if holder is not None:
+                    holder.cancel(LOCK_LOST)
+                return
 
     renewer = asyncio.create_task(renew())
     try:
         yield True
+    except asyncio.CancelledError:
+        if lost and holder is not None and holder.uncancel() == 0:
+            raise LockLost(LOCK_LOST) from None
+        raise
     finally:
         renewer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await renewer
-        await redis.eval(_RELEASE, 1, key, token)
+        with contextlib.suppress(Exception):  # an expired lock frees itself
+            await redis.eval(_RELEASE, 1, key, token)

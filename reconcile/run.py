@@ -1,9 +1,27 @@
 """One reconciliation run: backfill missed events, sweep VINR's invoices, correct, record.
 
-The cost is the minimum the API allows: one list page per 100 invoices created in the
-window, plus one fetch per invoice the ledger holds as not final that the sweep did not
-return. Memory holds two pages at a time (the next is read while one is checked) and the ids
-of the open invoices seen. The corrections and findings of a page commit in one transaction.
+The run races the workers: webhooks keep arriving while it compares. Its rule is that VINR's
+answer may correct a position only when the answer is at least as new as everything the
+position holds, and only the version it was compared with:
+
+- an answer requested after the position was read is *fresh*: every snapshot the position holds
+  was taken by VINR before that read, so before the answer;
+- a sweep page is read before its positions, so a difference against a position that holds
+  anything is checked again with a fresh answer (one request per such invoice);
+- the correction happens under the position's lock, and only if its version is still the one
+  compared. If a worker moved it meanwhile, the position as it is now is compared with the
+  answer: agreeing, the difference was caught up in flight (counted apart, never a finding);
+  still differing, a fresh answer is asked for, `SETTLE_TRIES` times at most, then the
+  invoice is left for the next run as an `unsettled` finding.
+
+So a finding is a difference still there under the lock, and each corrected one names the
+entries that corrected it. Positions are locked in code-point order of their ids, as a
+worker's batch locks them (`ORDER BY ... COLLATE "C"`), so the two never deadlock.
+
+The cost: one list page per 100 invoices created in the window, one fetch per invoice the
+ledger holds as not final that the sweep did not return, and one per difference seen.
+Memory holds two pages at a time (the next is read while one is checked) and the ids of the
+open invoices seen. The corrections and findings of a page commit in one transaction.
 """
 
 from __future__ import annotations
@@ -22,11 +40,11 @@ from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger import outbox
-from ledger.book import apply_event, record_dead, apply_snapshot, lock_position, position_from_row, positions, received
+from ledger.book import apply_event, apply_snapshot, lock_position, position_from_row, positions, received, record_dead
 from ledger.posting import FINAL, CannotApply, Position
 from ledger.tables import Finding as FindingRow, JournalEntry, ReconciliationRun
-from reconcile.diff import CATEGORIES, MISSING_AT_VINR, Finding, compare
-from vinr.client import NotFound, VinrClient, VinrError
+from reconcile.diff import CATEGORIES, UNREADABLE_AT_VINR, UNSETTLED, Finding, compare
+from vinr.client import InvalidResponse, NotFound, Unreadable, VinrClient, VinrError
 from vinr.events import Invoice, InvalidEvent, parse_event
 
 log = structlog.get_logger(__name__)
@@ -37,9 +55,13 @@ journal = JournalEntry.__table__
 
 PAGE = 100
 IDS_AT_ONCE = 1_000                # ledger ids read at a time for the re-fetch
-OVERLAP = timedelta(days=1)       # re-read a day before the last completed run's start
+OVERLAP = timedelta(days=1)       # re-read a day before what the completed runs covered
 EVENTS_RETENTION = timedelta(days=30)
 NOT_FINAL = ("draft", "open", "uncollectible")
+SETTLE_TRIES = 3                  # fresh answers for one invoice whose position keeps moving
+STOPPED = "cancelled (the job's timeout or a shutdown)"
+
+Answer = Invoice | Unreadable | None  # None: VINR answered 404
 
 
 @dataclass
@@ -48,11 +70,13 @@ class RunReport:
     status: str = "running"
     dry_run: bool = False
     window_start: int | None = None
+    covered_until: int | None = None
     invoices_checked: int = 0
     events_backfilled: int = 0
     corrections_posted: int = 0
     api_requests: int = 0
     counts: Counter = field(default_factory=Counter)
+    caught_up: int = 0
     unresolved: int = 0
     message: str | None = None
     notices: list[int] = field(default_factory=list)  # outbox ids this run staged, to queue once it ends
@@ -70,14 +94,59 @@ class RunReport:
             "status": self.status,
             "dryRun": self.dry_run,
             "windowStart": self.window_start,
+            "coveredUntil": self.covered_until,
             "invoicesChecked": self.invoices_checked,
             "eventsBackfilled": self.events_backfilled,
             "correctionsPosted": self.corrections_posted,
             "apiRequests": self.api_requests,
             "counts": {c: self.counts.get(c, 0) for c in CATEGORIES},
+            "caughtUpInFlight": self.caught_up,
             "matches": self.matches,
             "message": self.message,
         }
+
+
+@dataclass(frozen=True)
+class Check:
+    """VINR's answer for one invoice beside the ledger's position it is compared with.
+
+    `fresh`: the answer was requested after `position` was read (see the module's rule).
+    `asked_at`: when the answer was requested, in Unix seconds; a correction is stamped with
+    it, so a webhook older than the answer is stale when it arrives later. `seen`: an earlier
+    look in this run saw a difference here.
+    """
+
+    invoice_id: str
+    position: Position | None
+    answer: Answer
+    fresh: bool
+    asked_at: int
+    seen: bool = False
+
+    @property
+    def version(self) -> int:
+        return self.position.version if self.position else 0
+
+    def differences(self, position: Position | None = None) -> list[Finding]:
+        """What differs between the answer and `position` (by default the one compared)."""
+        position = position if position is not None else self.position
+        if isinstance(self.answer, Unreadable):
+            return [Finding(self.invoice_id, UNREADABLE_AT_VINR, None, None, self.answer.error[:500])]
+        return compare(position, self.answer, self.invoice_id)
+
+    def to_update(self, position: Position | None = None) -> bool:
+        """A difference, or a draft's edits (no drift, but the ledger keeps its copy current)."""
+        position = position if position is not None else self.position
+        return bool(self.differences(position)) or (
+            isinstance(self.answer, Invoice) and _draft_edited(position, self.answer))
+
+
+def coverage_after(previous: int | None, window_start: int | None, started_at: int) -> int | None:
+    """What the completed runs cover once a run that started at `started_at` and swept from
+    `window_start` completes: it moves forward only when the window reached back to it."""
+    if window_start is None or (previous is not None and window_start <= previous):
+        return max(started_at, previous or 0)
+    return previous
 
 
 async def _batches(items: AsyncIterator, size: int) -> AsyncIterator[list]:
@@ -112,23 +181,6 @@ async def _read_ahead(batches: AsyncIterator[list]) -> AsyncIterator[list]:
         await iterator.aclose()
 
 
-async def _window_start(engine: AsyncEngine, since: int | None) -> int | None:
-    if since is not None:
-        return since
-    async with engine.connect() as conn:
-        last = await conn.scalar(
-            select(runs.c.started_at)
-            .where(runs.c.status == "completed", runs.c.dry_run.is_(False))
-            .order_by(runs.c.id.desc())
-            .limit(1)
-        )
-    if last is None:
-        return None
-    if last.tzinfo is None:  # SQLite hands back naive UTC
-        last = last.replace(tzinfo=UTC)
-    return int((last - OVERLAP).timestamp())
-
-
 class Reconciler:
     """Runs one reconciliation against `client`, writing to `engine` unless `dry_run`.
 
@@ -145,14 +197,25 @@ class Reconciler:
         self.notices = notices
 
     async def run(self, since: int | None = None, now: datetime | None = None) -> RunReport:
+        """One run. With `since`, sweep invoices created from then on; by default from what the
+        completed runs covered, less `OVERLAP` (everything, the first time)."""
         now = now or datetime.now(UTC)
-        window = await _window_start(self.engine, since)
+        started = int(now.timestamp())
         async with self.engine.begin() as conn:
+            # One run at a time (reconcile.lock): a row still `running` is a run that died.
+            await conn.execute(update(runs).where(runs.c.status == "running").values(
+                status="failed", finished_at=now, message="did not finish: its process stopped before recording an end"))
+            covered = await conn.scalar(
+                select(runs.c.covered_until).where(runs.c.dry_run.is_(False), runs.c.covered_until.is_not(None))
+                .order_by(runs.c.id.desc()).limit(1))
+            window = since if since is not None else (
+                None if covered is None else covered - int(OVERLAP.total_seconds()))
             run_id = await conn.scalar(
                 insert(runs).values(started_at=now, status="running", dry_run=self.dry_run,
                                     window_start=window, counts={}).returning(runs.c.id)
             )
-        report = RunReport(run_id=run_id, dry_run=self.dry_run, window_start=window)
+        report = RunReport(run_id=run_id, dry_run=self.dry_run, window_start=window,
+                           covered_until=None if self.dry_run else covered)
         requests_before = self.client.requests_made
         log.info("reconciliation started", run_id=run_id, window_start=window, dry_run=self.dry_run)
         try:
@@ -160,14 +223,21 @@ class Reconciler:
             # now, read after them, has the last word (an event is never newer than it).
             events_since = max(window or 0, int((now - EVENTS_RETENTION).timestamp()))
             await self._backfill(report, events_since)
-            seen_open = await self._sweep(report, window)
+            seen_open = await self._sweep(report, window, started)
             await self._refetch_open(report, window, seen_open)
             report.status = "completed"
+            if not self.dry_run:
+                report.covered_until = coverage_after(covered, window, started)
         except VinrError as exc:
             # Work done so far stays; the next run redoes the rest without posting anything twice.
-            report.status = "partial" if report.invoices_checked or report.events_backfilled else "failed"
+            report.status = self._stopped_status(report)
             report.message = f"VINR did not answer: {exc}"
             log.error("reconciliation stopped", run_id=run_id, error=str(exc))
+        except asyncio.CancelledError as exc:
+            report.status = self._stopped_status(report)
+            report.message = f"stopped before the end: {exc.args[0] if exc.args else STOPPED}"
+            log.error("reconciliation stopped", run_id=run_id, reason=report.message)
+            raise
         except Exception as exc:
             report.status = "failed"
             report.message = f"{type(exc).__name__}: {exc}"
@@ -175,27 +245,48 @@ class Reconciler:
             raise
         finally:
             report.api_requests = self.client.requests_made - requests_before
-            await self._record(report)
+            # Shielded: a run cancelled mid-way still records how it ended.
+            await asyncio.shield(self._record(report))
         log.info("reconciliation finished", **report.as_dict())
         return report
+
+    @staticmethod
+    def _stopped_status(report: RunReport) -> str:
+        return "partial" if report.invoices_checked or report.events_backfilled else "failed"
 
     async def _record(self, report: RunReport) -> None:
         async with self.engine.begin() as conn:
             staged = await outbox.stage(conn, outbox.for_run(
-                {**report.as_dict(), "unresolved": report.unresolved}, self.notices))
+                {**report.as_dict(), "unresolved": report.unresolved,
+                 "differences": await self._differences(conn, report.run_id)}, self.notices))
             await conn.execute(
                 update(runs).where(runs.c.id == report.run_id).values(
                     finished_at=datetime.now(UTC),
                     status=report.status,
+                    covered_until=report.covered_until,
                     invoices_checked=report.invoices_checked,
                     events_backfilled=report.events_backfilled,
                     corrections_posted=report.corrections_posted,
                     api_requests=report.api_requests,
                     counts={c: report.counts.get(c, 0) for c in CATEGORIES},
+                    caught_up=report.caught_up,
                     message=report.message,
                 )
             )
         report.notices += staged.values()
+
+    async def _differences(self, conn, run_id: int, limit: int = outbox.DRIFT_LISTED) -> list[dict]:
+        """The first findings of the run, with their invoice's currency, for the drift alert."""
+        if self.dry_run or not self.notices.alerts:
+            return []
+        rows = await conn.execute(
+            select(findings_table.c.invoice_id, findings_table.c.category, findings_table.c.field,
+                   findings_table.c.ledger_value, findings_table.c.vinr_value, findings_table.c.corrected,
+                   positions.c.currency)
+            .join(positions, positions.c.invoice_id == findings_table.c.invoice_id, isouter=True)
+            .where(findings_table.c.run_id == run_id).order_by(findings_table.c.id).limit(limit))
+        return [{"invoiceId": r.invoice_id, "category": r.category, "field": r.field, "ledger": r.ledger_value,
+                 "vinr": r.vinr_value, "corrected": r.corrected, "currency": r.currency} for r in rows]
 
     async def _backfill(self, report: RunReport, since: int) -> None:
         """Record every event of the window that the ledger never received (source backfill)."""
@@ -229,21 +320,23 @@ class Reconciler:
                 report.events_backfilled += result.outcome != "duplicate"
                 report.notices += result.notices
 
-    async def _sweep(self, report: RunReport, window: int | None) -> set[str]:
+    async def _sweep(self, report: RunReport, window: int | None, started: int) -> set[str]:
         """Compare every invoice VINR lists for the window; return the ids of those not final."""
         seen_open: set[str] = set()
         # The next page is read while this one is compared and corrected.
-        pages = _read_ahead(_batches(self.client.iter_invoices(created_gte=window), PAGE))
+        pages = _read_ahead(_batches(self.client.iter_invoice_answers(created_gte=window), PAGE))
         async with contextlib.aclosing(pages):
             async for page in pages:
-                held = await self._positions([inv.id for inv in page])
-                await self._check_batch(report, [(held.get(inv.id), inv, inv.id) for inv in page])
-                for invoice in page:
-                    position = held.get(invoice.id)
-                    # Open on either side: the re-fetch must not check it again (a dry run leaves
-                    # the ledger's stale status as it was).
-                    if invoice.status not in FINAL or (position and position.status not in FINAL):
-                        seen_open.add(invoice.id)
+                held = await self._positions([answer.id for answer in page])
+                # A page may have been read any time since the run started: stamped with that.
+                await self._settle(report, [Check(a.id, held.get(a.id), a, False, started) for a in page])
+                for answer in page:
+                    position = held.get(answer.id)
+                    # Open on either side, or unreadable: the re-fetch must not check it again (a
+                    # dry run leaves the ledger's stale status as it was).
+                    if (not isinstance(answer, Invoice) or answer.status not in FINAL
+                            or (position and position.status not in FINAL)):
+                        seen_open.add(answer.id)
                 self.progress(len(page))
         return seen_open
 
@@ -268,80 +361,124 @@ class Reconciler:
     async def _refetch(self, report: RunReport, ids: list[str]) -> None:
         for start in range(0, len(ids), PAGE):
             batch = ids[start:start + PAGE]
-            held = await self._positions(list(batch))
-            fetched = []
-            for invoice_id in batch:
-                try:
-                    invoice = await self.client.get_invoice(invoice_id)
-                except NotFound:
-                    invoice = None
-                fetched.append((held.get(invoice_id), invoice, invoice_id))
-            await self._check_batch(report, fetched)
+            held = await self._positions(list(batch))  # read before the fetches: the answers are fresh
+            await self._settle(report, [await self._ask(invoice_id, held.get(invoice_id)) for invoice_id in batch])
             self.progress(len(batch))
+
+    async def _ask(self, invoice_id: str, position: Position | None, seen: bool = False) -> Check:
+        """A fresh answer for `position`, read before this call."""
+        asked_at = int(time.time())
+        try:
+            answer: Answer = await self.client.get_invoice(invoice_id)
+        except NotFound:
+            answer = None
+        except InvalidResponse as exc:
+            if exc.code != "invalid_object":
+                raise
+            answer = Unreadable(invoice_id, exc.message)
+        return Check(invoice_id, position, answer, True, asked_at, seen)
 
     async def _positions(self, ids: list[str]) -> dict[str, Position]:
         async with self.engine.connect() as conn:
             rows = await conn.execute(select(positions).where(positions.c.invoice_id.in_(ids)))
             return {row.invoice_id: position_from_row(row) for row in rows}
 
-    async def _check_batch(self, report: RunReport,
-                           batch: list[tuple[Position | None, Invoice | None, str]]) -> None:
-        """Compare each (ledger position, VINR's invoice or None for a 404, id) of `batch`;
-        correct every difference and record the findings, all in one transaction."""
-        checks = [(invoice, invoice_id, compare(position, invoice, invoice_id),
-                   invoice is not None and _draft_edited(position, invoice))
-                  for position, invoice, invoice_id in batch]
-        report.invoices_checked += len(batch)
-        drifted = [c for c in checks if c[2] or (c[3] and not self.dry_run)]
-        if not drifted:
-            return
-        counts, corrections, unresolved, staged = Counter(), 0, 0, []
+    async def _settle(self, report: RunReport, checks: list[Check]) -> None:
+        """Compare each check, correct what still differs under the lock, and ask VINR again
+        for what moved meanwhile, until each invoice agrees, is corrected or is left over."""
+        report.invoices_checked += len(checks)
+        for attempt in range(SETTLE_TRIES + 1):
+            ready, stale = [], []
+            for check in checks:
+                if not check.to_update():
+                    report.caught_up += check.seen  # a difference seen before has closed
+                    continue
+                if not check.fresh and check.version > 0:
+                    stale.append((check.invoice_id, check.position))  # the page may be older than it
+                else:
+                    ready.append(check)
+            moved = await self._correct(report, ready)
+            again = stale + moved
+            if not again:
+                return
+            if attempt == SETTLE_TRIES:
+                await self._leave_unsettled(report, again)
+                return
+            checks = [await self._ask(invoice_id, position, seen=True) for invoice_id, position in again]
+
+    async def _correct(self, report: RunReport, checks: list[Check]) -> list[tuple[str, Position | None]]:
+        """Correct each check whose position is still the one compared, and record its findings,
+        all in one transaction. Returns (id, position now) of those that moved and still differ."""
+        if not checks:
+            return []
+        counts, corrections, unresolved, caught_up, staged = Counter(), 0, 0, 0, []
+        moved: list[tuple[str, Position | None]] = []
+        rows: list[dict] = []
         async with self.engine.begin() as conn:
-            corrected: set[str] = set()
-            # Positions are locked in id order, as a worker's batch locks them: no deadlock.
-            for invoice, invoice_id, found, _ in sorted(drifted, key=lambda c: c[1]):
-                counts.update(f.category for f in found)
-                if invoice is not None and not self.dry_run:
-                    # A draft's edits are no drift, but keep the ledger's copy of the draft current.
-                    corrections += await self._correct(conn, report.run_id, invoice, staged)
-                    corrected.add(invoice_id)
-                elif found:
-                    unresolved += 1
-            entry_ids: dict[str, list[int]] = {}
-            if corrections:
+            corrected: list[str] = []
+            # In code-point order of the ids, as a worker's batch locks them: no deadlock.
+            for check in sorted(checks, key=lambda c: c.invoice_id):
+                found = check.differences()
+                if self.dry_run or not isinstance(check.answer, Invoice):
+                    # A 404 or an unreadable answer is a person's to judge; a dry run changes nothing.
+                    rows += _finding_rows(report.run_id, found, corrected=False)
+                    counts.update(f.category for f in found)
+                    unresolved += bool(found)
+                    continue
+                position = await lock_position(conn, check.invoice_id)
+                if position.version != check.version:
+                    if check.to_update(position):
+                        moved.append((check.invoice_id, position))
+                    else:
+                        caught_up += 1  # a webhook closed it meanwhile
+                    continue
+                outcome = await apply_snapshot(conn, check.answer, source="reconciliation", run_id=report.run_id,
+                                               authoritative=True, position=position, event_at=check.asked_at)
+                if self.notices:
+                    staged += (await outbox.stage(conn, outbox.for_snapshot(
+                        check.answer, outcome, "reconciliation", self.notices))).values()
+                corrections += len(outcome.entries)
+                if found:
+                    corrected.append(check.invoice_id)
+                    rows += _finding_rows(report.run_id, found, corrected=True)
+                    counts.update(f.category for f in found)
+            if corrected:
+                entry_ids: dict[str, list[int]] = {}
                 posted = await conn.execute(
                     select(journal.c.invoice_id, journal.c.id)
-                    .where(journal.c.run_id == report.run_id, journal.c.invoice_id.in_(sorted(corrected)))
-                    .order_by(journal.c.id)
-                )
+                    .where(journal.c.run_id == report.run_id, journal.c.invoice_id.in_(corrected))
+                    .order_by(journal.c.id))
                 for invoice_id, entry_id in posted:
                     entry_ids.setdefault(invoice_id, []).append(entry_id)
-            rows = [
-                {"run_id": report.run_id, "invoice_id": f.invoice_id, "category": f.category, "field": f.field,
-                 "ledger_value": f.ledger_value, "vinr_value": f.vinr_value,
-                 "corrected": invoice_id in corrected, "entry_ids": entry_ids.get(invoice_id, [])}
-                for _, invoice_id, found, _ in drifted
-                for f in found
-            ]
+                rows = [{**row, "entry_ids": entry_ids.get(row["invoice_id"], [])} if row["corrected"] else row
+                        for row in rows]
             if rows:
                 await conn.execute(insert(findings_table), rows)
         # Counted once the transaction holding the corrections and their findings committed.
         report.counts.update(counts)
         report.corrections_posted += corrections
         report.unresolved += unresolved
+        report.caught_up += caught_up
         report.notices += staged
+        return moved
 
-    async def _correct(self, conn, run_id: int, invoice: Invoice, staged: list[int]) -> int:
-        """Move the ledger to VINR's answer through the posting rule; entries name this run.
-        Returns the number of entries posted; adds the ids of the notices it owes to `staged`."""
-        position = await lock_position(conn, invoice.id)
-        # Stamped with the time of VINR's answer, so an older webhook arriving later is stale.
-        outcome = await apply_snapshot(conn, invoice, source="reconciliation", run_id=run_id,
-                                       authoritative=True, position=position, event_at=int(time.time()))
-        if self.notices:
-            staged += (await outbox.stage(conn, outbox.for_snapshot(invoice, outcome, "reconciliation",
-                                                                    self.notices))).values()
-        return len(outcome.entries)
+    async def _leave_unsettled(self, report: RunReport, left: list[tuple[str, Position | None]]) -> None:
+        rows = [{"run_id": report.run_id, "invoice_id": invoice_id, "category": UNSETTLED, "field": "version",
+                 "ledger_value": str(position.version if position else 0),
+                 "vinr_value": f"still moving after {SETTLE_TRIES} fresh answers", "corrected": False,
+                 "entry_ids": []}
+                for invoice_id, position in left]
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(findings_table), rows)
+        report.counts[UNSETTLED] += len(rows)
+        report.unresolved += len(rows)
+        log.warning("invoices still moving, left for the next run", invoices=[i for i, _ in left])
+
+
+def _finding_rows(run_id: int, found: list[Finding], *, corrected: bool) -> list[dict]:
+    return [{"run_id": run_id, "invoice_id": f.invoice_id, "category": f.category, "field": f.field,
+             "ledger_value": f.ledger_value, "vinr_value": f.vinr_value, "corrected": corrected, "entry_ids": []}
+            for f in found]
 
 
 def _draft_edited(position: Position | None, invoice: Invoice) -> bool:

@@ -308,6 +308,18 @@ class VinrClient:
         async for item in self._paginate("/invoices", params, limit):
             yield _invoice(item, "/invoices")
 
+    async def iter_invoice_answers(
+        self, created_gte: int | datetime | None = None, status: str | None = None, limit: int = MAX_PAGE_SIZE
+    ) -> AsyncIterator[Invoice | Unreadable]:
+        """As `iter_invoices`, but an item that breaks the contract comes as `Unreadable` instead of
+        ending the list: one malformed invoice must not stop every run at the same page."""
+        params = {"created[gte]": _unix(created_gte), "status": status}
+        async for item in self._paginate("/invoices", params, limit):
+            try:
+                yield _invoice(item, "/invoices")
+            except InvalidResponse as exc:
+                yield Unreadable(item["id"], exc.message or str(exc))
+
     async def iter_events(
         self, created_gte: int | datetime | None = None, type: str | None = None, limit: int = MAX_PAGE_SIZE
     ) -> AsyncIterator[dict[str, Any]]:
@@ -362,6 +374,14 @@ def _list_page(page: Any, path: str) -> tuple[list[dict[str, Any]], bool]:
     if not all(isinstance(item, dict) and isinstance(item.get("id"), str) for item in items):
         raise InvalidResponse(200, "invalid_list", "a list item has no string id", method="GET", path=path)
     return items, page.get("hasMore", page.get("has_more")) is True
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """An invoice VINR listed that breaks the contract: its id and what is wrong with it."""
+
+    id: str
+    error: str
 
 
 def _invoice(item: Any, path: str) -> Invoice:

@@ -87,11 +87,38 @@ def drift(payload: dict[str, Any]) -> Alert:
         ("Corrections posted", str(payload.get("correctionsPosted", 0))),
         ("Left for a person", str(payload.get("unresolved", 0))),
     ]
+    differences = payload.get("differences", [])
+    by_invoice: dict[str, list[dict[str, Any]]] = {}
+    for d in differences:
+        by_invoice.setdefault(d["invoiceId"], []).append(d)
+    fields += [(invoice_id, _differences(found)) for invoice_id, found in by_invoice.items()]
+    if found > len(differences) and differences:
+        fields.append(("More", f"{found - len(differences)} more in the report"))
     if payload.get("message"):
         fields.append(("Message", payload["message"]))
     fields.append(("Report", f"GET {payload['report']} (findings as CSV: {payload['findingsCsv']})"))
     return Alert(subject=f"Reconciliation run {run_id} {what}", intro=f"Reconciliation run {run_id} {what}.",
                  fields=tuple(fields))
+
+
+_AMOUNT_FIELDS = frozenset({"total", "amountPaid", "amountDue"})
+
+
+def _differences(found: list[dict[str, Any]]) -> str:
+    """One invoice's findings for people:
+    `status: ledger open, VINR paid; amountPaid: ledger EUR 0.00, VINR EUR 500.00 (corrected)`."""
+
+    def value(d: dict[str, Any], text: str | None) -> str:
+        if text is None:
+            return "none"
+        if d.get("field") in _AMOUNT_FIELDS and d.get("currency") and text.lstrip("-").isdigit():
+            return format_money(int(text), d["currency"])
+        return text
+
+    parts = [f"{d.get('field') or d['category'].replace('_', ' ')}: ledger {value(d, d.get('ledger'))}, "
+             f"VINR {value(d, d.get('vinr'))}" for d in found]
+    outcome = "corrected" if all(d.get("corrected") for d in found) else "left for a person"
+    return f"{'; '.join(parts)} ({outcome})"
 
 
 def render(kind: str, payload: dict[str, Any], customer: dict[str, Any] | None = None) -> Alert:

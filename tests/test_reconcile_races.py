@@ -1,0 +1,373 @@
+"""Reconciliation while webhooks keep flowing (issues 15 and 23), through the real parts: VINR's
+sandbox delivering to the real receiver app under uvicorn, the real Redis, the real worker
+(`drain`: arq's worker with `vinr-recon worker`'s settings), and a real reconciliation run whose
+client reaches the sandbox through `Pausing`, which holds one of VINR's answers back until a
+webhook has been applied: the moment between VINR's answer and the run's correction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import httpx
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy import select, text
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from conftest import PG_ADMIN_URL, WEBHOOK_SECRET, _in_thread, unique
+from ledger import outbox
+from ledger.book import trial_balance
+from ledger.db import create_engine
+from ledger.migrate import upgrade
+from ledger.tables import Finding, InvoicePosition, JournalEntry, Notice, ReconciliationRun
+from lifecycles import drain
+from receiver.app import create_app as create_receiver
+from receiver_support import forget_queue, served
+from reconcile.lock import LOCK_LOST, LockLost, lock_key
+from reconcile.run import Reconciler
+from reconcile.service import reconcile_once
+from vinr.client import RetryPolicy, VinrClient
+from vinr.sandbox.app import create_app as create_sandbox
+from vinr.sandbox.config import EndpointConfig, SandboxConfig
+from vinr.sandbox.errors import CardError
+from vinr.sandbox.serving import serve
+from vinr.sandbox.views import invoice_json
+from worker.render import drift
+
+CARD, DECLINED = "4242424242424242", "4000000000000002"
+FAST = RetryPolicy(max_attempts=2, base_delay=0.001, max_delay=0.01)
+positions, journal = InvoicePosition.__table__, JournalEntry.__table__
+findings, runs, notices = Finding.__table__, ReconciliationRun.__table__, Notice.__table__
+ALERTS = outbox.Channels(email=True, chat=True)
+
+
+class Pausing:
+    """A loopback stand-in for the network between the run and VINR: it forwards each request,
+    and the first answer for which `when(path, answer)` holds is handed back only after
+    `meanwhile()` has run (or with `rewrite(path, answer)` applied to it)."""
+
+    def __init__(self, upstream: str):
+        self.upstream = upstream
+        self.when: Callable[[str, dict], bool] = lambda path, answer: False
+        self.meanwhile: Callable[[], Awaitable[None]] | None = None
+        self.rewrite: Callable[[str, dict], dict] | None = None
+        self.held = asyncio.Event()  # set while an answer is held back
+        self.app = Starlette(routes=[Route("/{path:path}", self.forward, methods=["GET"])])
+
+    async def forward(self, request: Request) -> Response:
+        async with httpx.AsyncClient() as http:
+            upstream = await http.get(self.upstream + request.url.path, params=request.query_params,
+                                      headers={"x-api-key": request.headers.get("x-api-key", "")})
+        answer = upstream.json()
+        if upstream.status_code == 200 and self.when(request.url.path, answer):
+            self.when = lambda path, answer: False  # once
+            self.held.set()
+            if self.meanwhile is not None:
+                await self.meanwhile()
+            if self.rewrite is not None:
+                return Response(json.dumps(self.rewrite(request.url.path, answer)), 200,
+                                media_type="application/json")
+        return Response(upstream.content, upstream.status_code, media_type="application/json")
+
+
+@dataclass
+class Deployment:
+    sandbox: object
+    state: object
+    settings: object
+    engine: object
+    client: VinrClient  # through `pausing`
+    pausing: Pausing
+    customer: str
+
+    async def settle(self) -> None:
+        """Every webhook delivered so far is in the ledger."""
+        await self.sandbox.deliveries_idle()
+        await drain(self.settings)
+
+    def new_open(self, amount: int) -> str:
+        state = self.state
+        inv = state.create_invoice(customer=self.customer, currency="EUR", collection_method="send_invoice",
+                                   days_until_due=14, metadata={"accountManager": "am@merchant.example"})
+        state.add_line(inv.id, description="work", quantity=1, unit_amount=amount)
+        state.finalize(inv.id)
+        return inv.id
+
+    async def position(self, invoice_id: str):
+        async with self.engine.connect() as conn:
+            return (await conn.execute(select(positions).where(positions.c.invoice_id == invoice_id))).one()
+
+
+@asynccontextmanager
+async def deployment(settings, engine, sandbox_config: SandboxConfig | None = None):
+    """The sandbox delivering to the real receiver (its Redis queue drained by the real worker)."""
+    settings = settings.model_copy(update={"vinr_api_key": None})
+    receiver = create_receiver(settings)
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        async with served(receiver) as receiver_client:
+            endpoint = EndpointConfig(str(receiver_client.base_url).rstrip("/") + "/webhooks/vinr", (WEBHOOK_SECRET,))
+            config = sandbox_config or SandboxConfig(rate_limit=0)
+            sandbox_app = create_sandbox(replace(config, endpoints=(endpoint,)))
+            async with serve(sandbox_app) as sandbox_root:
+                sandbox = sandbox_app.state.sandbox
+                pausing = Pausing(sandbox_root)
+                async with serve(pausing.app) as pausing_root:
+                    async with VinrClient(pausing_root + "/v1", sandbox.api_key, retry=FAST) as client:
+                        customer = sandbox.state.create_customer(email="ap@acme.example", name="Acme GmbH",
+                                                                 metadata={}).id
+                        yield Deployment(sandbox, sandbox.state, settings, engine, client, pausing, customer)
+    finally:
+        await forget_queue(redis, settings.queue_name)
+        await redis.aclose()
+
+
+async def ledger_equals_vinr(d: Deployment) -> None:
+    async with d.engine.connect() as conn:
+        rows = {r.invoice_id: r for r in await conn.execute(select(positions))}
+        balances = await trial_balance(conn)
+    for inv in d.state.invoices:
+        snap = invoice_json(inv, d.sandbox.config.hosted_base)
+        row = rows[inv.id]
+        assert (row.status, row.total, row.amount_paid, row.amount_due) == (
+            snap["status"], snap["total"], snap["amountPaid"], snap["amountDue"]), inv.id
+    for currency in {c for _, c in balances}:
+        assert sum(d for (_, c), (d, _) in balances.items() if c == currency) == sum(
+            k for (_, c), (_, k) in balances.items() if c == currency)
+
+
+async def kinds(engine, invoice_id: str) -> list[str]:
+    async with engine.connect() as conn:
+        return list((await conn.execute(select(journal.c.kind).where(journal.c.invoice_id == invoice_id)
+                                        .order_by(journal.c.id))).scalars())
+
+
+async def findings_of(engine, run_id: int):
+    async with engine.connect() as conn:
+        return (await conn.execute(select(findings).where(findings.c.run_id == run_id)
+                                   .order_by(findings.c.id))).all()
+
+
+async def drift_notices(engine, run_id: int):
+    async with engine.connect() as conn:
+        return (await conn.execute(select(notices).where(notices.c.key.like(f"drift:{run_id}:%")))).all()
+
+
+# --- A webhook applied between VINR's answer and the correction (issue 15 item 1, issue 23) ------
+
+
+async def test_a_webhook_applied_while_the_run_holds_a_page_is_not_rolled_back(ledger_settings, ledger_engine):
+    async with deployment(ledger_settings, ledger_engine) as d:
+        invoice = d.new_open(1000)
+        await d.settle()
+        assert (await d.position(invoice)).status == "open"
+
+        async def paid_meanwhile():
+            d.state.pay(invoice, CARD)
+            await d.settle()
+            assert (await d.position(invoice)).status == "paid"  # the webhook is in the ledger
+
+        d.pausing.when = lambda path, answer: path == "/v1/invoices" and any(
+            item["id"] == invoice and item["status"] == "open" for item in answer["data"])
+        d.pausing.meanwhile = paid_meanwhile
+        report = await Reconciler(d.engine, d.client, notices=ALERTS).run()
+
+        assert d.pausing.held.is_set(), "the race was not staged"
+        row = await d.position(invoice)
+        assert (row.status, row.amount_paid, row.amount_due) == ("paid", 1000, 0)
+        assert "payment_reversal" not in await kinds(d.engine, invoice)
+        assert await findings_of(d.engine, report.run_id) == []
+        assert report.matches and report.corrections_posted == 0 and report.caught_up == 1
+        assert await drift_notices(d.engine, report.run_id) == []  # nothing to alert
+        await ledger_equals_vinr(d)
+
+
+async def test_a_webhook_applied_between_a_refetch_and_its_correction_is_not_rolled_back(
+        ledger_settings, ledger_engine):
+    async with deployment(ledger_settings, ledger_engine) as d:
+        invoice = d.new_open(1000)
+        await d.settle()
+        d.state.quiet = True  # a partial payment whose webhook never comes
+        d.state.pay(invoice, CARD, amount=300)
+        d.state.quiet = False
+
+        async def rest_paid_meanwhile():
+            d.state.pay(invoice, CARD)
+            await d.settle()
+            assert (await d.position(invoice)).status == "paid"
+
+        d.pausing.when = lambda path, answer: path == f"/v1/invoices/{invoice}"
+        d.pausing.meanwhile = rest_paid_meanwhile
+        # A window after everything: the open invoice is re-fetched on its own, not swept.
+        report = await Reconciler(d.engine, d.client, notices=ALERTS).run(since=int(time.time()) + 3600)
+
+        assert d.pausing.held.is_set(), "the race was not staged"
+        row = await d.position(invoice)
+        assert (row.status, row.amount_paid, row.amount_due) == ("paid", 1000, 0)
+        assert "payment_reversal" not in await kinds(d.engine, invoice)
+        assert await findings_of(d.engine, report.run_id) == []
+        assert report.matches and report.caught_up == 1
+        assert await drift_notices(d.engine, report.run_id) == []
+        await ledger_equals_vinr(d)
+
+
+async def test_a_webhook_truly_lost_is_one_invoice_in_the_findings_and_the_alert(ledger_settings, ledger_engine):
+    async with deployment(ledger_settings, ledger_engine) as d:
+        lost, fine = d.new_open(50_000), d.new_open(2_000)
+        await d.settle()
+        d.state.quiet = True
+        d.state.pay(lost, CARD)  # paid at VINR; the webhook never comes
+        d.state.quiet = False
+        report = await Reconciler(d.engine, d.client, notices=ALERTS).run()
+
+        found = await findings_of(d.engine, report.run_id)
+        assert {f.invoice_id for f in found} == {lost}
+        assert {(f.category, f.field) for f in found} == {
+            ("status_mismatch", "status"), ("amount_mismatch", "amountPaid"), ("amount_mismatch", "amountDue")}
+        assert all(f.corrected and f.entry_ids for f in found)
+        async with d.engine.connect() as conn:
+            corrected_by = set((await conn.execute(select(journal.c.run_id).where(
+                journal.c.id.in_(found[0].entry_ids)))).scalars())
+        assert corrected_by == {report.run_id}
+        assert report.matches and report.caught_up == 0
+
+        alerts = await drift_notices(d.engine, report.run_id)
+        assert sorted(n.channel for n in alerts) == ["chat", "email"]
+        alert = drift(alerts[0].payload)
+        assert alert.subject == f"Reconciliation run {report.run_id} found 3 differences"
+        listed = dict(alert.fields)
+        assert listed[lost] == ("status: ledger open, VINR paid; amountPaid: ledger EUR 0.00, VINR EUR 500.00; "
+                                "amountDue: ledger EUR 500.00, VINR EUR 0.00 (corrected)")
+        assert fine not in listed
+        await ledger_equals_vinr(d)
+
+
+# --- A narrower run never moves the next window forward (issue 15 item 2) ------------------------
+
+
+async def test_a_since_run_does_not_leave_a_gap_in_what_the_next_run_sweeps(ledger_engine):
+    clock = [time.time() - 5 * 86400]
+    sandbox_app = create_sandbox(SandboxConfig(rate_limit=0, clock=lambda: clock[0]))
+    async with serve(sandbox_app) as root:
+        state = sandbox_app.state.sandbox.state
+        async with VinrClient(root + "/v1", sandbox_app.state.sandbox.api_key, retry=FAST) as client:
+            day = timedelta(days=1)
+            now = datetime.now(UTC)
+            first = await Reconciler(ledger_engine, client).run(now=now - 5 * day)  # everything, 5 days ago
+            assert first.matches and first.covered_until == int((now - 5 * day).timestamp())
+
+            # Three days ago: an invoice whose every webhook was lost (and whose events expire).
+            clock[0] = (now - 3 * day).timestamp()
+            state.quiet = True
+            customer = state.create_customer(email="c@example.com", name="C", metadata={}).id
+            inv = state.create_invoice(customer=customer, currency="EUR", collection_method="send_invoice",
+                                       days_until_due=14, metadata={})
+            state.add_line(inv.id, description="x", quantity=1, unit_amount=1234)
+            state.finalize(inv.id)
+            clock[0] = now.timestamp()
+
+            narrow = await Reconciler(ledger_engine, client).run(since=int((now - timedelta(hours=1)).timestamp()),
+                                                                 now=now - timedelta(minutes=1))
+            assert narrow.matches and narrow.covered_until == first.covered_until  # it covered only an hour
+
+            nightly = await Reconciler(ledger_engine, client).run(now=now)
+            assert nightly.window_start == first.covered_until - 86400
+            assert nightly.counts["missing_in_ledger"] == 1 and nightly.matches
+            async with ledger_engine.connect() as conn:
+                row = (await conn.execute(select(positions).where(positions.c.invoice_id == inv.id))).one()
+            assert (row.status, row.amount_due) == ("open", 1234)
+            assert nightly.covered_until == int(now.timestamp())
+
+
+# --- One lock order for the run and a worker's batch, whatever the collation (issue 15 item 3) ---
+
+
+@pytest.fixture
+async def icu_ledger(settings):
+    """Settings and an engine on a ledger database created with an ICU (en-US) collation."""
+    name = unique("vinr_icu")
+    admin = await asyncpg.connect(PG_ADMIN_URL)
+    try:
+        await admin.execute(f"""CREATE DATABASE "{name}" TEMPLATE template0 LOCALE_PROVIDER icu
+                                ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'""")
+    finally:
+        await admin.close()
+    url = f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+    try:
+        _in_thread(upgrade, url)
+        engine = create_engine(url)
+        yield settings.model_copy(update={"database_url": url}), engine, name
+        await engine.dispose()
+    finally:
+        admin = await asyncpg.connect(PG_ADMIN_URL)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+async def _waiting_on_locks(conn, database: str) -> int:
+    return await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+                               database)
+
+
+@pytest.mark.postgres
+async def test_a_run_and_a_batch_lock_in_one_order_on_an_icu_database(icu_ledger):
+    settings, engine, database = icu_ledger
+    async with deployment(settings, engine) as d:
+        # Two ids that en-US and code-point order sort differently: inv_a... < inv_B... < inv_a...
+        d.state._namespace = "a"
+        first = d.new_open(1000)
+        d.state._namespace = "B"
+        second = d.new_open(2000)
+        await d.settle()
+        d.state.quiet = True  # drift for the run to correct: payments whose webhooks are lost
+        for invoice in (first, second):
+            d.state.pay(invoice, CARD, amount=100)
+        d.state.quiet = False
+
+        admin = await asyncpg.connect(PG_ADMIN_URL)
+        holder = await asyncpg.connect(f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{database}")
+        try:
+            deadlocks = await admin.fetchval("SELECT deadlocks FROM pg_stat_database WHERE datname = $1", database)
+            # Somebody (a third transaction) holds inv_a... while the batch and the run line up behind it.
+            await holder.execute("BEGIN")
+            await holder.execute("SELECT 1 FROM invoice_positions WHERE invoice_id = $1 FOR UPDATE", first)
+            # The batch: a declined card on each invoice, whose webhooks one worker batch applies.
+            for invoice in (first, second):
+                with pytest.raises(CardError):
+                    d.state.pay(invoice, DECLINED)
+            await d.sandbox.deliveries_idle()
+            batch = asyncio.create_task(drain(d.settings))
+            await _until(lambda: _waiting_on_locks(admin, database), 1)
+            run = asyncio.create_task(Reconciler(d.engine, d.client).run(since=int(time.time()) + 3600))
+            await _until(lambda: _waiting_on_locks(admin, database), 2)
+            await holder.execute("COMMIT")
+            report = await run
+            await batch
+            after = await admin.fetchval("SELECT deadlocks FROM pg_stat_database WHERE datname = $1", database)
+        finally:
+            await holder.close()
+            await admin.close()
+
+        assert after == deadlocks, "the run and the batch deadlocked"
+        assert report.status == "completed" and report.matches
+        await ledger_equals_vinr(d)
+
+
+async def _until(count: Callable[[], Awaitable[int]], at_least: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while await count() < at_least:
+        assert time.monotonic() < deadline, f"fewer than {at_least} transactions waiting on a lock"
+        await asyncio.sleep(0.02)
