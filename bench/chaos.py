@@ -1,6 +1,7 @@
 """The chaos run (issue 9): VINR on a bad day, and the service's processes killed under it.
 
     .venv/bin/python bench/chaos.py [--invoices 2000] [--workers 2] [--seed 1] [--keep]
+    .venv/bin/python bench/chaos.py --live [--live-seconds 150] [--reconcile-pause 1]
 
 The sandbox (`vinr-recon sandbox`) takes N invoices through full lifecycles (paid; partial then
 paid; declined then paid; declined and left open; void, some after a partial payment;
@@ -40,12 +41,47 @@ Delivery of a notice is at least once: a worker killed after a send but before i
 it again. Such an identical copy (same Message-ID, idempotency key or text) arriving after a
 crash of the run's own making is shown apart as redelivered; any other second arrival fails.
 Exit 0 only then. tests/test_chaos.py runs a small copy of this in CI through `Chaos.execute`.
+
+The live scenario (`--live`, issues 15 and 23): VINR's state moves while its webhooks go out and
+reconciliation races them. Each invoice takes its three steps at times of its own, spread over
+`--live-seconds` (live_schedule), so changes keep coming for as long as the runs go on, and
+`vinr-recon reconcile --json` (a process, as above) runs again and again meanwhile,
+`--reconcile-pause` seconds apart; two workers, one SIGKILLed; Redis is not restarted unless
+asked (a run needs it for its lock). The last run is the first to start after VINR's last
+change; then delivery settles and the queue drains, and no run follows. Why every invoice must
+then equal VINR: an invoice's final state either had a webhook delivered (its snapshot moves
+the ledger there, and nothing newer exists), or it was dropped, and then the last run, which
+read VINR after every change, saw the final state and corrected it or found it caught up;
+webhooks arriving after that carry older snapshots, which move nothing. So the invoices "whose
+only webhooks were dropped and that no run saw after their last change" are none by
+construction, and a mismatch after the drain is a defect. The pass condition adds:
+
+- no change moved an invoice backwards (`regressions`): replaying each invoice's journal by
+  position version, amountPaid never drops and the stage its account nets show (open,
+  uncollectible, paid or void) never goes back, and no `payment_reversal` or
+  `credit_reversal` exists. VINR never moves backwards in this world, so each such change is
+  drift a run invented (it rolled back a newer webhook);
+- per run (its JSON, `reconcile/report.py::get_run`): every finding recorded as corrected names
+  entries, each of them in the ledger with that run's `run_id` and that invoice; a run that says
+  `matches: true` left no invoice's finding uncorrected, beyond the differences it reports as
+  caught up in flight by webhooks (`caughtUpInFlight`, shown n/a while the service does not
+  report it; once one run reports it, all must), and moved nothing backwards;
+- the checks above hold, with two that a race makes order-dependent judged as the service's
+  own record shows them, and counted apart: an acknowledged event that a run's backfill
+  recorded before its job ran is lost only if no worker logged running its job; and for a
+  payment failure of an invoice a run moved to paid or void (a transaction ordered against
+  the event's only by the position's lock), the outbox's choice of alert is taken. Every run
+  that found drift owes one email and one chat message.
+
+The per-run table shows findings (by category), corrections, caught in flight, backfilled,
+matches, corrected findings (with entries that check out) and changes that undid progress.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -101,6 +137,11 @@ class ChaosConfig:
     settle_timeout: float = 300.0
     log_level: str = "INFO"
     keep: bool = False
+    # The live scenario (issues 15 and 23): VINR's steps spread over `live_seconds` while
+    # `vinr-recon reconcile` runs again and again, `reconcile_pause` seconds apart.
+    live: bool = False
+    live_seconds: float = 150.0
+    reconcile_pause: float = 1.0
 
 
 @dataclass
@@ -142,6 +183,12 @@ class Figures:
     alerts_batched: int = 0
     reconcile: dict[str, Any] = field(default_factory=dict)
     chaos: list[str] = field(default_factory=list)
+    # The live scenario: every run (Chaos.reconcile_live, measured in Chaos.measure_runs).
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    run_failures: list[str] = field(default_factory=list)
+    regressions: list[str] = field(default_factory=list)  # ledger changes that moved an invoice backwards
+    acked_backfilled: int = 0  # acknowledged, but a run's backfill recorded the event before its job did
+    alerts_run_ordered: int = 0
     unexpected_exits: list[str] = field(default_factory=list)
     phases: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
@@ -155,14 +202,16 @@ class Figures:
         return (not self.mismatched and not self.double_postings and not self.extra_entries
                 and not self.unbalanced_entries and all(v == 0 for v in self.trial_balance.values())
                 and self.notices_ok and bool(self.notices) and not self.acknowledged_lost
-                and not self.never_recorded and self.dead_lettered == 0)
+                and not self.never_recorded and self.dead_lettered == 0
+                and not self.regressions and not self.run_failures)
 
     def failures(self) -> list[str]:
         out = []
         for name, items in (("mismatched with VINR", self.mismatched), ("posted twice", self.double_postings),
                             ("entries beyond the lifecycle", self.extra_entries),
                             ("acknowledged but lost", self.acknowledged_lost),
-                            ("never recorded", self.never_recorded)):
+                            ("never recorded", self.never_recorded),
+                            ("changes that undid progress", self.regressions), ("runs", self.run_failures)):
             if items:
                 out.append(f"{name}: {len(items)}: " + "; ".join(items[:5]))
         for channel, n in self.notices.items():
@@ -209,12 +258,37 @@ class Figures:
                          f"redelivered after a crash {len(n['redelivered'])}; {n['detail']})"))
         rows.append(("payment_failed events recorded after paid/void (no alert owed)", str(self.alerts_order_dependent)))
         rows.append(("payment_failed events batched with paid/void (the outbox decides)", str(self.alerts_batched)))
+        if self.runs:
+            live = [r for r in self.runs if r["live"]]
+            rows.append(("reconciliation runs (live scenario)",
+                         f"{len(self.runs)} ({len(live)} started while VINR's state moved; the last started "
+                         f"{self.runs[-1]['after_last_change']:.1f} s after VINR's last change, none after the drain)"))
+            rows.append(("changes that undid progress (invented drift)", str(len(self.regressions))))
+            rows.append(("acknowledged events a run backfilled first (their job then ran)", str(self.acked_backfilled)))
+            rows.append(("payment_failed events ordered against a run's move to paid/void (the outbox decides)",
+                         str(self.alerts_run_ordered)))
         rows.append(("outbox", ", ".join(f"{k} {v}" for k, v in sorted(self.outbox.items()))))
         rows.append(("phases (s)", ", ".join(f"{k} {v:.1f}" for k, v in self.phases.items())))
         rows.append(("wall time", f"{self.seconds:.1f} s"))
         rows.append(("PASS" if self.passed else "FAIL", "" if self.passed else " | ".join(self.failures())))
         width = max(len(k) for k, _ in rows)
-        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+        text = "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+        return f"{text}\n\n{self.runs_table()}" if self.runs else text
+
+    def runs_table(self) -> str:
+        """Per run: findings (by category) against corrections and what webhooks closed in flight."""
+        head = ("run", "start s", "took s", "VINR moving", "findings (by category)", "corrections",
+                "caught in flight", "backfilled", "matches", "corrected findings (entries ok)", "undid progress")
+        rows = [head]
+        for r in self.runs:
+            by = ", ".join(f"{k.replace('_mismatch', '').replace('_', ' ')} {v}" for k, v in sorted(r["by_category"].items()))
+            rows.append((str(r["id"]), f"{r['started']:.1f}", f"{r['seconds']:.1f}", "yes" if r["live"] else "no",
+                         f"{r['findings']}" + (f" ({by})" if by else ""), str(r["corrections"]),
+                         "n/a" if r["caught"] is None else str(r["caught"]), str(r["backfilled"]),
+                         str(r["matches"]).lower(), f"{r['corrected']} ({r['corrected'] - r['bad_entries']})",
+                         str(r["undid"])))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+        return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
 
 
 # --- the plan ------------------------------------------------------------------------------
@@ -234,6 +308,19 @@ def make_plans(cfg: ChaosConfig, customers: int) -> list[Plan]:
         plans.append(Plan(kind, rng.choice(CURRENCIES), rng.randrange(customers), lines, metadata,
                           partial=rng.random() < 0.5))
     return plans
+
+
+def live_schedule(cfg: ChaosConfig, n: int) -> list[tuple[float, float, float]]:
+    """When (seconds into the driving) each invoice takes its three steps in the live scenario:
+    the first anywhere in the first 60 % of `live_seconds`, each next one up to a fifth of it
+    later, so some follow each other within the reorder delay and some far apart."""
+    rng, span = random.Random(cfg.seed * 7919 + 1), cfg.live_seconds
+    out = []
+    for _ in range(n):
+        first = rng.random() * 0.6 * span
+        second = first + rng.random() * 0.2 * span
+        out.append((first, second, second + rng.random() * 0.2 * span))
+    return out
 
 
 async def wave(vinr: Vinr, plan: Plan, step: int, customers: list[str]) -> None:
@@ -290,6 +377,10 @@ class Chaos:
         self.database_url = ""
         self.figures = Figures(invoices=cfg.invoices)
         self.redis_restarting = False
+        self.vinr_done = asyncio.Event()  # live: VINR's last change is made
+        self.vinr_done_at = 0.0
+        self.drive_started = 0.0
+        self.final_by_run: set[str] = set()  # invoices a reconciliation moved to paid or void
 
     # services
 
@@ -448,8 +539,9 @@ class Chaos:
             phase("drive")
             await self.settle(client)
             phase("settle")
-            await self.reconcile()
-            phase("reconcile")
+            if not cfg.live:  # live: the runs are over, and the ledger must hold without another
+                await self.reconcile()
+                phase("reconcile")
             await self.drain_notices()
             phase("notices")
             await self.measure(client)
@@ -493,6 +585,7 @@ class Chaos:
             customers.append((await vinr.call("POST", "/customers", {
                 "email": f"billing{i}@customer.example", "name": f"Customer {i}", "metadata": metadata}))["id"])
         self.namespace = customers[0][len("cust_"):-6]
+        self.drive_started = time.monotonic()
         self.plans = make_plans(cfg, n_customers)
         self.figures.lifecycles = Counter(p.kind for p in self.plans)
         total = 3 * len(self.plans)
@@ -508,22 +601,44 @@ class Chaos:
                     raise DemoFailure(f"the sandbox refused a step ({plan.kind}, step {step}): {exc}") from None
                 progress[0] += 1
 
-        try:
-            for step in range(3):
-                tasks = [asyncio.create_task(one(plan, step)) for plan in self.plans]
-                while tasks:
-                    done, pending = await asyncio.wait(tasks, timeout=0.5, return_when=asyncio.FIRST_EXCEPTION)
-                    for task in done:
+        async def lifecycle(plan: Plan, times: tuple[float, ...], start: float) -> None:
+            for step, at in enumerate(times):
+                await asyncio.sleep(max(0.0, start + at - time.monotonic()))
+                await one(plan, step)
+
+        async def watch(tasks: list[asyncio.Task], also: list[asyncio.Task]) -> None:
+            while tasks:
+                done, pending = await asyncio.wait(tasks, timeout=0.5, return_when=asyncio.FIRST_EXCEPTION)
+                for task in done:
+                    task.result()
+                tasks = list(pending)
+                self.supervise()
+                for task in also:
+                    if task.done():
                         task.result()
-                    tasks = list(pending)
-                    self.supervise()
-                    if acts.done():
-                        acts.result()
+
+        runs = asyncio.create_task(self.reconcile_live()) if cfg.live else None
+        background = [acts] + ([runs] if runs else [])
+        try:
+            if cfg.live:
+                # VINR's state moves for `live_seconds`: each invoice's steps at times of its own,
+                # so changes (and their webhooks) keep coming for as long as the runs go on.
+                start, schedule = time.monotonic(), live_schedule(cfg, len(self.plans))
+                await watch([asyncio.create_task(lifecycle(plan, times, start))
+                             for plan, times in zip(self.plans, schedule)], background)
+            else:
+                for step in range(3):
+                    await watch([asyncio.create_task(one(plan, step)) for plan in self.plans], background)
+            self.vinr_done_at = time.monotonic()
             progress[0] = total
             await acts
+            if runs:
+                self.vinr_done.set()
+                await watch([runs], [])
         finally:
-            if not acts.done():
-                acts.cancel()
+            for task in background:
+                if not task.done():
+                    task.cancel()
 
     async def settle(self, client: httpx.AsyncClient) -> None:
         """Wait until every delivery got its 2xx (or was dropped) and no event's job is left."""
@@ -564,6 +679,12 @@ class Chaos:
         return out
 
     async def reconcile(self) -> None:
+        self.figures.reconcile = summary(await self.reconcile_run())
+
+    async def reconcile_run(self) -> dict[str, Any]:
+        """One `vinr-recon reconcile --json` process to its end: its exit status, its JSON (the run
+        with its findings), and when it started and ended (time.monotonic())."""
+        started = time.monotonic()
         for _ in range(60):
             code, stdout = await asyncio.to_thread(self.procs.run, "reconcile", vinr_recon("reconcile", "--json"), 600)
             if code != 3:  # 3: another run held the lock
@@ -573,8 +694,19 @@ class Chaos:
             raise DemoFailure(f"`vinr-recon reconcile` exited with status {code}")
         run = json.loads(stdout)
         run = run.get("run", run) if isinstance(run, dict) else {}
-        self.figures.reconcile = {"exit": code, **{k: run.get(k) for k in (
-            "id", "status", "counts", "eventsBackfilled", "correctionsPosted", "invoicesChecked")}}
+        return {"exit": code, "json": run, "started_at": started, "finished_at": time.monotonic()}
+
+    async def reconcile_live(self) -> None:
+        """Runs back to back, `reconcile_pause` apart, while VINR's state moves and its webhooks
+        flow; the last is the first to start after VINR's last change (`vinr_done`)."""
+        while True:
+            last = self.vinr_done.is_set()
+            self.figures.runs.append(await self.reconcile_run())
+            if last:
+                self.figures.reconcile = summary(self.figures.runs[-1])
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.vinr_done.wait(), self.cfg.reconcile_pause)
 
     async def drain_notices(self) -> None:
         deadline = time.monotonic() + self.cfg.settle_timeout
@@ -631,7 +763,8 @@ class Chaos:
                                         "FROM received_events ORDER BY id")
             staged = {r["key"] for r in await conn.fetch("SELECT key FROM outbox")}
             fig.dead_lettered = await conn.fetchval("SELECT count(*) FROM dead_letters")
-            entries = await conn.fetch("SELECT id, idempotency_key, kind, invoice_id, currency, source FROM journal_entries")
+            entries = await conn.fetch("SELECT id, idempotency_key, kind, invoice_id, currency, source, event_id, run_id "
+                                       "FROM journal_entries ORDER BY id")
             postings = await conn.fetch("SELECT entry_id, account, direction, amount, currency FROM postings")
             positions = {r["invoice_id"]: r for r in await conn.fetch("SELECT * FROM invoice_positions")}
             fig.outbox = Counter(f"{r['kind']}/{r['status']}" for r in await conn.fetch("SELECT kind, status FROM outbox"))
@@ -643,7 +776,16 @@ class Chaos:
         fig.backfilled = sum(1 for r in received if r["source"] == "backfill")
         fig.outcomes = Counter(r["outcome"] for r in received if r["source"] == "webhook")
         fig.dead_lettered += sum(1 for r in received if r["outcome"] == "dead")
-        fig.acknowledged_lost = sorted(e for e in acked if recorded.get(e) is None or recorded[e]["source"] != "webhook")
+        lost = {e for e in acked if recorded.get(e) is None or recorded[e]["source"] != "webhook"}
+        if self.cfg.live:
+            # A run racing the webhooks may backfill an event whose delivery was acknowledged while
+            # its job still waited in the queue; that job then ran and found it recorded. Lost is an
+            # acknowledged event whose job never ran (no worker logged applying it).
+            raced = {e for e in lost if recorded.get(e) is not None and recorded[e]["source"] == "backfill"}
+            ran = self.jobs_run(raced)
+            fig.acked_backfilled = len(raced & ran)
+            lost -= raced & ran
+        fig.acknowledged_lost = sorted(lost)
         fig.never_recorded = sorted(e for e in by_id if e not in recorded)
 
         # invoices: VINR vs the ledger
@@ -670,6 +812,12 @@ class Chaos:
             per_entry[p["entry_id"]] += signed
             balance[p["currency"]] += signed
         fig.unbalanced_entries = sum(1 for v in per_entry.values() if v)
+        lines: dict[int, list] = defaultdict(list)
+        for p in postings:
+            lines[p["entry_id"]].append(p)
+        fig.regressions, undid, self.final_by_run = regressions(entries, lines)
+        if self.cfg.live:
+            self.measure_runs(entry_by_id, undid)
         fig.trial_balance = dict(balance)
         for inv_id in sorted(ours):
             vinr = invoices.get(inv_id)
@@ -698,6 +846,59 @@ class Chaos:
 
         self.measure_notices(events, by_id, received, invoices, staged)
 
+    def jobs_run(self, event_ids: set[str]) -> set[str]:
+        """Those of `event_ids` whose job a worker ran to its end (its "event applied" log line)."""
+        ran = set()
+        for path in self.folder.glob("worker-*.log"):
+            for line in path.read_text(errors="replace").splitlines():
+                if "event applied" not in line:
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if record.get("event_id") in event_ids:
+                    ran.add(record["event_id"])
+        return ran
+
+    def measure_runs(self, entry_by_id: dict[int, Any], undid: Counter) -> None:
+        """Per run: findings against corrections. A corrected finding names entries of that run
+        and invoice; a run that says it matches left no finding uncorrected, but for those
+        webhooks closed before it could correct them (`caughtUpInFlight`, once the run reports it)."""
+        fig = self.figures
+        reported = [("caughtUpInFlight" in r["json"]) for r in fig.runs]
+        if any(reported) and not all(reported):
+            fig.run_failures.append(f"caughtUpInFlight reported by {sum(reported)} of {len(fig.runs)} runs")
+        for n, r in enumerate(fig.runs):
+            doc = r["json"]
+            run_id, found = doc.get("id"), doc.get("findings") or []
+            caught = doc.get("caughtUpInFlight")
+            corrected = [f for f in found if f.get("corrected")]
+            bad = [f for f in corrected if not f.get("entries") or any(
+                entry_by_id.get(i) is None or entry_by_id[i]["run_id"] != run_id
+                or entry_by_id[i]["invoice_id"] != f["invoice"] for i in f["entries"])]
+            uncorrected = {f["invoice"] for f in found if not f.get("corrected")}
+            fig.runs[n] = r = {
+                **r, "id": run_id, "started": r["started_at"] - self.drive_started,
+                "seconds": r["finished_at"] - r["started_at"], "live": r["started_at"] < self.vinr_done_at,
+                "after_last_change": r["started_at"] - self.vinr_done_at,
+                "by_category": Counter(f["category"] for f in found), "findings": len(found),
+                "corrections": doc.get("correctionsPosted"), "caught": caught,
+                "backfilled": doc.get("eventsBackfilled"), "matches": doc.get("matches"),
+                "corrected": len(corrected), "bad_entries": len(bad), "undid": undid.get(run_id, 0)}
+            if caught is not None and (not isinstance(caught, int) or caught < 0):
+                fig.run_failures.append(f"run {run_id}: caughtUpInFlight {caught!r}")
+            for f in bad[:3]:
+                fig.run_failures.append(f"run {run_id}: corrected finding {f['invoice']} {f['field']} names entries "
+                                        f"{f.get('entries')}, not entries of this run and invoice")
+            if len(bad) > 3:
+                fig.run_failures.append(f"run {run_id}: {len(bad) - 3} more such findings")
+            if doc.get("matches") and len(uncorrected) > (caught or 0):
+                fig.run_failures.append(f"run {run_id} says it matches with {len(uncorrected)} invoices' findings "
+                                        f"uncorrected ({caught if caught is not None else 'none'} caught up in flight)")
+            if doc.get("matches") and r["undid"]:
+                fig.run_failures.append(f"run {run_id} says it matches but moved {r['undid']} invoices backwards")
+
     def measure_notices(self, events: list[dict], by_id: dict[str, dict], received, invoices: dict[str, dict],
                         staged: set[str]) -> None:
         fig = self.figures
@@ -713,7 +914,7 @@ class Chaos:
             if r["invoice_id"] is not None and r["event_id"] in by_id:
                 transactions[r["invoice_id"]].setdefault(r["applied_at"], []).append(r)
         expected_alerts: dict[str, set[tuple[str, int]]] = {"email": set(), "chat": set()}
-        order_dependent = batched = 0
+        order_dependent = batched = run_ordered = 0
         for invoice_id, groups in transactions.items():
             final_seen = False
             for group in groups.values():
@@ -726,17 +927,24 @@ class Chaos:
                     if final_seen:
                         order_dependent += 1  # recorded after its invoice's paid or void: no alert owed
                         continue
+                    if self.cfg.live and invoice_id in self.final_by_run:
+                        # A run moved this invoice to paid or void, in a transaction the database
+                        # orders against this event's only by a lock: the outbox's choice is taken.
+                        run_ordered += 1
+                        for channel in expected_alerts:
+                            if f"payment_failed:{r['event_id']}:{channel}" in staged:
+                                expected_alerts[channel].add(key)
+                        continue
                     batched += final_here
                     for channel in expected_alerts:
                         if not final_here or f"payment_failed:{r['event_id']}:{channel}" in staged:
                             expected_alerts[channel].add(key)
                 final_seen = final_seen or final_here
-        fig.alerts_batched = batched
+        fig.alerts_batched, fig.alerts_run_ordered = batched, run_ordered
         ours = {p.id for p in self.plans}
         fig.alerts_order_dependent = order_dependent
-        run_id = fig.reconcile.get("id")
-        drift = bool(fig.reconcile.get("status") != "completed" or any((fig.reconcile.get("counts") or {}).values()))
-        expected_runs = {("run", run_id)} if drift and run_id is not None else set()
+        done = [summary(r) for r in fig.runs] if self.cfg.live else [fig.reconcile]
+        expected_runs = {("run", r["id"]) for r in done if r.get("id") is not None and drifted(r)}
 
         # Each arrival as (what it is about, when, what makes two arrivals the same copy).
         emails = [Arrival(alert_key(mail.subject, mail.body, plain=True), mail.at, mail.message_id or mail.body)
@@ -759,6 +967,65 @@ class Chaos:
         fig.notices["callbacks"] = tally(callbacks, expected_callbacks, self.crashes, f"{unverified} not verified")
         if unverified:
             fig.notices["callbacks"]["unexpected"].append(f"{unverified} with a bad signature")
+
+
+def summary(run: dict[str, Any]) -> dict[str, Any]:
+    """What the table shows of one run (`Chaos.reconcile_run`)."""
+    doc = run["json"]
+    return {"exit": run["exit"], **{k: doc.get(k) for k in (
+        "id", "status", "counts", "eventsBackfilled", "correctionsPosted", "invoicesChecked")}}
+
+
+def drifted(run: dict[str, Any]) -> bool:
+    """A run that owes a drift alert (ledger/outbox.py `for_run`, as the contract's alerts say)."""
+    return run.get("status") != "completed" or any((run.get("counts") or {}).values())
+
+
+def ledger_stage(net: Counter, booked: bool) -> int:
+    """How far along its lifecycle the ledger holds an invoice, from its account nets alone:
+    0 nothing booked, 1 open (receivable), 2 uncollectible (bad debt), 3 paid or void (neither:
+    both final). VINR's own ranks (draft, open, uncollectible, paid | void) in the same order."""
+    if not booked:
+        return 0
+    if net["accounts_receivable"] > 0:
+        return 1
+    return 2 if net["bad_debt"] > 0 else 3
+
+
+VERSION = re.compile(r":v(\d+):\d+:[a-z_]+$")  # journal_entries.idempotency_key: {invoice}:v{version}:{n}:{kind}
+UNDOING = ("payment_reversal", "credit_reversal")
+
+
+def regressions(entries: list, lines: dict[int, list]) -> tuple[list[str], Counter, set[str]]:
+    """Every ledger change (the entries of one position version) that moved an invoice
+    backwards: amountPaid down, or an earlier stage than before, or an entry that undoes a
+    payment or credit. In the chaos world VINR never moves backwards, so each is drift the
+    service invented. Also: how many per reconciliation run, and the invoices a run moved to
+    paid or void. `lines[entry id]` is that entry's postings."""
+    changes: dict[str, dict[int, list]] = defaultdict(lambda: defaultdict(list))
+    for e in entries:
+        changes[e["invoice_id"]][int(VERSION.search(e["idempotency_key"]).group(1))].append(e)
+    found, per_run, final_by_run = [], Counter(), set()
+    for invoice_id, versions in sorted(changes.items()):
+        net, paid, stage, held = Counter(), 0, 0, 0  # paid and stage: the most reached; held: the last
+        for version in sorted(versions):
+            group = versions[version]
+            for e in group:
+                for p in lines.get(e["id"], ()):
+                    net[p["account"]] += p["amount"] if p["direction"] == "debit" else -p["amount"]
+            now_paid, now_stage = net["vinr_clearing"], ledger_stage(net, True)
+            undoing = [e["kind"] for e in group if e["kind"] in UNDOING]
+            by = group[0]
+            who = f"run {by['run_id']}" if by["run_id"] is not None else f"{by['source']} {by['event_id']}"
+            if now_paid < paid or now_stage < stage or undoing:
+                found.append(f"{invoice_id} v{version} by {who}: amountPaid {paid} -> {now_paid}, stage {stage} -> "
+                             f"{now_stage} ({', '.join(e['kind'] for e in group)})")
+                if by["run_id"] is not None:
+                    per_run[by["run_id"]] += 1
+            if by["run_id"] is not None and now_stage == 3 and held < 3:
+                final_by_run.add(invoice_id)
+            paid, stage, held = max(paid, now_paid), max(stage, now_stage), now_stage
+    return found, per_run, final_by_run
 
 
 def expected_nets(inv: dict) -> dict[str, int]:
@@ -847,20 +1114,26 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--worker-kills", type=int, default=3)
-    parser.add_argument("--redis-restarts", type=int, default=1)
+    parser.add_argument("--redis-restarts", type=int, default=None, help="default 1, and 0 with --live")
     parser.add_argument("--job-timeout", type=float, default=30.0,
                         help="the workers' --job-timeout: a killed worker's jobs run again this + 10 s later")
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--settle-timeout", type=float, default=300.0,
                         help="seconds to wait for delivery to settle, and again for the notices")
+    parser.add_argument("--live", action="store_true",
+                        help="the live scenario: VINR's steps spread over --live-seconds, reconciliation running "
+                             "again and again meanwhile, no run after the drain")
+    parser.add_argument("--live-seconds", type=float, default=150.0)
+    parser.add_argument("--reconcile-pause", type=float, default=1.0, help="seconds between two live runs")
     parser.add_argument("--keep", action="store_true", help="keep the logs (the database is dropped anyway)")
     args = parser.parse_args()
     if args.workers < 2 and args.worker_kills:
         parser.error("killing a worker needs at least 2 workers")
+    redis_restarts = args.redis_restarts if args.redis_restarts is not None else 0 if args.live else 1
     cfg = ChaosConfig(invoices=args.invoices, workers=args.workers, seed=args.seed, worker_kills=args.worker_kills,
-                      redis_restarts=args.redis_restarts, job_timeout=args.job_timeout, log_level=args.log_level,
-                      settle_timeout=args.settle_timeout,
-                      keep=args.keep)
+                      redis_restarts=redis_restarts, job_timeout=args.job_timeout, log_level=args.log_level,
+                      settle_timeout=args.settle_timeout, live=args.live, live_seconds=args.live_seconds,
+                      reconcile_pause=args.reconcile_pause, keep=args.keep)
     folder = Path(tempfile.mkdtemp(prefix="vinr-recon-chaos-"))
     chaos = Chaos(cfg, folder)
     try:
