@@ -114,7 +114,12 @@ SCHEMAS: dict[str, Any] = {
         "correctionsPosted": INTEGER,
         "apiRequests": INTEGER,
         "counts": {"type": "object", "additionalProperties": {"type": "integer"},
-                   "description": "Findings per category."},
+                   "description": "Findings per category: differences still there when the run corrected them."},
+        "caughtUpInFlight": {**INTEGER, "description": "Differences seen that webhooks closed before the run "
+                                                       "could correct them: not drift."},
+        "coveredUntil": {**_nullable(INTEGER), "description": "Unix seconds: every invoice created before was swept "
+                                                                   "by a completed run; the next window starts "
+                                                                   "a day before it."},
         "message": _nullable(STRING),
     }),
     "Runs": _object({"runs": {"type": "array", "items": _ref("Run"), "description": "Newest first."}}),
