@@ -13,7 +13,7 @@ import io
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ledger.views import balances, invoice_view
@@ -141,4 +141,6 @@ def _bearer(scope: Scope) -> str:
 
 def api_mount(settings: Settings) -> Mount:
     """`/api` with `routes`, guarded by the tokens of `LEDGER_API_TOKEN`."""
-    return Mount("/api", routes=routes, middleware=[Middleware(RequireBearerToken, tokens=settings.api_tokens)])
+    # No trailing-slash redirects: Starlette builds them from the Host header.
+    return Mount("/api", app=Router(routes, redirect_slashes=False),
+                 middleware=[Middleware(RequireBearerToken, tokens=settings.api_tokens)])

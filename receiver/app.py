@@ -17,6 +17,10 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -59,6 +63,29 @@ def connect_redis(url: str) -> Redis:
 
 
 WEBHOOK_PATH = "/webhooks/vinr"
+# Answer any Host: the orchestrator's probes and Prometheus name the pod's address, not the
+# public host (/metrics has METRICS_TOKEN for a guard).
+PROBES = ("/healthz", "/readyz", "/metrics")
+
+
+async def to_dashboard(request: Request) -> Response:
+    """`/dashboard` to `/dashboard/`, by a relative URL (never one built from the Host header)."""
+    return RedirectResponse(request.scope.get("root_path", "") + "/dashboard/", 307)
+
+
+class AllowedHosts:
+    """Starlette's TrustedHostMiddleware (400 for a Host not in ALLOWED_HOSTS, no www redirect),
+    but the probes answer whatever Host they name. The webhook never gets here (ReceiverApp)."""
+
+    def __init__(self, app: ASGIApp, allowed_hosts: list[str]) -> None:
+        self.app = app
+        self.checked = TrustedHostMiddleware(app, allowed_hosts=allowed_hosts, www_redirect=False)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] in PROBES:
+            await self.app(scope, receive, send)
+        else:
+            await self.checked(scope, receive, send)
 
 
 class ReceiverApp(Starlette):
@@ -105,6 +132,7 @@ def create_app(settings: Settings, *, coalesce: bool = True) -> Starlette:
 
     webhook = WebhookEndpoint(settings, metrics)
     routes = [
+        Route("/dashboard", to_dashboard, methods=["GET"]),
         Route(WEBHOOK_PATH, webhook, methods=["POST"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
@@ -113,4 +141,9 @@ def create_app(settings: Settings, *, coalesce: bool = True) -> Starlette:
         api_mount(settings),
         dashboard_mount(settings),
     ]
-    return ReceiverApp(webhook, routes=routes, lifespan=lifespan)
+    hosts = settings.trusted_hosts
+    middleware = [Middleware(AllowedHosts, allowed_hosts=hosts)] if hosts else []
+    app = ReceiverApp(webhook, routes=routes, lifespan=lifespan, middleware=middleware)
+    # Starlette builds its trailing-slash redirects from the Host header: none (see to_dashboard).
+    app.router.redirect_slashes = False
+    return app

@@ -7,7 +7,7 @@ import gc
 
 import structlog
 
-from vinr_recon.settings import Settings, require
+from vinr_recon.settings import Settings, check_receiver
 
 log = structlog.get_logger("receiver.serve")
 
@@ -24,8 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def serve(args: argparse.Namespace, settings: Settings) -> int:
-    """Serve until SIGINT/SIGTERM; refuses to start without VINR_WEBHOOK_SECRET."""
-    require(settings, "vinr_webhook_secret")
+    """Serve until SIGINT/SIGTERM; refuses to start without VINR_WEBHOOK_SECRET, or with a short
+    token (`vinr_recon.settings.check_receiver`)."""
+    check_receiver(settings)
     import uvicorn  # only this command needs it
 
     from receiver.app import create_app

@@ -25,7 +25,7 @@ def type_label(event_type: str) -> str:
 
 
 class Metrics:
-    """Deliveries, verification failures, enqueue latency and queue depth for one app."""
+    """Deliveries, verification failures, enqueue latency, queue depth and dashboard sign-ins for one app."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -59,6 +59,15 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+        self.signins = Counter(
+            "vinr_dashboard_signins",
+            "Dashboard sign-in attempts by outcome: ok, failed (a wrong token) or braked (too many "
+            "attempts from one client address; refused unchecked).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        for outcome in ("ok", "failed", "braked"):
+            self.signins.labels(outcome)
 
         self._delivered: dict[tuple[str, str], Callable[[], None]] = {}
 

@@ -7,6 +7,9 @@ from __future__ import annotations
 import ast
 import hmac
 import re
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,7 +22,7 @@ from receiver.api import token_matches
 from receiver.app import create_app
 from receiver.openapi import DOCUMENT
 from api_support import INVOICES, seed
-from receiver_support import LogCapture, assert_no_secret_in, event_body, forget_queue, served, signed
+from receiver_support import LogCapture, assert_no_secret_in, event_body, forget_queue, free_port, served, signed
 
 ROOT = Path(__file__).resolve().parent.parent
 API_PATHS = [path for path in DOCUMENT["paths"] if path.startswith("/api/")]
@@ -329,3 +332,66 @@ def test_the_suite_wide_log_check_knows_a_secret_when_it_sees_one():
     for harmless in ("postgresql://postgres@127.0.0.1:5432/vinr_test_ceec243e7a774180", "v1=[redacted]",
                      "evt_1Q2w3E4r5T6y", '"signature": "[redacted]"'):
         assert _leak("here", harmless) is None, harmless
+
+
+# --- start-up refuses what is no secret -------------------------------------------------
+
+
+def _serve(tmp_path, **values: str) -> subprocess.CompletedProcess:
+    """`vinr-recon serve` in a child with exactly these VINR/LEDGER/METRICS settings; it must exit."""
+    import os
+
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("VINR_", "LEDGER_", "METRICS_"))}
+    env.update(DATABASE_URL=f"sqlite:///{tmp_path / 'ledger.db'}", REDIS_URL="redis://127.0.0.1:6379/0",
+               QUEUE_NAME=unique("arq:queue:test"), **values)
+    return subprocess.run([sys.executable, "-m", "vinr_recon", "serve", "--port", str(free_port())],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=20)
+
+
+@pytest.mark.parametrize("values, variable", [
+    ({"VINR_WEBHOOK_SECRET": " "}, "VINR_WEBHOOK_SECRET"),
+    ({"VINR_WEBHOOK_SECRET": ","}, "VINR_WEBHOOK_SECRET"),
+    ({"VINR_WEBHOOK_SECRET": WEBHOOK_SECRET, "LEDGER_API_TOKEN": "short-but-secret-9"}, "LEDGER_API_TOKEN"),
+    ({"VINR_WEBHOOK_SECRET": WEBHOOK_SECRET, "LEDGER_API_TOKEN": f"{API_TOKEN},short-but-secret-9"}, "LEDGER_API_TOKEN"),
+    ({"VINR_WEBHOOK_SECRET": WEBHOOK_SECRET, "LEDGER_API_TOKEN": " , "}, "LEDGER_API_TOKEN"),
+    ({"VINR_WEBHOOK_SECRET": WEBHOOK_SECRET, "METRICS_TOKEN": "short-but-secret-9"}, "METRICS_TOKEN"),
+    ({"VINR_WEBHOOK_SECRET": WEBHOOK_SECRET, "PUBLIC_URL": "recon.example.com/path"}, "PUBLIC_URL"),
+], ids=["blank secret", "comma secret", "short token", "one short token", "blank tokens", "short metrics token",
+        "public url not an origin"])
+def test_serve_refuses_to_start_with_a_blank_secret_list_or_a_short_token(tmp_path, values, variable):
+    try:
+        result = _serve(tmp_path, **values)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"vinr-recon serve started with {variable} = {values[variable]!r}")
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()  # one line, naming the variable, never its value
+    assert line.startswith("vinr-recon serve: ") and variable in line
+    assert "short-but-secret-9" not in line
+
+
+def test_serve_starts_with_tokens_of_32_characters(tmp_path):
+    """The bound itself: 32 characters are enough (the refusal above is no blanket refusal)."""
+    import os
+    import signal
+
+    port = free_port()
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("VINR_", "LEDGER_", "METRICS_"))}
+    env.update(DATABASE_URL=f"sqlite:///{tmp_path / 'ledger.db'}", REDIS_URL="redis://127.0.0.1:6379/0",
+               VINR_WEBHOOK_SECRET=WEBHOOK_SECRET, LEDGER_API_TOKEN="x" * 32, METRICS_TOKEN="m" * 32,
+               QUEUE_NAME=unique("arq:queue:test"))
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen([sys.executable, "-m", "vinr_recon", "serve", "--port", str(port)],
+                                  cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                time.sleep(0.05)
+        assert server.poll() is None, log.read_text()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(20)

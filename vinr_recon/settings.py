@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -30,6 +32,9 @@ class Settings(BaseSettings):
     queue_name: str = "arq:queue"
     database_url: str = "sqlite:///vinr-ledger.db"
     ledger_api_token: SecretStr | None = None
+    metrics_token: SecretStr | None = None
+    public_url: str | None = None
+    allowed_hosts: str | None = None
     reconcile_at: str = Field("02:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
     smtp_url: SecretStr | None = None
     alert_email_from: str = "vinr-recon@localhost"
@@ -48,6 +53,30 @@ class Settings(BaseSettings):
     def api_tokens(self) -> list[str]:
         return _split(self.ledger_api_token)
 
+    @property
+    def metrics_tokens(self) -> list[str]:
+        """The bearer token(s) `/metrics` asks for; none: it answers anyone, as before."""
+        return _split(self.metrics_token)
+
+    @property
+    def public_origin(self) -> str | None:
+        """`PUBLIC_URL` as an origin (`https://recon.example.com`, lower case, no default port), or None."""
+        if not self.public_url or not self.public_url.strip():
+            return None
+        parts = urlsplit(self.public_url.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") \
+                or parts.query or parts.fragment or parts.username or parts.password:
+            raise ConfigurationError("PUBLIC_URL must be an origin like https://recon.example.com (no path)")
+        port = parts.port
+        default = {"http": 80, "https": 443}[parts.scheme]
+        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+        return f"{parts.scheme}://{host}" + (f":{port}" if port and port != default else "")
+
+    @property
+    def trusted_hosts(self) -> list[str]:
+        """`ALLOWED_HOSTS`, comma-separated (`*.example.com` allowed); empty: any Host."""
+        return [host.strip().lower() for host in (self.allowed_hosts or "").split(",") if host.strip()]
+
     def notice_channels(self):
         """The alert and callback channels configured (`ledger.outbox.Channels`): the ledger stages
         notices for these only. `ConfigurationError` for a callback URL without its secret."""
@@ -65,8 +94,38 @@ class ConfigurationError(Exception):
     """A setting a command needs is missing; the message names it and never shows a value."""
 
 
+def _blank(value: object) -> bool:
+    """Set, but nothing after parsing: `" "`, `","`, `" , "`."""
+    return isinstance(value, SecretStr) and bool(value.get_secret_value()) and not _split(value)
+
+
 def require(settings: Settings, *names: str) -> None:
-    """Refuse to start, naming the variables, when a command's required settings are unset."""
+    """Refuse to start, naming the variables, when a command's required settings are unset (or a
+    secret list holds nothing after parsing, which is no secret either)."""
+    blank = [name.upper() for name in names if _blank(getattr(settings, name))]
+    if blank:
+        raise ConfigurationError(f"{', '.join(blank)} holds nothing but blanks and commas (see .env.example)")
     missing = [name.upper() for name in names if not getattr(settings, name)]
     if missing:
         raise ConfigurationError(f"{', '.join(missing)} must be set (see .env.example)")
+
+
+# A bearer token shorter than this is guessable enough to refuse: 32 characters of token_hex are 128 bits.
+MIN_TOKEN_LENGTH = 32
+
+
+def check_receiver(settings: Settings) -> None:
+    """What `vinr-recon serve` refuses to start without: a webhook secret; tokens (when set) of
+    at least 32 characters each, and not blank; a well-formed PUBLIC_URL and ALLOWED_HOSTS."""
+    require(settings, "vinr_webhook_secret")
+    for name in ("ledger_api_token", "metrics_token"):
+        value = getattr(settings, name)
+        if _blank(value):
+            raise ConfigurationError(f"{name.upper()} holds nothing but blanks and commas (see .env.example)")
+        if any(len(token) < MIN_TOKEN_LENGTH for token in _split(value)):
+            raise ConfigurationError(f"{name.upper()}: every token must be at least {MIN_TOKEN_LENGTH} characters "
+                                     "(e.g. python -c 'import secrets; print(secrets.token_hex(32))')")
+    settings.public_origin  # raises for a malformed PUBLIC_URL
+    for pattern in settings.trusted_hosts:
+        if "*" in pattern[1:] or (pattern.startswith("*") and pattern != "*" and not pattern.startswith("*.")):
+            raise ConfigurationError("ALLOWED_HOSTS: a wildcard must look like *.example.com")

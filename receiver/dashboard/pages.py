@@ -8,13 +8,14 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import structlog
 from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, Router
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
@@ -26,6 +27,8 @@ from reconcile.report import write_csv
 from vinr_recon.settings import Settings
 from worker.deadletters import pending, replay
 from worker.render import format_money
+
+log = structlog.get_logger("receiver.dashboard")
 
 HERE = Path(__file__).parent
 MAX_QUERY = 100
@@ -77,14 +80,16 @@ def make_templates(settings: Settings) -> Jinja2Templates:
 class Pages:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.public_origin = settings.public_origin
         self.templates = make_templates(settings)
 
-    def render(self, request: Request, name: str, code: int = 200, **context) -> Response:
+    def render(self, request: Request, name: str, code: int = 200, headers: dict | None = None,
+               **context) -> Response:
         base = request.scope.get("root_path", "")
         flash = request.session.pop("flash", None) if "session" in request.scope else None
         context.update(base=base, csrf=access.csrf_token(request), flash=flash,
                        signed_in=access.signed_in(request))
-        return self.templates.TemplateResponse(request, name, context, status_code=code)
+        return self.templates.TemplateResponse(request, name, context, status_code=code, headers=headers)
 
     def not_found(self, request: Request, what: str) -> Response:
         return self.render(request, "not_found.html", 404, what=what)
@@ -96,20 +101,44 @@ class Pages:
         return self.render(request, "signin.html", next=access.safe_next(base, request.query_params.get("next")))
 
     async def signin(self, request: Request) -> Response:
+        """Sign in with a token; every attempt counts against the client's brake (a right token
+        clears it), every failure is logged (never the token) and counted in /metrics."""
         base = request.scope["root_path"]
         form = await request.form()
         token, target = form.get("token", ""), access.safe_next(base, form.get("next"))
-        if not access.same_origin(request):
+        if not access.same_origin(request, self.public_origin):
             return Response("cross-site sign-in refused", 403)
-        if not isinstance(token, str) or not token_matches(token.strip(), self.settings.api_tokens):
-            return self.render(request, "signin.html", 401, next=target, error="That token is not valid.")
-        access.start_session(request, int(time.time()))
+        redis, queue, signins = request.state.redis, self.settings.queue_name, request.state.metrics.signins
+        # The peer, or with uvicorn's --proxy-headers the client a trusted proxy names.
+        client = request.client.host if request.client else "unknown"
+        try:
+            attempts, window_left = await access.count_attempt(redis, queue, client)
+            if attempts > access.SIGNIN_LIMIT:
+                signins.labels("braked").inc()
+                log.warning("dashboard sign-in braked", client=client, attempts=attempts, retry_after=window_left)
+                minutes = -(-window_left // 60)
+                return self.render(request, "signin.html", 429, next=target, headers={"retry-after": str(window_left)},
+                                   error=f"Too many sign-in attempts from this address: try again in {minutes} min.")
+            if not isinstance(token, str) or not token_matches(token.strip(), self.settings.api_tokens):
+                signins.labels("failed").inc()
+                log.warning("dashboard sign-in failed", client=client, attempts=attempts)
+                return self.render(request, "signin.html", 401, next=target, error="That token is not valid.")
+            await access.forget_attempts(redis, queue, client)
+            await access.start_session(request, redis, queue, int(time.time()))
+        except (RedisError, OSError):
+            return self.render(request, "signin.html", 503, next=target,
+                               error="Redis did not answer, so no session can be opened. Try again.")
+        signins.labels("ok").inc()
+        log.info("dashboard sign-in", client=client)
         return RedirectResponse(target, 303)
 
     async def signout(self, request: Request) -> Response:
-        if not await access.csrf_ok(request):
+        if not await access.csrf_ok(request, self.public_origin):
             return Response("cross-site request refused", 403)
-        request.session.clear()
+        try:
+            await access.end_session(request, request.state.redis, self.settings.queue_name)
+        except (RedisError, OSError):
+            return Response("Redis did not answer: the session is still open. Try again.", 503)
         return RedirectResponse(request.scope["root_path"] + "/signin", 303)
 
     # --- pages --------------------------------------------------------------------------
@@ -199,7 +228,7 @@ class Pages:
 
     async def replay_letter(self, request: Request) -> Response:
         """Queue the dead letter again (worker.deadletters.replay); the worker applies it."""
-        if not await access.csrf_ok(request):
+        if not await access.csrf_ok(request, self.public_origin):
             return Response("cross-site request refused", 403)
         letter_id = request.path_params["letter_id"]
         back = RedirectResponse(request.scope["root_path"] + "/dead-letters", 303)
@@ -243,9 +272,10 @@ def dashboard_mount(settings: Settings) -> Mount:
     ]
     # A secret nobody knows while no token is configured (the guard answers 503 before it matters).
     secret = access.session_secret(tokens) if tokens else secrets.token_hex(32)
-    return Mount("/dashboard", routes=routes, middleware=[
-        Middleware(access.DashboardGuard, tokens=tokens),
+    # No trailing-slash redirects: Starlette builds them from the Host header.
+    return Mount("/dashboard", app=Router(routes, redirect_slashes=False), middleware=[
+        Middleware(access.DashboardGuard, tokens=tokens, public_origin=pages.public_origin),
         Middleware(SessionMiddleware, secret_key=secret, session_cookie=access.SESSION_COOKIE,
                    max_age=access.SESSION_MAX_AGE, path="/dashboard", same_site="lax"),
-        Middleware(access.RequireSignIn),
+        Middleware(access.RequireSignIn, queue_name=settings.queue_name),
     ])
