@@ -14,7 +14,8 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, Router
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ledger.views import balances, invoice_view
 from reconcile.report import get_run, list_runs, write_csv
@@ -108,7 +109,8 @@ def token_matches(presented: str, tokens: list[str]) -> bool:
 class RequireBearerToken:
     """ASGI middleware: `Authorization: Bearer <token>` with a configured token, or no entry.
 
-    With no token configured the API answers 503: it never serves openly.
+    With no token configured the API answers 503: it never serves openly. Every answer, refusals
+    included, carries `X-Content-Type-Options: nosniff` (a browser never guesses a CSV is HTML).
     """
 
     def __init__(self, app: ASGIApp, tokens: list[str]) -> None:
@@ -119,19 +121,26 @@ class RequireBearerToken:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+
+        async def send_nosniff(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).setdefault("x-content-type-options", "nosniff")
+            await send(message)
+
         if not self.tokens:
             response = JSONResponse({"error": "LEDGER_API_TOKEN is not configured"}, 503)
-        elif token_matches(_bearer(scope), self.tokens):
-            await self.app(scope, receive, send)
+        elif token_matches(bearer_token(scope), self.tokens):
+            await self.app(scope, receive, send_nosniff)
             return
         else:
             response = JSONResponse(
                 {"error": "missing or invalid bearer token"}, 401, headers={"www-authenticate": "Bearer"}
             )
-        await response(scope, receive, send)
+        await response(scope, receive, send_nosniff)
 
 
-def _bearer(scope: Scope) -> str:
+def bearer_token(scope: Scope) -> str:
+    """The token of the request's `Authorization: Bearer <token>`, or "" when there is none."""
     for name, value in scope["headers"]:
         if name == b"authorization":
             scheme, _, token = value.decode("latin-1").strip().partition(" ")

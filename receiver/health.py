@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ledger.views import dead
+from receiver.api import bearer_token, token_matches
 from receiver.metrics import CONTENT_TYPE, Metrics
 
 log = structlog.get_logger("receiver.health")
@@ -62,7 +63,11 @@ async def _count_dead(engine: AsyncEngine) -> dict[str, int]:
 
 async def metrics(request: Request) -> Response:
     """The Prometheus text format; the queue depth (Redis) and what is dead (the ledger) are read at
-    scrape time, each NaN when its store does not answer in time."""
+    scrape time, each NaN when its store does not answer in time. With METRICS_TOKEN, only for
+    `Authorization: Bearer <token>` (401 otherwise)."""
+    tokens = request.state.settings.metrics_tokens
+    if tokens and not token_matches(bearer_token(request.scope), tokens):
+        return JSONResponse({"error": "missing or invalid bearer token"}, 401, headers={"www-authenticate": "Bearer"})
     registry: Metrics = request.state.metrics
     redis: Redis = request.state.redis
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from datetime import UTC
 from typing import IO
 
@@ -15,6 +16,22 @@ runs = ReconciliationRun.__table__
 findings = Finding.__table__
 
 CSV_COLUMNS = ("run_id", "invoice_id", "category", "field", "ledger_value", "vinr_value", "corrected", "entry_ids")
+
+# What a spreadsheet takes for the start of a formula (OWASP, CSV injection); an integer (an
+# amount, `-5000`) is a number there, not a formula, and stays one.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
+def csv_cell(value) -> str:
+    """`value` as a CSV cell that a spreadsheet shows and never evaluates: text that starts with
+    `= + - @`, a tab or a CR gets a leading `'`; anything else is its `str` (None: empty)."""
+    if value is None:
+        return ""
+    text = value if isinstance(value, str) else str(value)
+    if text.startswith(FORMULA_STARTS) and not _INTEGER.fullmatch(text):
+        return "'" + text
+    return text
 
 
 def _iso(value) -> str | None:
@@ -37,8 +54,6 @@ def run_dict(row) -> dict:
         "correctionsPosted": row.corrections_posted,
         "apiRequests": row.api_requests,
         "counts": row.counts,
-        "caughtUpInFlight": row.caught_up,
-        "coveredUntil": row.covered_until,
         "message": row.message,
     }
 
@@ -72,13 +87,15 @@ async def get_run(conn: AsyncConnection, run_id: int) -> dict | None:
 
 
 async def write_csv(conn: AsyncConnection, run_id: int, out: IO[str]) -> int:
-    """Write the run's findings as CSV, streamed; return how many rows."""
+    """Write the run's findings as CSV, streamed, every cell through `csv_cell`; return how many rows.
+    The API, the dashboard and `vinr-recon reconcile --report` all write with this."""
     writer = csv.writer(out)
     writer.writerow(CSV_COLUMNS)
     count = 0
     result = await conn.stream(select(findings).where(findings.c.run_id == run_id).order_by(findings.c.id))
     async for row in result:
-        writer.writerow([row.run_id, row.invoice_id, row.category, row.field, row.ledger_value,
-                         row.vinr_value, row.corrected, " ".join(map(str, row.entry_ids))])
+        writer.writerow([csv_cell(value) for value in (
+            row.run_id, row.invoice_id, row.category, row.field, row.ledger_value, row.vinr_value, row.corrected,
+            " ".join(map(str, row.entry_ids)))])
         count += 1
     return count

@@ -11,6 +11,7 @@ import io
 from datetime import UTC, datetime
 
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import insert
 
 from conftest import API_TOKEN
@@ -117,3 +118,68 @@ async def test_no_route_answers_data_without_the_right_token(api, path, authoriz
     headers = {"authorization": authorization} if authorization else {}
     response = await api.get(path, headers=headers)
     assert response.status_code == 401 and "196000" not in response.text and "inv_" not in response.text
+
+
+# --- CSV injection, nosniff, the metrics token -------------------------------------------------
+
+# Finding values as VINR or a merchant's metadata could make them, each the start of a formula in
+# a spreadsheet (OWASP's CSV injection list), and integers that must stay numbers.
+HOSTILE = ["=HYPERLINK(\"https://evil.example\",\"x\")", "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(A1:A9)",
+           "\t=1+1", "\r=1+1"]
+
+
+async def a_run_with_hostile_findings(engine) -> int:
+    async with engine.begin() as conn:
+        run_id = (await conn.execute(insert(ReconciliationRun.__table__).values(
+            started_at=datetime(2026, 11, 22, 2, 0, tzinfo=UTC), status="completed", counts={},
+        ).returning(ReconciliationRun.__table__.c.id))).scalar_one()
+        await conn.execute(insert(Finding.__table__), [
+            dict(run_id=run_id, invoice_id=value, category="amount_mismatch", field=value, ledger_value=value,
+                 vinr_value="-5000", corrected=False, entry_ids=[]) for value in HOSTILE])
+    return run_id
+
+
+def assert_no_cell_starts_a_formula(text: str) -> None:
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    assert len(rows) == 1 + len(HOSTILE)
+    for row, value in zip(rows[1:], HOSTILE):
+        assert row[1] == row[3] == row[4] == "'" + value  # kept whole, behind a quote
+        assert row[5] == "-5000"  # an integer is a number, not a formula
+        for cell in row:
+            assert not cell.startswith(("=", "+", "@", "\t", "\r")) and (not cell.startswith("-") or cell == "-5000")
+
+
+async def test_findings_csv_cells_cannot_start_a_formula_in_the_api_and_the_dashboard(api, ledger_engine):
+    run_id = await a_run_with_hostile_findings(ledger_engine)
+    report = await api.get(f"/api/reconciliation/runs/{run_id}/findings.csv", headers=AUTH)
+    assert report.status_code == 200
+    assert_no_cell_starts_a_formula(report.text)
+    await api.post("/dashboard/signin", data={"token": API_TOKEN, "next": "/dashboard/"})
+    page = await api.get(f"/dashboard/runs/{run_id}/findings.csv")
+    assert page.status_code == 200
+    assert page.text == report.text  # one writer for both
+
+
+async def test_every_api_answer_carries_nosniff(api, ledger_settings):
+    for path, headers in [("/api/balances", AUTH), ("/api/invoices/inv_never_seen", AUTH), ("/api/balances", {}),
+                          ("/api/reconciliation/runs?limit=x", AUTH)]:
+        response = await api.get(path, headers=headers)
+        assert response.headers["x-content-type-options"] == "nosniff", (path, response.status_code)
+    closed = ledger_settings.model_copy(update={"ledger_api_token": None})
+    async with served(create_app(closed)) as client:
+        response = await client.get("/api/balances")
+        assert response.status_code == 503 and response.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_metrics_behind_a_token_when_one_is_configured(ledger_settings):
+    token = "metrics-token-" + "m" * 24
+    guarded = ledger_settings.model_copy(update={"metrics_token": SecretStr(token)})
+    async with served(create_app(guarded)) as client:
+        for headers in [{}, {"authorization": "Bearer wrong"}, AUTH, {"authorization": f"Basic {token}"}]:
+            response = await client.get("/metrics", headers=headers)
+            assert response.status_code == 401 and "vinr_" not in response.text, headers
+            assert response.headers["www-authenticate"] == "Bearer"
+        response = await client.get("/metrics", headers={"authorization": f"Bearer {token}"})
+        assert response.status_code == 200 and "vinr_webhook_deliveries" in response.text
+    async with served(create_app(ledger_settings)) as client:  # no token: open, as before
+        assert (await client.get("/metrics")).status_code == 200
