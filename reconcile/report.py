@@ -54,6 +54,8 @@ def run_dict(row) -> dict:
         "correctionsPosted": row.corrections_posted,
         "apiRequests": row.api_requests,
         "counts": row.counts,
+        "caughtUpInFlight": row.caught_up,
+        "coveredUntil": row.covered_until,
         "message": row.message,
     }
 
