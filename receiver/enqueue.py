@@ -6,8 +6,9 @@ answers one batch goes out as the next, in one EVALSHA. Each caller still return
 Redis has acknowledged its own write. (One call per batch rather than a pipeline of one call
 per job: redis-py's per-command work made the pipeline cost 56 us of CPU a job against 24 here.)
 
-The bytes stored are exactly `arq.jobs.serialize_job(...)` with arq's default serializer and
-key names, so an unmodified arq worker runs the jobs.
+The bytes stored are exactly `arq.jobs.serialize_job(...)` in the data-only format
+(vinr_recon.jobformat) under arq's key names and the installation's job id
+(vinr_recon.jobs.event_job_id), so an arq worker given that format runs the jobs.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from arq.jobs import serialize_job
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from vinr_recon.jobs import APPLY_EVENT, job_key, result_key
+from vinr_recon.jobformat import dumps
+from vinr_recon.jobs import APPLY_EVENT, event_job_id, job_key, result_key
 
 # KEYS: the queue, then each job's job key and result key. ARGV: each job's id, bytes, score.
 # For each job, in order: 0 if its job or its result exists, else store it with no expiry (an
@@ -55,7 +57,7 @@ class QueueUnavailable(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    id: str
+    id: str  # the event id; its job id in a queue is event_job_id(queue, id)
     payload: bytes
     score: int
 
@@ -66,7 +68,7 @@ def webhook_job(
     """The `apply_event` job of one delivery (vinr_recon.jobs), queued to run now."""
     enqueue_ms = int(received_at * 1000)
     args = (event_id, event_type, body, headers, received_at)
-    return Job(event_id, serialize_job(APPLY_EVENT, args, {}, None, enqueue_ms), enqueue_ms)
+    return Job(event_id, serialize_job(APPLY_EVENT, args, {}, None, enqueue_ms, serializer=dumps), enqueue_ms)
 
 
 class Enqueuer:
@@ -133,9 +135,10 @@ class Enqueuer:
         keys: list[str] = [self._queue]
         args: list[str | memoryview | int] = []
         for job in jobs:
-            keys += (job_key(job.id), result_key(job.id))
+            job_id = event_job_id(self._queue, job.id)
+            keys += (job_key(job_id), result_key(job_id))
             # redis-py sends a memoryview as a chunk of its own; bytes it would copy into its buffer.
-            args += (job.id, memoryview(job.payload), job.score)
+            args += (job_id, memoryview(job.payload), job.score)
         self.round_trips += 1
         try:
             results = await self._redis.evalsha(ENQUEUE_SHA, len(keys), *keys, *args)

@@ -61,9 +61,7 @@ async def _queue(settings: Settings, redis: Redis, notice_ids: list[int]) -> Non
     """Queue the delivery of what the run staged; a worker's sweep queues it anyway if this fails."""
     if not notice_ids:
         return
-    from arq.connections import ArqRedis
-
     try:
-        await enqueue_notices(ArqRedis(redis.connection_pool), settings.queue_name, notice_ids)
+        await enqueue_notices(redis, settings.queue_name, notice_ids)  # in the jobs' data-only format
     except Exception as exc:
         log.warning("notices not queued, a worker's sweep will", notices=notice_ids, error=repr(exc))

@@ -15,7 +15,7 @@ from ledger.book import apply_event, apply_snapshot
 from ledger.tables import Finding, InvoicePosition, Notice, ReconciliationRun
 from lifecycles import body, snapshot
 from vinr.events import Invoice, parse_event
-from vinr_recon.jobs import job_key, result_key
+from vinr_recon.jobs import job_key, replay_job_id, result_key
 from worker.deadletters import bury
 
 # The seed guide's invoice: Acme GmbH, implementation + 8 support hours, EUR 1,960.00, paid by card.
@@ -34,9 +34,9 @@ def _csrf(html: str) -> str:
     return match.group(1)
 
 
-async def forget_replays(redis, ids: dict) -> None:
+async def forget_replays(redis, queue_name: str, ids: dict) -> None:
     """The replay's job and result keys (arq keeps a result after the queue is empty)."""
-    job_id = f"{ids['dead_event']}:replay:{ids['letter']}"
+    job_id = replay_job_id(queue_name, ids["dead_event"], ids["letter"])
     await redis.delete(job_key(job_id), result_key(job_id))
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from arq.jobs import serialize_job
 from hypothesis import strategies as st
 
+from vinr_recon.jobformat import dumps
 from vinr_recon.jobs import APPLY_EVENT, job_key
 
 T0 = 1_763_800_000
@@ -93,12 +94,12 @@ def _events(invoice_id: str, states: list[tuple[str, dict]]) -> list[Event]:
 
 
 async def enqueue(redis, queue_name: str, events, *, job_id=lambda event: event.id) -> None:
-    """Queue `apply_event` jobs exactly as the receiver does (arq's format, no expiry)."""
+    """Queue `apply_event` jobs exactly as the receiver does (arq's fields, data-only format, no expiry)."""
     async with redis.pipeline(transaction=False) as pipe:
         for event in events:
             now_ms = int(time.time() * 1000)
             args = (event.id, event.type, event.body, {"content-type": "application/json"}, now_ms / 1000)
-            pipe.set(job_key(job_id(event)), serialize_job(APPLY_EVENT, args, {}, None, now_ms))
+            pipe.set(job_key(job_id(event)), serialize_job(APPLY_EVENT, args, {}, None, now_ms, serializer=dumps))
             pipe.zadd(queue_name, {job_id(event): now_ms})
         await pipe.execute()
 

@@ -16,6 +16,7 @@ from dashboard_support import (ACME, FILLER_CUSTOMER, FILLERS, GUIDE_ID, GUIDE_N
 from receiver.app import create_app
 from receiver.dashboard.access import SESSION_COOKIE, session_secret
 from receiver_support import forget_queue, served
+from vinr_recon.jobs import replay_job_id
 
 PAGES = ["/dashboard/", "/dashboard/invoices", f"/dashboard/invoices/{GUIDE_ID}", "/dashboard/runs",
          "/dashboard/runs/1", "/dashboard/runs/1/findings.csv", "/dashboard/dead-letters"]
@@ -33,7 +34,7 @@ async def client(ledger_settings, ids):
     redis = await create_pool(RedisSettings.from_dsn(ledger_settings.redis_url))
     try:
         await forget_queue(redis, ledger_settings.queue_name)
-        await forget_replays(redis, ids)
+        await forget_replays(redis, ledger_settings.queue_name, ids)
     finally:
         await redis.aclose()
 
@@ -117,7 +118,7 @@ async def test_the_replay_refuses_cross_site_requests(client, ids, ledger_settin
 
         done = await client.post(url, data={"csrf": token}, headers={"origin": str(client.base_url).rstrip("/")})
         assert (done.status_code, done.headers["location"]) == (303, "/dashboard/dead-letters")
-        job = f"{ids['dead_event']}:replay:{ids['letter']}"
+        job = replay_job_id(ledger_settings.queue_name, ids["dead_event"], ids["letter"])
         assert [m.decode() for m in await redis.zrange(ledger_settings.queue_name, 0, -1)] == [job]
         assert f"Queued {ids['dead_event']} again" in (await client.get("/dashboard/dead-letters")).text
         again = await client.post(url, data={"csrf": token})

@@ -55,7 +55,7 @@ def dashboard_settings(settings, sqlite_template, tmp_path):
         redis = await create_pool(RedisSettings.from_dsn(chosen.redis_url))
         try:
             await forget_queue(redis, chosen.queue_name)
-            await forget_replays(redis, chosen.__dict__["_ids"])
+            await forget_replays(redis, chosen.queue_name, chosen.__dict__["_ids"])
         finally:
             await redis.aclose()
 

@@ -29,7 +29,8 @@ from receiver_support import (
 )
 from vinr.events import Event, InvalidEvent, parse_event
 from vinr.signature import Reason
-from vinr_recon.jobs import APPLY_EVENT, job_key
+from vinr_recon.jobformat import loads
+from vinr_recon.jobs import APPLY_EVENT, event_job_id, job_key
 
 URL = "/webhooks/vinr"
 
@@ -63,7 +64,7 @@ async def client(settings):
 async def assert_nothing_queued(redis, settings, body=None):
     assert await redis.zcard(settings.queue_name) == 0
     if body is not None:
-        assert not await redis.exists(job_key(json.loads(body)["id"]))
+        assert not await redis.exists(job_key(event_job_id(settings.queue_name, json.loads(body)["id"])))
 
 
 # --- signatures -------------------------------------------------------------------------
@@ -121,10 +122,11 @@ async def test_a_valid_event_is_queued_once_then_answered_200(client, redis, set
     response = await client.post(URL, content=body, headers=sent)
 
     assert (response.status_code, response.json()) == (200, {"received": True})
-    assert await queued_ids(redis, settings) == [event_id]
-    score = await redis.zscore(settings.queue_name, event_id)
+    job_id = event_job_id(settings.queue_name, event_id)
+    assert await queued_ids(redis, settings) == [job_id]
+    score = await redis.zscore(settings.queue_name, job_id)
     assert before_ms - 1000 <= score <= time.time() * 1000
-    job = deserialize_job(await redis.get(job_key(event_id)))
+    job = deserialize_job(await redis.get(job_key(job_id)), deserializer=loads)
     assert job.function == APPLY_EVENT and job.kwargs == {} and job.job_try is None
     assert job.enqueue_time.timestamp() * 1000 == pytest.approx(score, abs=1)
     job_event_id, event_type, raw, headers, received_at = job.args
@@ -132,7 +134,7 @@ async def test_a_valid_event_is_queued_once_then_answered_200(client, redis, set
     assert set(headers) == {"content-type", "user-agent", "x-vinr-signature", "x-request-id"}
     assert {name: headers[name] for name in sent} == sent  # exactly as received
     assert abs(received_at - time.time()) < 5
-    assert await redis.ttl(job_key(event_id)) == -1  # an acknowledged event never expires unrun
+    assert await redis.ttl(job_key(job_id)) == -1  # an acknowledged event never expires unrun
 
 
 async def test_header_names_are_case_insensitive(client, redis, settings):
@@ -156,14 +158,15 @@ async def test_50_concurrent_deliveries_of_one_event_give_50_200s_and_one_job(cl
     body = event_body(event_id)
     responses = await asyncio.gather(*(client.post(URL, content=body, headers=signed(body)) for _ in range(50)))
     assert [r.status_code for r in responses] == [200] * 50
-    assert await queued_ids(redis, settings) == [event_id]
+    assert await queued_ids(redis, settings) == [event_job_id(settings.queue_name, event_id)]
 
 
 async def test_unknown_event_types_are_queued_too(client, redis, settings):
     event_id = unique("evt")
     body = event_body(event_id, event_type="customer.created")
     assert (await client.post(URL, content=body, headers=signed(body))).status_code == 200
-    assert deserialize_job(await redis.get(job_key(event_id))).args[1] == "customer.created"
+    job = await redis.get(job_key(event_job_id(settings.queue_name, event_id)))
+    assert deserialize_job(job, deserializer=loads).args[1] == "customer.created"
 
 
 # --- the fast path ------------------------------------------------------------------------
@@ -335,7 +338,7 @@ async def test_redis_down_then_back_loses_nothing_and_duplicates_nothing(setting
 
     redis = Redis.from_url(private_redis.url)
     try:
-        assert await queued_ids(redis, settings) == [event_id]
+        assert await queued_ids(redis, settings) == [event_job_id(settings.queue_name, event_id)]
     finally:
         await redis.aclose()
 

@@ -1,4 +1,5 @@
-"""The fast enqueue against the real Redis: arq's own format, one job per id, batched round trips."""
+"""The fast enqueue against the real Redis: arq's layout in the data-only format, one job per
+(installation, event id), batched round trips."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from conftest import REDIS_URL, unique
 from receiver.app import connect_redis
 from receiver.enqueue import DEADLINE, Enqueuer, QueueUnavailable, webhook_job
 from receiver_support import event_body, forget_queue, private_redis  # noqa: F401 (fixture)
-from vinr_recon.jobs import APPLY_EVENT, job_key, result_key
+from vinr_recon.jobformat import JOB_FORMAT, dumps
+from vinr_recon.jobs import APPLY_EVENT, event_job_id, job_key, result_key
 
 
 @pytest.fixture
@@ -40,15 +42,18 @@ async def test_the_job_is_stored_exactly_as_arq_serializes_it_without_expiry(red
     job = webhook_job(event_id, "invoice.paid", body, HEADERS, received_at)
     assert await Enqueuer(redis, settings.queue_name).enqueue(job) is True
 
-    score = await redis.zscore(settings.queue_name, event_id)
+    job_id = event_job_id(settings.queue_name, event_id)  # the installation's own id
+    assert await redis.zrange(settings.queue_name, 0, -1) == [job_id.encode()]
+    score = await redis.zscore(settings.queue_name, job_id)
     assert score == int(received_at * 1000)
-    # Byte for byte what arq's enqueue_job would store for the same call at the same moment.
+    # Byte for byte what arq's enqueue_job, in the data-only format, would store for the same call.
     args = (event_id, "invoice.paid", body, HEADERS, received_at)
-    assert await redis.get(job_key(event_id)) == serialize_job(APPLY_EVENT, args, {}, None, int(score))
-    assert await redis.ttl(job_key(event_id)) == -1  # no expiry
+    assert await redis.get(job_key(job_id)) == serialize_job(APPLY_EVENT, args, {}, None, int(score), serializer=dumps)
+    assert await redis.ttl(job_key(job_id)) == -1  # no expiry
+    assert not await redis.exists(job_key(event_id))  # nothing under the bare event id, which is every installation's
 
 
-async def test_an_unmodified_arq_worker_runs_the_job_with_its_arguments(redis, settings):
+async def test_a_plain_arq_worker_given_the_format_runs_the_job_with_its_arguments(redis, settings):
     calls = []
 
     async def apply_event(ctx, event_id, event_type, body, headers, received_at):
@@ -65,6 +70,7 @@ async def test_an_unmodified_arq_worker_runs_the_job_with_its_arguments(redis, s
         queue_name=settings.queue_name,
         handle_signals=False,
         keep_result=60,
+        **JOB_FORMAT,
     )
     try:
         await worker.main()
@@ -79,10 +85,11 @@ async def test_an_unmodified_arq_worker_runs_the_job_with_its_arguments(redis, s
     assert abs(received_at - time.time()) < 5
     assert worker.jobs_complete == 1 and worker.jobs_failed == 0
     # Its result now stands for it: a late duplicate delivery is still a no-op.
-    assert await redis.exists(result_key(job.id))
+    job_id = event_job_id(settings.queue_name, job.id)
+    assert await redis.exists(result_key(job_id))
     assert await Enqueuer(redis, settings.queue_name).enqueue(a_job(job.id)) is False
     assert await redis.zcard(settings.queue_name) == 0
-    await redis.delete(result_key(job.id))
+    await redis.delete(result_key(job_id))
 
 
 async def test_a_second_enqueue_of_an_id_is_a_no_op(redis, settings):
@@ -91,7 +98,7 @@ async def test_a_second_enqueue_of_an_id_is_a_no_op(redis, settings):
     second = a_job(first.id, event_type="invoice.updated")
     assert await enqueuer.enqueue(first) is True
     assert await enqueuer.enqueue(second) is False
-    assert await redis.get(job_key(first.id)) == first.payload
+    assert await redis.get(job_key(event_job_id(settings.queue_name, first.id))) == first.payload
 
 
 async def test_concurrent_enqueues_share_one_round_trip(redis, settings):

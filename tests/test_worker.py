@@ -19,6 +19,8 @@ from ledger.book import apply_snapshot, trial_balance
 from ledger.tables import DeadLetter, InvoicePosition, JournalEntry, ReceivedEvent
 from lifecycles import Event, drain, enqueue, snapshot
 from vinr.events import Invoice
+from vinr_recon.jobformat import loads
+from vinr_recon.jobs import replay_job_id
 from worker.commands import run_replay
 from worker.jobs import RetryPolicy, apply_event
 from worker.settings import SchemaNotMigrated, check_schema
@@ -44,7 +46,7 @@ def prefix(settings) -> str:
 
 
 async def results(redis, job_ids):
-    return [await Job(job_id, redis).result(timeout=1) for job_id in job_ids]
+    return [await Job(job_id, redis, _deserializer=loads).result(timeout=1) for job_id in job_ids]
 
 
 def ev(prefix, n, event_type, invoice) -> Event:
@@ -102,11 +104,12 @@ async def test_a_poison_event_is_dead_lettered_and_applies_once_replayed(ledger_
     fixed = ev(prefix, 2, "invoice.paid", good).body
     async with ledger_engine.begin() as conn:
         await conn.execute(update(dead_letters).values(body=fixed))
-    assert await replay(ledger_settings) == (0, [f"queued {poison.id}:replay:{letter.id}"])
+    replayed = replay_job_id(ledger_settings.queue_name, poison.id, letter.id)
+    assert await replay(ledger_settings) == (0, [f"queued {replayed}"])
     await drain(ledger_settings)
     assert await replay(ledger_settings) == (0, ["no dead letters pending"])
 
-    assert await results(redis, [f"{poison.id}:replay:{letter.id}"]) == ["applied"]
+    assert await results(redis, [replayed]) == ["applied"]
     async with ledger_engine.connect() as conn:
         kinds = sorted((await conn.execute(select(entries.c.kind))).scalars())
         replayed_at = await conn.scalar(select(dead_letters.c.replayed_at))
@@ -194,7 +197,7 @@ async def test_a_locked_position_is_retried_with_backoff_then_applied(pg_setting
     worker = await draining
 
     assert worker.jobs_retried >= 1 and worker.jobs_complete == 1
-    info = await Job(second.id, redis).result_info()
+    info = await Job(second.id, redis, _deserializer=loads).result_info()
     assert info.result == "applied" and info.job_try >= 2
     assert await scalar(pg_engine, select(func.count()).select_from(entries)) == 2
 

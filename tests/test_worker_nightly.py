@@ -21,7 +21,9 @@ def test_the_worker_schedules_one_run_at_reconcile_at_in_utc(settings):
     options = worker_settings(settings)
 
     [job] = options["cron_jobs"]
-    assert (job.name, job.hour, job.minute, job.second, job.unique) == ("reconcile_nightly", 3, 45, 0, True)
+    # Its runs' ids ({name}:{time}) are the installation's own (tests/test_queue_isolation.py).
+    assert (job.name, job.hour, job.minute, job.second, job.unique) == (
+        f"reconcile_nightly:{settings.queue_name}", 3, 45, 0, True)
     assert options["timezone"].utcoffset(None).total_seconds() == 0
     assert job.timeout_s >= 3600  # not the 60 s of an event's job
 

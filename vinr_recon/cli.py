@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "worker.commands",
     "vinr.sandbox.commands",
     "vinr_recon.demo.commands",
+    "vinr_recon.queue_commands",
 )
 
 

@@ -59,11 +59,13 @@ def run_replay(args: argparse.Namespace, settings) -> int:
 async def _replay_notices(settings, ids: list[int] | None) -> int:
     from arq.connections import RedisSettings, create_pool
 
+    from vinr_recon.jobformat import JOB_FORMAT
     from ledger.db import create_engine
     from worker.notices import replay_notices
 
     engine = create_engine(settings.database_url)
-    redis = await create_pool(RedisSettings.from_dsn(settings.redis_url), default_queue_name=settings.queue_name)
+    redis = await create_pool(RedisSettings.from_dsn(settings.redis_url), default_queue_name=settings.queue_name,
+                              **JOB_FORMAT)
     try:
         queued = await replay_notices(engine, redis, settings.queue_name, ids)
     finally:
@@ -84,11 +86,13 @@ async def _replay_notices(settings, ids: list[int] | None) -> int:
 async def _replay(settings, events: list[str] | None) -> int:
     from arq.connections import RedisSettings, create_pool
 
+    from vinr_recon.jobformat import JOB_FORMAT
     from ledger.db import create_engine
     from worker.deadletters import pending, replay
 
     engine = create_engine(settings.database_url, writer=False)
-    redis = await create_pool(RedisSettings.from_dsn(settings.redis_url), default_queue_name=settings.queue_name)
+    redis = await create_pool(RedisSettings.from_dsn(settings.redis_url), default_queue_name=settings.queue_name,
+                              **JOB_FORMAT)
     try:
         async with engine.connect() as conn:
             letters = await pending(conn, events)

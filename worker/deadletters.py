@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.book import record_dead
 from ledger.tables import DeadLetter, ReceivedEvent
-from vinr_recon.jobs import APPLY_EVENT
+from vinr_recon.jobs import APPLY_EVENT, queue_redis, replay_job_id
 
 dead_letters = DeadLetter.__table__
 received = ReceivedEvent.__table__
@@ -93,18 +93,14 @@ async def pending(conn: AsyncConnection, event_ids: list[str] | None = None) -> 
     ]
 
 
-def replay_job_id(letter: Letter) -> str:
-    return f"{letter.event_id}:replay:{letter.id}"
-
-
 async def replay(redis: ArqRedis, queue_name: str, letters: list[Letter]) -> list[tuple[Letter, str, bool]]:
     """Queue each letter as an `apply_event` job with replay=True and a fresh job id.
 
     Returns (letter, job id, queued); queued is False when that job is already queued or done.
     """
-    queued = []
+    queued, redis = [], queue_redis(redis)
     for letter in letters:
-        job_id = replay_job_id(letter)
+        job_id = replay_job_id(queue_name, letter.event_id, letter.id)
         job = await redis.enqueue_job(
             APPLY_EVENT, letter.event_id, letter.type, letter.body, letter.headers, letter.received_at.timestamp(),
             replay=True, dead_letter_id=letter.id,

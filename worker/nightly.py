@@ -1,8 +1,10 @@
 """The nightly reconciliation as an arq cron job of `vinr-recon worker`.
 
 Every worker schedules it; arq's unique cron job id and the reconciliation lock make sure one
-run happens per night however many workers there are. Without `VINR_API_KEY` the worker still
-applies webhooks and says once, at start-up, that the nightly run is off.
+run happens per night however many workers there are. The id is made of the job's name, which
+carries the installation's queue name: two installations on one Redis each get their run.
+Without `VINR_API_KEY` the worker still applies webhooks and says once, at start-up, that the
+nightly run is off.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import structlog
 from arq.cron import CronJob, cron
 
 from reconcile.service import reconcile_once
+from vinr_recon.jobs import cron_name
 from vinr_recon.settings import Settings
 
 log = structlog.get_logger("worker.nightly")
@@ -41,5 +44,7 @@ def nightly_cron(settings: Settings) -> list[CronJob]:
         log.warning("nightly reconciliation is off: VINR_API_KEY is not set")
         return []
     hour, minute = (int(part) for part in settings.reconcile_at.split(":"))
-    return [cron(nightly_reconciliation(settings), name="reconcile_nightly", hour=hour, minute=minute,
-                 timeout=RUN_TIMEOUT)]
+    # A run the previous version queued under the bare name finds no function and fails unrun;
+    # this night's run is queued under the new name all the same.
+    return [cron(nightly_reconciliation(settings), name=cron_name(settings.queue_name, "reconcile_nightly"),
+                 hour=hour, minute=minute, timeout=RUN_TIMEOUT)]

@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ledger.outbox import outbox
 from vinr.client import NotFound, RetryPolicy as ClientRetry, VinrClient, VinrError
-from vinr_recon.jobs import DELIVER_NOTICE, enqueue_notices, notice_job_id
+from vinr_recon.jobs import DELIVER_NOTICE, enqueue_notices, notice_job_id, queue_redis
 from vinr_recon.settings import Settings
 from worker import channels, render
 from worker.jobs import RetryPolicy
@@ -256,7 +256,7 @@ async def replay_notices(engine: AsyncEngine, redis, queue_name: str,
         if notices:
             await conn.execute(update(outbox).where(outbox.c.id.in_([n.id for n in notices]),
                                                     outbox.c.status == "dead").values(status="pending"))
-    queued = []
+    queued, redis = [], queue_redis(redis)
     for notice in notices:
         job = await redis.enqueue_job(DELIVER_NOTICE, notice.id, _job_id=notice_job_id(queue_name, notice.id),
                                       _queue_name=queue_name, _expires=REPLAY_EXPIRES)

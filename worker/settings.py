@@ -13,10 +13,13 @@ from typing import Any
 
 import structlog
 from arq.connections import RedisSettings
+from arq.constants import in_progress_key_prefix, retry_key_prefix
 from arq.worker import Worker as ArqWorker, func
+from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from vinr_recon.jobs import APPLY_EVENT
+from vinr_recon.jobformat import JOB_FORMAT, is_data_job, kind_of
+from vinr_recon.jobs import APPLY_EVENT, job_key, refused_key
 from vinr_recon.settings import Settings
 from worker.defaults import ARQ_MAX_TRIES, BATCH_LINGER, JOB_TIMEOUT, KEEP_RESULT, MAX_JOBS, POLL_DELAY, TRIES
 from worker.jobs import RetryPolicy, apply_event
@@ -32,15 +35,44 @@ class SchemaNotMigrated(RuntimeError):
 
 
 class Worker(ArqWorker):
-    """arq's worker, except that a killed worker's jobs are handed on after the job timeout plus
-    10 s. arq holds every job's in-progress key for the longest timeout of any function plus
-    10 s, which the nightly run's 4 h made 4 h for every event and notice a killed (or crashed)
-    worker had in flight. The nightly run, which may outlast the key, is kept single by the
-    reconciliation lock (reconcile.lock): a second start of it finds the lock held and skips."""
+    """arq's worker, except:
+
+    - Jobs are read and written in the data-only format (vinr_recon.jobformat), never unpickled.
+      A job in any other format is refused: never run nor tried again, logged, counted
+      (`vinr_jobs_refused_total` in `registry`) and kept as it was found in the queue's refused
+      hash (vinr_recon.jobs.refused_key), where `vinr-recon queue convert` finds it.
+    - A killed worker's jobs are handed on after the job timeout plus 10 s. arq holds every job's
+      in-progress key for the longest timeout of any function plus 10 s, which the nightly run's
+      4 h made 4 h for every event and notice a killed (or crashed) worker had in flight. The
+      nightly run, which may outlast the key, is kept single by the reconciliation lock
+      (reconcile.lock): a second start of it finds the lock held and skips.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        for name, value in JOB_FORMAT.items():
+            kwargs.setdefault(name, value)
         super().__init__(*args, **kwargs)
         self.in_progress_timeout_s = self.job_timeout_s + 10
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.refused = Counter("vinr_jobs_refused", "Jobs refused, never run: not in the data-only format.",
+                               ["format"], registry=self.registry)
+
+    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+        # arq ends here every job it could not run; one it could not even read is refused. (Only
+        # failed jobs pay for this read: the ones arq runs never come here.)
+        raw = await self.pool.get(job_key(job_id))
+        if raw is None or is_data_job(raw):
+            return await super().finish_failed_job(job_id, result_data)
+        async with self.pool.pipeline(transaction=True) as tr:
+            # No result is kept: a later delivery of the same event is queued, not taken as done.
+            tr.hset(refused_key(self.queue_name), job_id, raw)
+            tr.delete(job_key(job_id), retry_key_prefix + job_id, in_progress_key_prefix + job_id)
+            tr.zrem(self.queue_name, job_id)
+            await tr.execute()
+        kind = kind_of(raw)
+        self.refused.labels(kind).inc()
+        log.error("job refused, never run: not in the data-only format; kept aside for `vinr-recon queue convert`",
+                  job_id=job_id, format=kind, size=len(raw), kept_in=refused_key(self.queue_name))
 
 
 def worker_settings(
@@ -102,6 +134,7 @@ def worker_settings(
     return dict(
         functions=functions or [func(apply_event, name=APPLY_EVENT), *notice_functions()],
         queue_name=settings.queue_name,
+        **JOB_FORMAT,
         redis_settings=RedisSettings.from_dsn(settings.redis_url),
         on_startup=on_startup,
         on_shutdown=on_shutdown,
