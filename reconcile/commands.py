@@ -34,14 +34,19 @@ def run(args, settings) -> int:
 
     from rich.console import Console
 
+    from reconcile.lock import LockLost
     from reconcile.output import print_summary, progress_bar, write_outputs
     from reconcile.service import reconcile_once
 
     console = Console(stderr=True)
 
     async def main() -> int:
-        with progress_bar(console, enabled=console.is_terminal and not args.json) as advance:
-            report = await reconcile_once(settings, dry_run=args.dry_run, since=args.since, progress=advance)
+        try:
+            with progress_bar(console, enabled=console.is_terminal and not args.json) as advance:
+                report = await reconcile_once(settings, dry_run=args.dry_run, since=args.since, progress=advance)
+        except LockLost as exc:
+            console.print(f"Reconciliation stopped: {exc}. Its run is recorded as stopped; run it again.")
+            return 1
         if report is None:
             console.print("Another reconciliation is running; this one was skipped.")
             return 3

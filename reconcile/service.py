@@ -18,6 +18,9 @@ from vinr_recon.settings import Settings, require
 
 log = structlog.get_logger(__name__)
 
+# How long a run's lock outlives a holder that stopped renewing it (renewed every third of it).
+LOCK_TTL = 120.0
+
 
 async def reconcile_once(
     settings: Settings,
@@ -28,9 +31,11 @@ async def reconcile_once(
     engine: AsyncEngine | None = None,
     redis: Redis | None = None,
     client: VinrClient | None = None,
+    lock_ttl: float = LOCK_TTL,
 ) -> RunReport | None:
     """Run one reconciliation now; None when another run holds the lock (it is skipped).
 
+    Raises `LockLost` when the lock could not be kept: the run was stopped, and recorded so.
     Resources passed in stay open; those created here are closed here.
     """
     require(settings, "vinr_api_key")
@@ -40,7 +45,7 @@ async def reconcile_once(
     redis = redis or Redis.from_url(settings.redis_url)
     client = client or VinrClient.from_settings(settings)
     try:
-        async with exclusive(redis, key=lock_key(settings.queue_name)) as acquired:
+        async with exclusive(redis, ttl=lock_ttl, key=lock_key(settings.queue_name)) as acquired:
             if not acquired:
                 log.info("reconciliation skipped: another run holds the lock")
                 return None

@@ -371,3 +371,111 @@ async def _until(count: Callable[[], Awaitable[int]], at_least: int, timeout: fl
     while await count() < at_least:
         assert time.monotonic() < deadline, f"fewer than {at_least} transactions waiting on a lock"
         await asyncio.sleep(0.02)
+
+
+# --- Runs that die say so; a lost lock stops the run; an unreadable invoice is a finding (item 6) -
+
+
+def _stall(d: Deployment, path: str) -> asyncio.Event:
+    """VINR holds its answer for `path` until the returned event is set."""
+    release = asyncio.Event()
+    d.pausing.when = lambda p, answer: p == path
+    d.pausing.meanwhile = release.wait
+    return release
+
+
+async def _run_row(engine, run_id: int | None = None):
+    async with engine.connect() as conn:
+        query = select(runs).order_by(runs.c.id.desc()).limit(1) if run_id is None else select(runs).where(
+            runs.c.id == run_id)
+        return (await conn.execute(query)).one()
+
+
+async def test_a_run_cancelled_at_its_timeout_is_recorded_as_stopped_and_the_next_closes_a_dead_one(
+        ledger_settings, ledger_engine):
+    settings = ledger_settings.model_copy(update={"vinr_api_key": "vinr_test_key"})
+    async with deployment(settings, ledger_engine) as d:
+        d.new_open(1000)
+        await d.settle()
+        async with ledger_engine.begin() as conn:  # a run whose process was SIGKILLed long ago
+            dead = await conn.scalar(runs.insert().values(started_at=datetime.now(UTC) - timedelta(hours=5),
+                                                          status="running", counts={}).returning(runs.c.id))
+        release = _stall(d, "/v1/invoices")
+        redis = Redis.from_url(settings.redis_url)
+        try:
+            # As arq's job timeout does: the task is cancelled.
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(reconcile_once(settings, engine=ledger_engine, redis=redis, client=d.client),
+                                       timeout=2.0)
+        finally:
+            release.set()
+            await redis.aclose()
+        assert d.pausing.held.is_set()
+        stopped = await _run_row(ledger_engine)
+        assert stopped.status in ("partial", "failed") and stopped.finished_at is not None
+        assert stopped.message.startswith("stopped before the end: cancelled")
+        closed = await _run_row(ledger_engine, dead)
+        assert closed.status == "failed" and closed.message.startswith("did not finish")
+
+        again = await Reconciler(ledger_engine, d.client).run()
+        assert again.matches
+        assert (await _run_row(ledger_engine, stopped.id)).status == stopped.status  # a finished run stays
+
+
+async def test_a_run_that_loses_its_lock_stops_and_says_so(ledger_settings, ledger_engine):
+    settings = ledger_settings.model_copy(update={"vinr_api_key": "vinr_test_key"})
+    async with deployment(settings, ledger_engine) as d:
+        d.new_open(1000)
+        await d.settle()
+        redis = Redis.from_url(settings.redis_url)
+        key = lock_key(settings.queue_name)
+        release = asyncio.Event()
+
+        async def lock_taken_meanwhile():
+            # The lock expired while Redis was unreachable, say, and another run took it.
+            await redis.set(key, "another-run", px=30_000)
+            await release.wait()
+
+        d.pausing.when = lambda path, answer: path == "/v1/invoices"
+        d.pausing.meanwhile = lock_taken_meanwhile
+        try:
+            with pytest.raises(LockLost):
+                await asyncio.wait_for(reconcile_once(settings, engine=ledger_engine, redis=redis, client=d.client,
+                                                      lock_ttl=0.6), timeout=10)
+            assert await redis.get(key) == b"another-run"  # the other run's lock is left alone
+        finally:
+            release.set()
+            await redis.delete(key)
+            await redis.aclose()
+        row = await _run_row(ledger_engine)
+        assert row.status in ("partial", "failed") and row.message == f"stopped before the end: {LOCK_LOST}"
+
+
+async def test_an_unreadable_invoice_in_vinrs_list_is_a_finding_and_the_run_goes_on(ledger_engine, ledger_settings):
+    async with deployment(ledger_settings, ledger_engine) as d:
+        broken, lost = d.new_open(1000), d.new_open(2000)
+        await d.settle()
+        d.state.quiet = True
+        d.state.pay(lost, CARD)
+        d.state.quiet = False
+
+        def every_answer_naming_it(path: str, answer: dict) -> bool:
+            return path in ("/v1/invoices", f"/v1/invoices/{broken}")
+
+        def corrupt(path: str, answer: dict) -> dict:
+            d.pausing.when = every_answer_naming_it  # the list and a fetch of its own, each time
+            for item in answer.get("data", [answer]):
+                if item["id"] == broken:
+                    item["amountPaid"] = "a lot"
+            return answer
+
+        d.pausing.when = every_answer_naming_it
+        d.pausing.rewrite = corrupt
+        report = await Reconciler(d.engine, d.client).run()
+        assert report.status == "completed" and not report.matches  # a person must look at it
+        found = await findings_of(d.engine, report.run_id)
+        unreadable = [f for f in found if f.invoice_id == broken]
+        assert [(f.category, f.corrected) for f in unreadable] == [("unreadable_at_vinr", False)]
+        assert "amountPaid" in unreadable[0].vinr_value
+        assert {f.invoice_id for f in found if f.corrected} == {lost}  # the run went on past it
+        assert (await d.position(lost)).status == "paid"
