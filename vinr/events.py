@@ -80,6 +80,8 @@ class Invoice(_Model):
     amount_due: StrictInt = Field(
         validation_alias=_aliases("amount_due", "amountRemaining", "amount_remaining")
     )
+    # Customer credit VINR applied when it finalized the invoice (contract section 3); 0 when none.
+    applied_balance: StrictInt = Field(0, ge=0, validation_alias=_aliases("applied_balance"))
     number: str | None = None
     collection_method: str | None = Field(None, validation_alias=_aliases("collection_method"))
     days_until_due: StrictInt | None = Field(None, validation_alias=_aliases("days_until_due"))
