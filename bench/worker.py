@@ -69,6 +69,7 @@ async def enqueue(queue: str, jobs: list[tuple[str, tuple]]) -> None:
     from arq.jobs import serialize_job
     from redis.asyncio import Redis
 
+    from vinr_recon.jobformat import dumps
     from vinr_recon.jobs import APPLY_EVENT, job_key
 
     redis = Redis.from_url(REDIS_URL)
@@ -76,7 +77,7 @@ async def enqueue(queue: str, jobs: list[tuple[str, tuple]]) -> None:
         async with redis.pipeline(transaction=False) as pipe:
             for job_id, args in jobs:
                 now_ms = int(time.time() * 1000)
-                pipe.set(job_key(job_id), serialize_job(APPLY_EVENT, args, {}, None, now_ms))
+                pipe.set(job_key(job_id), serialize_job(APPLY_EVENT, args, {}, None, now_ms, serializer=dumps))
                 pipe.zadd(queue, {job_id: now_ms})
             await pipe.execute()
     finally:

@@ -40,7 +40,7 @@ from redis import Redis
 from conftest import REDIS_URL, WEBHOOK_SECRET, unique
 from receiver_support import free_port
 from vinr.events import InvalidEvent, parse_event
-from vinr_recon.jobs import job_key, result_key
+from vinr_recon.jobs import event_job_id, job_key, result_key
 
 RUN = unique("r")[-8:]  # see `events`
 
@@ -319,7 +319,7 @@ def test_generated_deliveries_never_5xx_and_never_accept_a_forgery(receiver, htt
         if response.status_code == 200:
             assert response.json() == {"received": True}
             assert really_signed and event_id is not None, f"accepted a forgery: {headers!r}"
-            assert redis.zscore(receiver.queue, event_id) is not None
+            assert redis.zscore(receiver.queue, event_job_id(receiver.queue, event_id)) is not None
             tally["accepted"] += 1
         else:
             assert queued(redis, receiver) == before

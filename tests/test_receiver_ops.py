@@ -21,6 +21,7 @@ from conftest import API_TOKEN, REDIS_URL, WEBHOOK_SECRET, unique
 from receiver.api import RequireBearerToken
 from receiver.app import create_app
 from receiver_support import LogCapture, assert_no_secret_in, event_body, forget_queue, free_port, served, signed
+from vinr_recon.jobs import event_job_id
 
 URL = "/webhooks/vinr"
 
@@ -218,7 +219,7 @@ async def test_serve_finishes_an_in_flight_delivery_on_sigterm(tmp_path, setting
         if server.poll() is None:
             server.kill()
         _, stderr = server.communicate(timeout=10)
-    assert await redis.zscore(settings.queue_name, event_id) is not None
+    assert await redis.zscore(settings.queue_name, event_job_id(settings.queue_name, event_id)) is not None
     text = stderr.decode()
     assert "Application shutdown complete" in text and "webhook accepted" in text
     assert_no_secret_in(text)
