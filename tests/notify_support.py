@@ -7,7 +7,11 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import functools
 import socket
+import ssl
+import subprocess
+import tempfile
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -22,6 +26,18 @@ from vinr.sandbox.serving import serve
 
 SMTP_USER = "alerts"
 SMTP_PASSWORD = "smtp-pa55-" + "w" * 16
+
+
+@functools.cache
+def smtp_certificate() -> str:
+    """A self-signed certificate for 127.0.0.1 (openssl), made once per test process: the path of a
+    PEM holding it and its key. A client trusts it through SSL_CERT_FILE, as any OpenSSL client."""
+    folder = tempfile.mkdtemp(prefix="vinr-smtp-tls-")
+    pem = f"{folder}/smtp.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", pem, "-out", pem],
+                   check=True, capture_output=True, timeout=60)
+    return pem
 
 
 def free_port() -> int:
@@ -43,13 +59,15 @@ class Mail:
 
 class SmtpSink:
     """An SMTP server on 127.0.0.1:`port` that offers AUTH (checking the credentials; `logins`
-    shows who logged in) and keeps every message.
+    shows who tried to log in) and keeps every message. With `starttls` (the default) it offers
+    STARTTLS with `smtp_certificate()` and AUTH only after it; without, AUTH in clear text.
 
     Not listening until `start()`: a test can have the server down first, then up.
     """
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, starttls: bool = True) -> None:
         self.port = port or free_port()
+        self.starttls = starttls
         self.mails: list[Mail] = []
         self.logins: list[bytes] = []
         self._controller: Controller | None = None
@@ -70,8 +88,12 @@ class SmtpSink:
         return "250 OK"
 
     def start(self) -> None:
+        tls = None
+        if self.starttls:
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.load_cert_chain(smtp_certificate())
         self._controller = Controller(self, hostname="127.0.0.1", port=self.port, authenticator=self._authenticate,
-                                      auth_require_tls=False)
+                                      tls_context=tls, auth_require_tls=self.starttls)
         self._controller.start()
 
     def stop(self) -> None:

@@ -26,7 +26,7 @@ from ledger import outbox as outbox_module
 from ledger.outbox import outbox
 from ledger.tables import InvoicePosition, ReceivedEvent
 from lifecycles import Event, drain, enqueue, snapshot
-from notify_support import SMTP_PASSWORD, SmtpSink, http_sink, wait_for
+from notify_support import SMTP_PASSWORD, SmtpSink, http_sink, smtp_certificate, wait_for
 from reconcile.service import reconcile_once
 from receiver.app import create_app as create_receiver
 from receiver_support import LogCapture, served
@@ -62,6 +62,13 @@ async def redis(settings):
 @pytest.fixture
 def prefix(settings) -> str:
     return f"evt_{settings.queue_name.rsplit('_', 1)[1]}"
+
+
+@pytest.fixture(autouse=True)
+def trust_the_test_smtp_server(monkeypatch):
+    """The SMTP sinks offer STARTTLS with a self-signed certificate: trusted the way an operator
+    trusts a private CA, through OpenSSL's SSL_CERT_FILE."""
+    monkeypatch.setenv("SSL_CERT_FILE", smtp_certificate())
 
 
 @pytest.fixture
@@ -220,6 +227,25 @@ async def test_a_notice_that_never_gets_through_is_dead_and_replayed(ledger_sett
     assert [mail.recipients for mail in smtp.mails] == [[DEFAULT_RECIPIENT]]
     (sent,) = [r for r in await notices(ledger_engine) if r.channel == "email"]
     assert (sent.status, sent.attempts) == ("sent", 3)
+
+
+async def test_with_credentials_a_server_without_starttls_gets_no_login_in_clear_text(
+    ledger_settings, ledger_engine, redis, prefix, http
+):
+    smtp = SmtpSink(starttls=False)  # offers AUTH over the plain connection
+    smtp.start()
+    try:
+        settings = with_channels(ledger_settings, smtp.url, http)
+        event = Event(f"{prefix}_1", "invoice.payment_failed", failed("inv_t009", 800), 1_763_800_000)
+        await enqueue(redis, settings.queue_name, [event])
+        await drain(settings, notice_retry=RetryPolicy(tries=2, base_delay=0.05, max_delay=0.1, attempt_timeout=5))
+    finally:
+        smtp.stop()
+    assert smtp.logins == [] and smtp.mails == []  # no AUTH was sent, so no password crossed in clear
+    (email,) = [r for r in await notices(ledger_engine) if r.channel == "email"]
+    assert (email.status, email.attempts) == ("dead", 2)
+    assert "offers no STARTTLS" in email.last_error and "127.0.0.1" in email.last_error
+    assert_no_secret(email.last_error, settings)
 
 
 async def test_with_no_recipient_anywhere_the_email_is_dead_at_once_and_the_chat_message_goes(

@@ -81,14 +81,24 @@ def email_message(sender: str, recipient: str, alert: Alert, notice_key: str | N
 
 
 async def send_email(server: SmtpServer, message: EmailMessage) -> None:
+    """Send `message`. With credentials, only over TLS: `smtps://`, or STARTTLS, which the server
+    must offer (else `DeliveryError`, before any AUTH). Without, STARTTLS whenever offered.
+    Certificates are verified against the system's CAs (SSL_CERT_FILE for a private one)."""
+    tls_required = server.username is not None and not server.implicit_tls
     try:
-        # start_tls=None: STARTTLS whenever the server offers it.
         await aiosmtplib.send(
             message, hostname=server.host, port=server.port, username=server.username,
             password=server.password.get_secret_value() if server.password else None,
-            use_tls=server.implicit_tls, start_tls=None, timeout=TIMEOUT,
+            # True: STARTTLS or nothing, before the login; None: STARTTLS whenever offered.
+            use_tls=server.implicit_tls, start_tls=True if tls_required else None, timeout=TIMEOUT,
         )
-    except (aiosmtplib.SMTPException, OSError) as exc:
+    except aiosmtplib.SMTPException as exc:
+        if tls_required and "STARTTLS extension not supported" in str(exc):
+            raise DeliveryError(f"SMTP server {server.host}:{server.port} offers no STARTTLS: SMTP_URL's "
+                                "credentials are never sent in clear text (use smtps:// or a server with "
+                                "STARTTLS)") from None
+        raise DeliveryError(f"SMTP server {server.host}:{server.port}: {type(exc).__name__}: {exc}") from None
+    except OSError as exc:
         raise DeliveryError(f"SMTP server {server.host}:{server.port}: {type(exc).__name__}: {exc}") from None
 
 
