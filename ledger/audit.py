@@ -6,7 +6,7 @@ Each fact of a position (ledger.posting) is the net of the invoice's postings on
     recognized    revenue          credits - debits
     amountPaid    vinr_clearing    debits - credits
     written off   bad_debt         debits - credits
-    credited      customer_credit  credits - debits
+    credit owed   customer_credit  credits - debits  (credited less what the invoice applied)
 
 and what is still receivable (accounts_receivable, debits - credits) is `amountDue` while the
 invoice is open, 0 otherwise. `disagreements` rebuilds these for every invoice in one grouped
@@ -58,7 +58,7 @@ async def disagreements(conn: AsyncConnection, limit: int = 1000) -> list[Disagr
         "recognized": positions.c.recognized,
         "amount_paid": positions.c.amount_paid,
         "written_off": positions.c.written_off,
-        "credited": positions.c.credited,
+        "credited": positions.c.credited - positions.c.applied_balance,
         "receivable": case((positions.c.status == "open", positions.c.amount_due), else_=0),
     }
     query = (

@@ -198,7 +198,8 @@ _MARK_STALE = update(received).where(received.c.event_id.in_(bindparam("ids", ex
 
 _POSITION_COLUMNS = {
     "status": "VARCHAR", "currency": "VARCHAR", "total": "BIGINT", "amount_paid": "BIGINT",
-    "amount_due": "BIGINT", "recognized": "BIGINT", "written_off": "BIGINT", "credited": "BIGINT",
+    "amount_due": "BIGINT", "applied_balance": "BIGINT", "recognized": "BIGINT", "written_off": "BIGINT",
+    "credited": "BIGINT",
     "attempt_count": "INTEGER", "version": "INTEGER", "last_event_at": "BIGINT", "paid_at": "BIGINT",
     "customer": "VARCHAR", "number": "VARCHAR", "created": "BIGINT",
 }
@@ -241,8 +242,8 @@ def _row(position: Position) -> dict:
     return {
         "status": position.status, "currency": position.currency, "total": position.total,
         "amount_paid": position.amount_paid, "amount_due": position.amount_due,
-        "recognized": position.facts.recognized, "written_off": position.facts.written_off,
-        "credited": position.facts.credited, "attempt_count": position.attempt_count, "version": position.version,
+        "applied_balance": position.applied_balance, "recognized": position.facts.recognized,
+        "written_off": position.facts.written_off, "credited": position.facts.credited, "attempt_count": position.attempt_count, "version": position.version,
         "last_event_at": position.last_event_at, "paid_at": position.paid_at, "customer": position.customer,
         "number": position.number, "created": position.created,
     }

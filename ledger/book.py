@@ -43,8 +43,10 @@ def position_from_row(row) -> Position:
         total=row.total,
         amount_paid=row.amount_paid,
         amount_due=row.amount_due,
-        # What was collected is always amountPaid; the other facts are kept as posted.
-        facts=Facts(row.recognized, row.amount_paid, row.written_off, row.credited),
+        applied_balance=row.applied_balance,
+        # What was collected is always amountPaid, what was applied appliedBalance; the other
+        # facts are kept as posted.
+        facts=Facts(row.recognized, row.amount_paid, row.written_off, row.credited, row.applied_balance),
         attempt_count=row.attempt_count,
         version=row.version,
         last_event_at=row.last_event_at,
@@ -132,6 +134,7 @@ async def apply_snapshot(
             total=new.total,
             amount_paid=new.amount_paid,
             amount_due=new.amount_due,
+            applied_balance=new.applied_balance,
             recognized=new.facts.recognized,
             written_off=new.facts.written_off,
             credited=new.facts.credited,

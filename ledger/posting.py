@@ -4,15 +4,19 @@ Pure: no I/O, no clock. Webhooks and reconciliation both come through `post`, so
 snapshot is idempotent and indifferent to order: the rule moves the position to the snapshot,
 and a snapshot already reached (or older) moves nothing.
 
-An invoice's accounting is four facts, each a function of VINR's snapshot:
+An invoice's accounting is five facts, each a function of VINR's snapshot (contract sections 3
+and 6):
 
-    recognized   revenue recognised (negative for a credit note)
+    recognized   revenue recognised (negative for a credit note, 0 once void)
     collected    vinr_clearing, = amountPaid
     written_off  bad_debt
-    credited     customer_credit owed to the customer
+    credited     customer_credit owed to the customer: a negative total, or on void what the
+                 invoice had collected and the credit it had used
+    applied      customer_credit used up by this invoice, = appliedBalance
 
-and receivable = recognized + credited - collected - written_off, which is `amountDue` while
-the invoice is open and 0 otherwise. Each change of a fact is one balanced entry.
+and receivable = recognized + credited - collected - written_off - applied, which is
+`amountDue` while the invoice is open and 0 otherwise. Each change of a fact is one balanced
+entry.
 """
 
 from __future__ import annotations
@@ -43,10 +47,11 @@ class Facts:
     collected: int = 0
     written_off: int = 0
     credited: int = 0
+    applied: int = 0
 
     @property
     def receivable(self) -> int:
-        return self.recognized + self.credited - self.collected - self.written_off
+        return self.recognized + self.credited - self.collected - self.written_off - self.applied
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,7 @@ class Position:
     total: int = 0
     amount_paid: int = 0
     amount_due: int = 0
+    applied_balance: int = 0
     facts: Facts = Facts()
     attempt_count: int = 0
     version: int = 0
@@ -99,15 +105,16 @@ class Outcome:
 
 def target_facts(invoice: Invoice) -> Facts:
     """Where the ledger must stand for an invoice in this state (contract sections 3 and 6)."""
-    status, total, paid = invoice.status, invoice.total, invoice.amount_paid
+    status, total, paid, applied = invoice.status, invoice.total, invoice.amount_paid, invoice.applied_balance
     if status == "draft":
-        return Facts()
+        return Facts()  # VINR applies credit at finalize: a draft has none
     if status == "void":
-        # Void reverses what is still receivable; what was collected stays revenue.
-        return Facts(recognized=paid, collected=paid)
+        # Void reverses all of the invoice's revenue: what it had collected, and the credit it
+        # had used, are owed back to the customer as credit.
+        return Facts(collected=paid, credited=paid + applied, applied=applied)
     if status == "uncollectible":
-        return Facts(recognized=total, collected=paid, written_off=invoice.amount_due)
-    return Facts(recognized=total, collected=paid, credited=max(0, -total))
+        return Facts(recognized=total, collected=paid, written_off=invoice.amount_due, applied=applied)
+    return Facts(recognized=total, collected=paid, credited=max(0, -total), applied=applied)
 
 
 def _move(kind: str, debit: str, credit: str, amount: int) -> tuple[str, str, str, int]:
@@ -131,6 +138,9 @@ def entries_between(before: Facts, after: Facts, currency: str, *, voiding: bool
         else:
             kind = "adjustment"
         moves.append(_move(kind, AR, REVENUE, recognition))
+    applied = after.applied - before.applied
+    if applied:
+        moves.append(_move("credit_applied" if applied > 0 else "credit_applied_reversal", CREDIT, AR, applied))
     written_off = after.written_off - before.written_off
     if written_off < 0:
         moves.append(_move("recovery", BAD_DEBT, AR, written_off))
@@ -195,6 +205,7 @@ def post(position: Position, invoice: Invoice, *, authoritative: bool = False, e
         total=invoice.total,
         amount_paid=invoice.amount_paid,
         amount_due=invoice.amount_due,
+        applied_balance=invoice.applied_balance,
         facts=target,
         attempt_count=max(position.attempt_count, invoice.attempt_count),
         last_event_at=max(filter(None, (position.last_event_at, event_at)), default=None),

@@ -27,7 +27,7 @@ ACCOUNTS = {
     "revenue": "Revenue recognised on finalized invoices",
     "vinr_clearing": "Cash collected by VINR, awaiting payout",
     "bad_debt": "Receivables written off as uncollectible",
-    "customer_credit": "Credit owed to customers from negative invoices",
+    "customer_credit": "Credit owed to customers (negative invoices, voids), less what their invoices used",
 }
 
 
@@ -97,6 +97,8 @@ class InvoicePosition(SQLModel, table=True):
     total: int = _money()
     amount_paid: int = _money()
     amount_due: int = _money()
+    applied_balance: int = Field(default=0, sa_type=BigInteger, nullable=False,
+                                 sa_column_kwargs={"server_default": "0"})
     recognized: int = _money()
     written_off: int = _money()
     credited: int = _money()

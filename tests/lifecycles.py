@@ -23,12 +23,13 @@ T0 = 1_763_800_000
 
 
 def snapshot(invoice_id: str, status: str, total: int, paid: int = 0, *, currency: str = "EUR",
-             attempts: int = 0, **extra) -> dict:
-    """The invoice as VINR would send it, with amountDue following the status."""
-    due = total - paid if status in ("open", "uncollectible", "draft") else 0
+             attempts: int = 0, applied: int = 0, **extra) -> dict:
+    """The invoice as VINR would send it, with amountDue following the status and the credit
+    `applied` at finalize (appliedBalance)."""
+    due = total - applied - paid if status in ("open", "uncollectible", "draft") else 0
     return {"id": invoice_id, "object": "invoice", "customer": "cust_1", "status": status, "currency": currency,
-            "total": total, "subtotal": total, "amountPaid": paid, "amountDue": due, "attemptCount": attempts,
-            **extra}
+            "total": total, "subtotal": total, "amountPaid": paid, "amountDue": due, "appliedBalance": applied,
+            "attemptCount": attempts, **extra}
 
 
 def body(event_id: str, event_type: str, invoice: dict, created: int = T0) -> bytes:
@@ -55,8 +56,11 @@ def lifecycles(draw, invoice_id: str) -> list[Event]:
     total = draw(st.one_of(st.integers(1, 500_000), st.integers(1, 500_000), st.integers(-50_000, 0)))
     states: list[tuple[str, dict]] = []
 
+    applied = 0  # the customer's credit VINR applies at finalize
+
     def emit(event_type: str, status: str, paid: int, attempts: int = 0) -> None:
-        states.append((event_type, snapshot(invoice_id, status, total, paid, currency=currency, attempts=attempts)))
+        states.append((event_type, snapshot(invoice_id, status, total, paid, currency=currency, attempts=attempts,
+                                            applied=applied if status != "draft" else 0)))
 
     if draw(st.booleans()):
         emit("invoice.created", "draft", 0)
@@ -65,27 +69,34 @@ def lifecycles(draw, invoice_id: str) -> list[Event]:
         emit("invoice.paid", "paid", 0)
         return _events(invoice_id, states)
 
+    applied = draw(st.sampled_from([0, 0, total, draw(st.integers(0, total))]))
+    if applied == total:  # covered wholly by credit: paid at finalize, with no cash
+        emit("invoice.finalized", "paid", 0)
+        emit("invoice.paid", "paid", 0)
+        return _events(invoice_id, states)
+
     emit("invoice.finalized", "open", 0)
+    due = total - applied  # what cash must still cover
     paid = attempts = 0
     for step in draw(st.lists(st.sampled_from(["part", "fail"]), max_size=4)):
         if step == "fail":
             attempts += 1
             emit("invoice.payment_failed", "open", paid, attempts)
-        elif total - paid > 1:
-            paid += draw(st.integers(1, total - paid - 1))
+        elif due - paid > 1:
+            paid += draw(st.integers(1, due - paid - 1))
             emit("invoice.updated", "open", paid, attempts)
     end = draw(st.sampled_from(["paid", "void", "uncollectible", "open"]))
     if end == "paid":
-        emit("invoice.paid", "paid", total, attempts)
+        emit("invoice.paid", "paid", due, attempts)
     elif end == "void":
         emit("invoice.voided", "void", paid, attempts)
     elif end == "uncollectible":
         emit("invoice.marked_uncollectible", "uncollectible", paid, attempts)
-        if total - paid > 1 and draw(st.booleans()):
-            paid += draw(st.integers(1, total - paid - 1))
+        if due - paid > 1 and draw(st.booleans()):
+            paid += draw(st.integers(1, due - paid - 1))
             emit("invoice.updated", "uncollectible", paid, attempts)
         if draw(st.booleans()):
-            emit("invoice.paid", "paid", total, attempts)  # paid late: a recovery
+            emit("invoice.paid", "paid", due, attempts)  # paid late: a recovery
     return _events(invoice_id, states)
 
 

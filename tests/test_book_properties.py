@@ -85,7 +85,15 @@ async def check_books_match_vinr(engine, events: list[Event], delivered: list[Ev
         mine = [i for i in final.values() if i["currency"] == currency]
         assert net("accounts_receivable", currency) == sum(i["amountDue"] for i in mine if i["status"] == "open")
         assert net("vinr_clearing", currency) == sum(i["amountPaid"] for i in mine)
-        assert -net("customer_credit", currency) == sum(-i["total"] for i in mine if i["total"] < 0)
+        # Contract section 6: credit grows by a negative total and, on void, by what the invoice had
+        # collected and the credit it had used; it shrinks by the credit applied at finalize.
+        owed = sum(-i["total"] for i in mine if i["total"] < 0 and i["status"] != "draft")
+        owed += sum(i["amountPaid"] + i["appliedBalance"] for i in mine if i["status"] == "void")
+        owed -= sum(i["appliedBalance"] for i in mine if i["status"] != "draft")
+        assert -net("customer_credit", currency) == owed
+        finalized = [i for i in mine if i["status"] in ("open", "paid", "uncollectible")]
+        assert -net("revenue", currency) == sum(i["total"] for i in finalized)
+        assert net("bad_debt", currency) == sum(i["amountDue"] for i in mine if i["status"] == "uncollectible")
 
 
 @pytest.mark.parametrize("ledger_url", ["sqlite"], indirect=True)

@@ -63,10 +63,33 @@ def test_void_before_any_payment_reverses_the_whole_receivable():
     assert (void.position.status, void.position.amount_due) == ("void", 0)
 
 
-def test_void_after_a_partial_payment_reverses_only_what_is_still_receivable():
+def test_void_after_a_partial_payment_reverses_all_revenue_and_owes_what_was_collected_as_credit():
     _, _, void = run(inv("open", 1000), inv("open", 1000, 300), inv("void", 1000, 300))
-    assert moves(void) == [("void", "EUR", REVENUE, AR, 700)]
-    assert void.position.facts.recognized == 300  # what was collected stays revenue
+    # "void ... reverses any accounting": the 300 collected is owed back to the customer.
+    assert moves(void) == [("credit", "EUR", REVENUE, CREDIT, 300), ("void", "EUR", REVENUE, AR, 700)]
+    assert void.position.facts.recognized == 0 and void.position.facts.credited == 300
+
+
+def test_credit_applied_at_finalize_settles_that_much_of_the_receivable():
+    (open_,) = run(inv("open", 10_000, applied=3_000))
+    assert moves(open_) == [("finalize", "EUR", AR, REVENUE, 10_000),
+                            ("credit_applied", "EUR", CREDIT, AR, 3_000)]
+    assert (open_.position.amount_due, open_.position.applied_balance) == (7_000, 3_000)
+    (paid,) = run(inv("paid", 10_000, 7_000, applied=3_000), position=open_.position)
+    assert moves(paid) == [("payment", "EUR", CLEARING, AR, 7_000)] and paid.became_paid
+
+
+def test_an_invoice_covered_wholly_by_credit_is_paid_at_finalize_with_no_cash():
+    (paid,) = run(inv("paid", 2_500, 0, applied=2_500))
+    assert moves(paid) == [("finalize", "EUR", AR, REVENUE, 2_500), ("credit_applied", "EUR", CREDIT, AR, 2_500)]
+    assert paid.became_paid and paid.position.facts.receivable == 0 and paid.position.facts.collected == 0
+
+
+def test_a_void_gives_back_the_credit_the_invoice_had_used_and_what_it_collected():
+    _, void = run(inv("open", 10_000, 1_000, applied=3_000), inv("void", 10_000, 1_000, applied=3_000))
+    assert moves(void) == [("credit", "EUR", REVENUE, CREDIT, 4_000), ("void", "EUR", REVENUE, AR, 6_000)]
+    facts = void.position.facts
+    assert (facts.recognized, facts.receivable, facts.credited - facts.applied) == (0, 0, 1_000)
 
 
 def test_uncollectible_writes_off_the_remainder_and_a_late_payment_recovers_it():
