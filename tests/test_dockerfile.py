@@ -42,14 +42,55 @@ def test_hadolint_finds_nothing_at_all():
     assert json.loads(result.stdout or "[]") == [] and result.returncode == 0, result.stdout + result.stderr
 
 
-def test_slim_base_and_a_dependency_layer_cached_apart_from_the_code():
+def test_a_slim_base_pinned_to_an_exact_version_and_digest():
     steps = instructions()
-    assert steps[0][0] == "FROM" and re.fullmatch(r"python:3\.1[1-9]-slim(-\w+)?", steps[0][1])
+    assert steps[0][0] == "FROM"
+    assert re.fullmatch(r"python:3\.1[1-9]\.[0-9]+-slim-[a-z]+@sha256:[0-9a-f]{64}", steps[0][1]), steps[0][1]
+
+
+def test_dependencies_install_from_the_lock_with_hashes_in_a_layer_cached_apart_from_the_code():
+    steps = instructions()
     copies = [args for kind, args in steps if kind == "COPY"]
-    assert copies[0].split()[:-1] == ["pyproject.toml", "README.md"]
-    first_install = next(i for i, (kind, args) in enumerate(steps) if kind == "RUN" and "pip install" in args)
+    assert copies[0].split() == ["requirements.lock", "./"]
+    installs = [(i, args) for i, (kind, args) in enumerate(steps) if kind == "RUN" and "pip install" in args]
+    (first, deps), (_, project) = installs
+    assert "-r requirements.lock" in deps and "--require-hashes" in deps and "--no-deps" in deps
+    assert "pip install --no-deps ." in project  # the project itself adds nothing the lock did not pin
     first_code = next(i for i, (kind, args) in enumerate(steps) if kind == "COPY" and args != copies[0])
-    assert first_install < first_code  # dependencies install before any source is copied
+    assert first < first_code  # dependencies install before any source is copied
+
+
+def _lock() -> dict[str, tuple[str, int]]:
+    """requirements.lock's pins: name -> (version, how many hashes)."""
+    from packaging.utils import canonicalize_name
+
+    text = (ROOT / "requirements.lock").read_text()
+    pins = {}
+    for block in re.split(r"\n(?=[A-Za-z0-9])", text):
+        match = re.match(r"([A-Za-z0-9_.-]+)==([^ \\\n]+)", block)
+        if match:
+            pins[canonicalize_name(match[1])] = (match[2], block.count("--hash=sha256:"))
+    return pins
+
+
+def test_the_lock_pins_every_dependency_within_pyproject_and_above_the_security_floors():
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = _lock()
+    assert pins and all(hashes >= 1 for _, hashes in pins.values())
+    dependencies = [Requirement(line) for line in
+                    tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]]
+    for requirement in dependencies:
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{name} is not in requirements.lock: re-run the pip-compile in its header"
+        assert requirement.specifier.contains(pins[name][0]), (name, pins[name][0], str(requirement.specifier))
+        # And what the tests run on satisfies pyproject too.
+        assert requirement.specifier.contains(version(requirement.name)), (name, version(requirement.name))
+    floors = {str(r.specifier) for r in dependencies if canonicalize_name(r.name) in ("starlette", "python-multipart")}
+    assert floors == {">=1.3.1", ">=0.0.31"}  # above every advisory published for them (pyproject says which)
 
 
 def test_every_package_of_the_project_is_copied_into_the_image():
@@ -57,8 +98,6 @@ def test_every_package_of_the_project_is_copied_into_the_image():
     packages = {pattern.rstrip("*") for pattern in include}
     copied = {args.split()[0] for kind, args in instructions() if kind == "COPY"}
     assert packages <= copied, packages - copied
-    stubs = next(args for kind, args in instructions() if kind == "RUN" and "mkdir" in args)
-    assert all(f"{package}/__init__.py" in stubs for package in packages)
 
 
 def test_runs_as_a_numeric_non_root_user_exposes_its_port_and_checks_healthz():
