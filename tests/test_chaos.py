@@ -60,6 +60,7 @@ def test_live_chaos_run_ci_size(tmp_path):
     assert sum(r["live"] for r in figures.runs) >= 3 and not figures.runs[-1]["live"]
     assert len(figures.chaos) == 1 and figures.events_dropped and figures.backfilled
     assert sum(r["findings"] for r in figures.runs) and figures.trial_balance
+    assert all(isinstance(r["caught"], int) for r in figures.runs)  # caughtUpInFlight, issue 23
 
 
 def _entry(n, invoice, version, kind, *, run=None, event=None):
