@@ -222,3 +222,25 @@ async def test_the_converter_refuses_a_malicious_pickle_too(installation, redis,
     answer = vinr_recon(installation, "queue", "convert")
     assert answer.returncode == 1 and f"not converted: {queued_id}" in answer.stdout
     assert not ran.exists()
+
+
+async def test_the_converter_leaves_a_job_in_a_workers_hands_alone(installation, redis, monkeypatch):
+    """A worker holding a pickled job is refusing it (it moves to the refused hash): rewriting it
+    under the worker would let the worker drop the converted job as failed."""
+    import vinr_recon.convert as convert
+
+    monkeypatch.setattr(convert, "PAUSE", 0)
+    event = events(unique("held"))[0]
+    raw = old_event_job(event)
+    await put(redis, installation.queue_name, event.id, raw)
+    await redis.set(f"arq:in-progress:{event.id}", b"1", px=60_000)
+
+    done = await convert_queue(redis, installation.queue_name)
+    assert (done.converted, done.held) == ([], [event.id])
+    assert await redis.get(job_key(event.id)) == raw
+
+    await redis.delete(f"arq:in-progress:{event.id}")  # the worker let go
+    done = await convert_queue(redis, installation.queue_name)
+    assert (done.converted, done.held) == ([event.id], [])
+    await drain(installation)
+    assert await booked(installation) == {event.id: "applied"}

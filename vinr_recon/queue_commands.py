@@ -36,4 +36,6 @@ async def _convert(settings) -> int:
           f"{len(done.dropped)} refused jobs already queued or done again, {len(done.refused)} not plain data")
     for job_id, why in done.refused:
         print(f"not converted: {job_id} ({why}); a worker refuses it and keeps it aside")
-    return 1 if done.refused else 0
+    for job_id in done.held:
+        print(f"not converted yet: {job_id} is in a worker's hands; run `vinr-recon queue convert` again later")
+    return 1 if done.refused or done.held else 0
