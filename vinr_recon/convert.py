@@ -4,9 +4,10 @@ Run once after the upgrade, when no process of the earlier version is left (its 
 have queued pickles until they stopped). It converts the pickled jobs still waiting in the
 queue, in place, and queues again the ones a new worker refused meanwhile (kept in the queue's
 refused hash). New workers may run meanwhile: a job one of them holds is left alone (it is
-being refused, so the pass over the refused hash takes it). A pickle is read by an unpickler that builds strings, bytes, numbers, lists,
-tuples and dicts and nothing else: it never looks up a global, so nothing in it can be called.
-One that needs more is left where it is and reported; a worker refuses it on its turn.
+being refused, so the pass over the refused hash takes it). A pickle is read by an unpickler
+that builds strings, bytes, numbers, lists, tuples and dicts and nothing else: it never looks
+up a global, so nothing in it can be called. One that needs more is left where it is and
+reported; a worker refuses it on its turn.
 """
 
 from __future__ import annotations
