@@ -7,7 +7,7 @@ results too; the receiver's Lua enqueue stores `dumps` bytes as they are.
 
 A job in any other format (a pickle written by an earlier version, or by someone who should
 not) is `NotDataJob`: the worker refuses it (worker.settings.Worker). `vinr-recon queue convert`
-(vinr_recon.queue) turns the earlier version's pickled jobs into this format with an
+(vinr_recon.convert) turns the earlier version's pickled jobs into this format with an
 unpickler that builds plain data only.
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgpack
+
 
 class NotDataJob(ValueError):
     """The bytes are not a job (or result) in the data-only format."""
