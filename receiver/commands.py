@@ -30,6 +30,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn  # only this command needs it
 
     from receiver.app import create_app
+    from receiver.server import protocol_for
 
     app = create_app(settings)
     # What is loaded by now lives as long as the process: spare the collector walking it over and
@@ -44,9 +45,10 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         port=args.port,
         log_config=None,  # our structlog configuration (vinr_recon.logging) applies
         access_log=False,  # a line per request costs as much as the delivery; /metrics counts them
-        # uvicorn's "auto" picks these when installed (uvicorn[standard]) and falls back silently
-        # to h11 and asyncio, far slower: name them, so a missing one fails loudly.
-        http="httptools",
+        # httptools with a head cap, deadlines and a connection bound (receiver.server says why
+        # not h11 or another server). uvicorn's "auto" would fall back silently to asyncio, far
+        # slower: name uvloop, so a missing one fails loudly.
+        http=protocol_for(settings),
         loop="uvloop",
         ws="none",
         lifespan="on",

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from starlette.types import Receive, Scope, Send
 
 from receiver.enqueue import Enqueuer, QueueUnavailable, webhook_job
+from receiver.limits import BodyBudget, Held
 from receiver.metrics import UNKNOWN_TYPE, Metrics, type_label
 from vinr.events import MAX_ID, InvalidEvent, parse_event
 from vinr.signature import SignatureError, verify
@@ -62,6 +63,10 @@ class ClientGone(Exception):
     pass
 
 
+class OverBudget(Exception):
+    """The bodies in flight already hold the receiver's body budget (receiver.limits)."""
+
+
 def headers_of(scope: Scope) -> dict[bytes, bytes]:
     """The request's raw headers by (ASGI: lowercase) name; values are decoded only when used."""
     return dict(scope["headers"])
@@ -80,8 +85,9 @@ def kept_headers(headers: dict[bytes, bytes]) -> dict[str, str]:
     return {name: headers[raw].decode("latin-1") for name, raw in _KEPT if raw in headers}
 
 
-async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
-    """The raw body, or `BodyTooLarge` as soon as it is known to exceed `limit` bytes.
+async def read_body(receive: Receive, declared: str | None, limit: int, held: Held | None = None) -> bytes:
+    """The raw body, or `BodyTooLarge` as soon as it is known to exceed `limit` bytes, or
+    `OverBudget` as soon as `held` (the request's share of the body budget) cannot take more.
 
     A declared Content-Length over the limit is refused before reading anything; otherwise the
     bytes are counted as they arrive, so an oversize body is never held whole.
@@ -98,6 +104,8 @@ async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes
         size += len(chunk)
         if size > limit:
             raise BodyTooLarge
+        if held is not None and not held.take(len(chunk)):
+            raise OverBudget
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -162,12 +170,17 @@ class WebhookEndpoint:
         self.secrets = settings.webhook_secrets
         self.tolerance = settings.vinr_webhook_tolerance
         self.limit = settings.vinr_webhook_max_body
+        self.bodies = BodyBudget(settings.receiver_body_budget)
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = headers_of(scope)
         request_id = request_id_of(headers)
-        answer = await self.answer(scope["state"]["enqueuer"], headers, receive, request_id)
+        held = self.bodies.request()
+        try:
+            answer = await self.answer(scope["state"]["enqueuer"], headers, receive, request_id, held)
+        finally:
+            held.release()  # the body is no longer needed
         if answer is RECEIVED_ANSWER:
             length = _RECEIVED_LENGTH
         else:
@@ -177,13 +190,14 @@ class WebhookEndpoint:
         await send({"type": "http.response.body", "body": answer.body})
 
     async def answer(
-        self, enqueuer: Enqueuer, headers: dict[bytes, bytes], receive: Receive, request_id: str
+        self, enqueuer: Enqueuer, headers: dict[bytes, bytes], receive: Receive, request_id: str,
+        held: Held | None = None,
     ) -> Answer:
         """200 once the event is queued (or already was); 400, 413 or 503 otherwise."""
         received_at = time.time()
         metrics = self.metrics
         try:
-            body = await read_body(receive, header(headers, b"content-length"), self.limit)
+            body = await read_body(receive, header(headers, b"content-length"), self.limit, held)
         except BodyTooLarge:
             metrics.delivered(UNKNOWN_TYPE, "too_large")
             _bind(request_id=request_id)
@@ -191,6 +205,11 @@ class WebhookEndpoint:
             return error(413, f"body over the limit of {self.limit} bytes")
         except ClientGone:
             return error(400, "client disconnected")  # nobody is left to read it
+        except OverBudget:  # slow clients hold the budget: refuse at once, VINR retries
+            metrics.delivered(UNKNOWN_TYPE, "over_budget")
+            _bind(request_id=request_id)
+            log.warning("webhook body refused: the body budget is taken", budget=self.bodies.total)
+            return error(503, "too many request bodies in flight", (b"retry-after", RETRY_AFTER))
 
         try:
             verify(body, header(headers, b"x-vinr-signature"), self.secrets, int(received_at), self.tolerance)

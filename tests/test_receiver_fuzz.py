@@ -27,6 +27,8 @@ import hmac
 import json
 import os
 import re
+import selectors
+import socket
 import subprocess
 import sys
 import time
@@ -58,13 +60,15 @@ OTHER_SECRET = "whsec_test_" + "j" * 24
 class Receiver:
     """`vinr-recon serve` on a free port, its settings from the environment, its log in a file."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, **settings: str) -> None:
+        """`settings`: more environment for the process, e.g. `RECEIVER_HEADER_TIMEOUT="1"`."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.queue = unique("arq:queue:fuzz")
-        self.log_path = workdir / "receiver.log"
+        self.log_path = workdir / f"receiver-{self.port}.log"
         env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("VINR_", "LEDGER_", "DATABASE_", "REDIS_"))},
+            **{k: v for k, v in os.environ.items()
+               if not k.startswith(("VINR_", "LEDGER_", "DATABASE_", "REDIS_", "RECEIVER_"))},
             "VINR_WEBHOOK_SECRET": WEBHOOK_SECRET,
             "VINR_WEBHOOK_TOLERANCE": str(TOLERANCE),
             "VINR_WEBHOOK_MAX_BODY": str(MAX_BODY),
@@ -73,6 +77,7 @@ class Receiver:
             "DATABASE_URL": f"sqlite:///{workdir / 'ledger.db'}",
             "LEDGER_API_TOKEN": "ledger-token-fuzz-" + "f" * 16,
             "LOG_LEVEL": "INFO",
+            **settings,
         }
         command = [str(Path(sys.executable).with_name("vinr-recon")), "serve", "--port", str(self.port)]
         self.log = self.log_path.open("wb")
@@ -400,10 +405,11 @@ def test_every_single_byte_change_of_a_signed_body_is_refused(receiver, http, re
 
 
 @pytest.mark.parametrize("with_the_right_one", [False, True], ids=["forged", "right one last"])
-def test_a_header_with_a_thousand_v1_entries(receiver, http, redis, with_the_right_one):
-    """A thousand wrong `v1` (about 68 kB of header): refused, quickly; with the right one among them, taken."""
+def test_a_header_with_two_hundred_v1_entries(receiver, http, redis, with_the_right_one):
+    """Two hundred wrong `v1` (about 14 kB of header, under the 16 KiB head cap): refused, quickly;
+    with the right one among them, taken."""
     body, now = event_bytes(), int(time.time())
-    entries = [f"v1={hashlib.sha256(str(n).encode()).hexdigest()}" for n in range(1000)]
+    entries = [f"v1={hashlib.sha256(str(n).encode()).hexdigest()}" for n in range(200)]
     if with_the_right_one:
         entries.append(f"v1={mac(body, WEBHOOK_SECRET, now)}")
     before = queued(redis, receiver)
@@ -414,6 +420,19 @@ def test_a_header_with_a_thousand_v1_entries(receiver, http, redis, with_the_rig
         assert response.status_code == 200 and queued(redis, receiver) == before + 1
     else:
         assert_refused(response, "no matching signature", redis, receiver, before)
+
+
+def test_a_header_with_a_thousand_v1_entries_is_431_before_any_is_checked(receiver, http, redis):
+    """About 68 kB of header: past the head cap (receiver.server), so no signature is computed."""
+    body, now = event_bytes(), int(time.time())
+    entries = [f"v1={hashlib.sha256(str(n).encode()).hexdigest()}" for n in range(1000)]
+    entries.append(f"v1={mac(body, WEBHOOK_SECRET, now)}")
+    before = queued(redis, receiver)
+    try:
+        status = post(http, body, ",".join([f"t={now}", *entries])).status_code
+    except httpx.TransportError:
+        status = None  # closed before the answer could be read: refused as well
+    assert status in (431, None) and queued(redis, receiver) == before
 
 
 @pytest.mark.slow
@@ -439,6 +458,124 @@ def test_a_100_mb_body_is_413_without_the_process_holding_it(receiver, http, red
     assert response.status_code == 413 and response.json() == {"error": f"body over the limit of {MAX_BODY} bytes"}
     assert queued(redis, receiver) == before
     assert grown < 16 * 1024, f"the receiver's peak RSS grew by {grown / 1024:.1f} MiB while 100 MiB went by"
+
+
+# --- slow clients and heads at the cap (receiver.server) ----------------------------------
+
+MAX_HEAD = 16 * 1024  # RECEIVER_MAX_HEADER_BYTES, its default: request line and headers together
+DEADLINE = 2.0  # RECEIVER_HEADER_TIMEOUT and RECEIVER_BODY_TIMEOUT of `slow_receiver`
+
+
+@pytest.fixture(scope="module")
+def slow_receiver(tmp_path_factory):
+    """A receiver of its own whose head and body deadlines are short enough to wait for."""
+    process = Receiver(tmp_path_factory.mktemp("fuzz-slow"), RECEIVER_HEADER_TIMEOUT=str(DEADLINE),
+                       RECEIVER_BODY_TIMEOUT=str(DEADLINE))
+    redis = Redis.from_url(REDIS_URL)
+    try:
+        yield process
+    finally:
+        process.stop()
+        ids = [member.decode() for member in redis.zrange(process.queue, 0, -1)]
+        redis.delete(process.queue, *(k for i in ids for k in (job_key(i), result_key(i))))
+        redis.close()
+
+
+def raw_delivery(body: bytes, *headers: tuple[str, str]) -> tuple[bytes, int]:
+    """A signed delivery of `body` as bytes on the wire, and the length of its head."""
+    now = int(time.time())
+    signature = mac(body, WEBHOOK_SECRET, now)
+    SENT.add(signature)
+    lines = [f"POST {URL} HTTP/1.1", "host: 127.0.0.1", "content-type: application/json",
+             f"content-length: {len(body)}", f"x-vinr-signature: t={now},v1={signature}",
+             *(f"{name}: {value}" for name, value in headers)]
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return head + body, len(head)
+
+
+def status_of(sock: socket.socket) -> int | None:
+    """The status of the answer on `sock`; None when it closes (or resets) first."""
+    data = b""
+    try:
+        while b"\r\n" not in data:
+            chunk = sock.recv(4096)
+            if not chunk:
+                return None
+            data += chunk
+    except OSError:
+        return None
+    return int(data.split()[1])
+
+
+@hypothesis_settings(max_examples=max(EXAMPLES // 4, 20), deadline=None, database=None,
+                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(extra=st.lists(st.tuples(header_names, st.integers(0, 5000)), max_size=6),
+       to_the_cap=st.one_of(st.none(), st.integers(-2, 2)))
+def test_a_head_is_431_exactly_when_it_passes_the_cap(receiver, redis, extra, to_the_cap):
+    """Drawn header fields, sometimes padded to within two bytes of the cap: 431 past it, else 200."""
+    body = event_bytes()
+    headers = [(name, "v" * size) for name, size in extra]
+    raw, head = raw_delivery(body, *headers)
+    if to_the_cap is not None and MAX_HEAD + to_the_cap - head - len("x-pad: \r\n") >= 0:
+        raw, head = raw_delivery(body, *headers, ("x-pad", "p" * (MAX_HEAD + to_the_cap - head - 9)))
+        assert head == MAX_HEAD + to_the_cap
+    before = queued(redis, receiver)
+    with socket.create_connection(("127.0.0.1", receiver.port), timeout=10) as sock:
+        sock.sendall(raw)
+        status = status_of(sock)
+    if head > MAX_HEAD:
+        assert status in (431, None) and queued(redis, receiver) == before, (head, status)
+    else:
+        assert status == 200 and queued(redis, receiver) == before + 1, (head, status)
+
+
+@hypothesis_settings(max_examples=max(EXAMPLES // 20, 10), deadline=None, database=None,
+                     suppress_health_check=[HealthCheck.too_slow])
+@given(cuts=st.lists(st.floats(0, 1), max_size=4), pauses=st.lists(st.floats(0, DEADLINE / 20), max_size=5))
+def test_a_delivery_sent_in_pieces_within_the_deadlines_is_taken(slow_receiver, cuts, pauses):
+    """Cut anywhere (inside the request line, a header, the blank line, the body), with pauses."""
+    raw, _ = raw_delivery(event_bytes())
+    points = sorted({0, *(int(cut * len(raw)) for cut in cuts), len(raw)})
+    with socket.create_connection(("127.0.0.1", slow_receiver.port), timeout=10) as sock:
+        for n, (start, end) in enumerate(zip(points, points[1:])):
+            sock.sendall(raw[start:end])
+            time.sleep(pauses[n] if n < len(pauses) else 0)
+        assert status_of(sock) == 200
+
+
+@hypothesis_settings(max_examples=max(EXAMPLES // 80, 3), deadline=None, database=None,
+                     suppress_health_check=[HealthCheck.too_slow])
+@given(cuts=st.lists(st.floats(0, 1, exclude_max=True), min_size=1, max_size=30))
+def test_requests_cut_short_anywhere_are_closed_by_a_deadline_and_queue_nothing(slow_receiver, redis, cuts):
+    """Each a prefix of a signed delivery, from nothing (an idle connection) to all but its last byte."""
+    raw, _ = raw_delivery(event_bytes())
+    before = queued(redis, slow_receiver)
+    socks = [socket.create_connection(("127.0.0.1", slow_receiver.port), timeout=10) for _ in cuts]
+    try:
+        for sock, cut in zip(socks, cuts):
+            sock.sendall(raw[:int(cut * len(raw))])
+        received = {n: b"" for n in range(len(socks))}
+        closed: set[int] = set()
+        deadline = time.monotonic() + DEADLINE + 10
+        with selectors.DefaultSelector() as selector:
+            for n, sock in enumerate(socks):
+                selector.register(sock, selectors.EVENT_READ, n)
+            while len(closed) < len(socks) and time.monotonic() < deadline:
+                for key, _ in selector.select(timeout=0.5):
+                    try:
+                        chunk = key.fileobj.recv(4096)
+                    except OSError:
+                        chunk = b""
+                    received[key.data] += chunk
+                    if not chunk:
+                        closed.add(key.data)
+                        selector.unregister(key.fileobj)
+    finally:
+        for sock in socks:
+            sock.close()
+    assert len(closed) == len(socks), f"{len(socks) - len(closed)} of {len(socks)} cut-short requests still open"
+    assert not any(data.startswith(b"HTTP/1.1 200") for data in received.values())
+    assert queued(redis, slow_receiver) == before
 
 
 # --- last: the process is alive, and its log of everything above tells no secret -----------

@@ -43,6 +43,13 @@ class Settings(BaseSettings):
     fulfilment_url: str | None = None
     fulfilment_secret: SecretStr | None = None
     log_level: str = "INFO"
+    # The receiver at the socket (receiver/server.py, receiver/limits.py): head cap, deadlines in
+    # seconds (head plus body stay within VINR's 10 s), open connections, body bytes in flight.
+    receiver_max_header_bytes: int = Field(16 * 1024, gt=0)
+    receiver_header_timeout: float = Field(5.0, gt=0)
+    receiver_body_timeout: float = Field(5.0, gt=0)
+    receiver_max_connections: int = Field(1000, gt=0)
+    receiver_body_budget: int = Field(16 * 1024 * 1024, gt=0)
 
     @property
     def webhook_secrets(self) -> list[str]:
