@@ -54,7 +54,7 @@ def _money(amount, currency) -> str:
 
 def _secrets(settings: Settings) -> list[str]:
     """Every configured secret value, to be blotted out of any text a page shows."""
-    values = [*settings.webhook_secrets, *settings.api_tokens]
+    values = [*settings.webhook_secrets, *settings.api_tokens, *settings.metrics_tokens]
     for name in ("vinr_api_key", "fulfilment_secret", "smtp_url", "alert_webhook_url"):
         secret = getattr(settings, name, None)
         if secret is not None:
