@@ -315,9 +315,42 @@ async def test_zero_or_negative_total_is_paid_on_finalize_and_credits_the_custom
         await ok(api.post(f"/invoices/{draft['id']}/lines", json={"description": "Unused time", "unitAmount": -15000}))
         done = await ok(api.post(f"/invoices/{draft['id']}/finalize"))
         assert (done["status"], done["total"], done["amountPaid"], done["amountDue"]) == ("paid", -5000, 0, 0)
-        assert (await ok(api.get(f"/customers/{customer['id']}")))["balance"] == -5000
+        assert (await ok(api.get(f"/customers/{customer['id']}")))["creditBalance"] == {"EUR": 5000}
         types = [e["type"] for e in (await ok(api.get("/events")))["data"]]
         assert types == ["invoice.created", "invoice.finalized", "invoice.paid"]
+
+
+async def test_credit_is_applied_to_the_next_invoice_in_its_currency_and_a_void_gives_it_back():
+    async with running() as (sandbox, api):
+        customer = (await ok(api.post("/customers", json={"name": "Credit GmbH"})))["id"]
+
+        async def invoice(*amounts: int, currency: str = "EUR") -> dict:
+            draft = await ok(api.post("/invoices", json={"customer": customer, "currency": currency}))
+            for amount in amounts:
+                await ok(api.post(f"/invoices/{draft['id']}/lines", json={"description": "x", "unitAmount": amount}))
+            return await ok(api.post(f"/invoices/{draft['id']}/finalize"))
+
+        async def credit() -> dict:
+            return (await ok(api.get(f"/customers/{customer}")))["creditBalance"]
+
+        await invoice(10_000, -13_000)  # a proration: 3,000 EUR of credit
+        chf = await invoice(2_000, currency="CHF")  # another currency does not use it
+        assert (chf["appliedBalance"], chf["amountDue"]) == (0, 2_000)
+        used = await invoice(10_000)
+        assert (used["status"], used["appliedBalance"], used["amountDue"]) == ("open", 3_000, 7_000)
+        assert await credit() == {}
+        paid = await ok(api.post(f"/invoices/{used['id']}/pay", json={"card": "4242424242424242"}))
+        assert (paid["status"], paid["amountPaid"], paid["amountDue"]) == ("paid", 7_000, 0)
+
+        partly = await invoice(5_000)
+        await ok(api.post(f"/invoices/{partly['id']}/pay", json={"card": "4242424242424242", "amount": 1_200}))
+        voided = await ok(api.post(f"/invoices/{partly['id']}/void"))
+        assert (voided["status"], voided["amountPaid"], voided["amountDue"]) == ("void", 1_200, 0)
+        assert await credit() == {"EUR": 1_200}  # what was collected is owed back
+        covered = await invoice(1_000)  # covered wholly by credit: paid at once, with no cash
+        assert (covered["status"], covered["appliedBalance"], covered["amountPaid"], covered["amountDue"]) == (
+            "paid", 1_000, 0, 0)
+        assert await credit() == {"EUR": 200}
 
 
 async def test_lines_change_while_draft_and_are_refused_after_finalize():
@@ -639,7 +672,7 @@ def test_seeding_makes_consistent_invoices_in_every_state():
     for invoice_id in report.invoices:
         inv = sandbox.state.invoice(invoice_id)
         if inv.status in ("open", "uncollectible"):
-            assert inv.amount_due == inv.total - inv.amount_paid > 0
+            assert inv.amount_due == inv.total - inv.applied_balance - inv.amount_paid > 0
         if inv.status != "draft":
             assert inv.number is not None
     created = [sandbox.state.invoice(i).created for i in report.invoices]

@@ -115,6 +115,8 @@ def _one(state: State, rng: random.Random, kind: str, customer: str, currency: s
     if kind == "draft":
         return inv
     state.finalize(inv.id)
+    if inv.status == "paid":
+        return inv  # a credit note, or covered wholly by the customer's credit: nothing left to do
     if kind == "paid":
         state.pay(inv.id, CARD_SUCCEEDS)
     elif kind == "partially_paid":

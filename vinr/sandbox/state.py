@@ -38,7 +38,8 @@ class Customer:
     name: str | None
     metadata: dict[str, str]
     created: int
-    balance: int = 0  # negative: credit owed to the customer (from negative invoice totals)
+    # Credit owed to the customer per currency, in minor units, never negative (contract section 3).
+    credit_balance: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -81,6 +82,7 @@ class Invoice:
     lines: list[Line] = field(default_factory=list)
     status: str = "draft"
     amount_paid: int = 0
+    applied_balance: int = 0  # the customer's credit applied at finalize
     number: str | None = None
     attempt_count: int = 0
     last_payment_error: dict[str, str] | None = None
@@ -97,7 +99,7 @@ class Invoice:
     def amount_due(self) -> int:
         if self.status in ("paid", "void"):
             return 0
-        return self.total - self.amount_paid
+        return self.total - self.applied_balance - self.amount_paid
 
     def snapshot(self) -> Invoice:
         """A copy of the invoice as it stands, unaffected by its later changes.
@@ -120,6 +122,7 @@ class Invoice:
             lines,
             self.status,
             self.amount_paid,
+            self.applied_balance,
             self.number,
             self.attempt_count,
             self.last_payment_error,
@@ -145,6 +148,15 @@ def _money(value: int, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise invalid(f"{name} must be an integer amount in minor units")
     return value
+
+
+def _add(balances: dict[str, int], currency: str, amount: int) -> None:
+    """Move a customer's credit in `currency` by `amount`; a currency at zero is not listed."""
+    value = balances.get(currency, 0) + amount
+    if value:
+        balances[currency] = value
+    else:
+        balances.pop(currency, None)
 
 
 def _quantity(value: int) -> int:
@@ -333,7 +345,9 @@ class State:
         return inv
 
     def finalize(self, id_: str) -> Invoice:
-        """draft -> open, numbered; a total of zero or less is `paid` at once (negative: a credit)."""
+        """draft -> open, numbered. The customer's credit in the currency is applied, as much as
+        the total takes; an invoice it covers wholly, or a total of zero or less, is `paid` at
+        once (a negative total adds to the customer's credit)."""
         inv = self._draft(id_)
         now = self.now()
         self._numbers += 1
@@ -341,13 +355,17 @@ class State:
         inv.number = f"INV-{year}-{self._numbers:06d}"
         inv.finalized_at = now
         total = inv.total
+        credit = self.customer(inv.customer).credit_balance
         if total > 0:
+            inv.applied_balance = min(credit.get(inv.currency, 0), total)
+            _add(credit, inv.currency, -inv.applied_balance)
+        if inv.amount_due > 0:
             inv.status = "open"
             self._emit("invoice.finalized", inv)
             return inv
         inv.status, inv.paid_at = "paid", now
         if total < 0:
-            self.customer(inv.customer).balance += total
+            _add(credit, inv.currency, -total)
         self._emit("invoice.finalized", inv)
         self._emit("invoice.paid", inv)
         return inv
@@ -361,9 +379,11 @@ class State:
         return inv
 
     def void(self, id_: str) -> Invoice:
-        """open or uncollectible -> void: nothing more is due; what was paid stays paid."""
+        """open or uncollectible -> void: nothing more is due. Void reverses any accounting: what
+        was paid, and the credit the invoice had used, are the customer's credit again."""
         inv = self._in_status(id_, ("open", "uncollectible"), "void")
         inv.status, inv.voided_at = "void", self.now()
+        _add(self.customer(inv.customer).credit_balance, inv.currency, inv.amount_paid + inv.applied_balance)
         self._emit("invoice.voided", inv)
         return inv
 

@@ -17,7 +17,7 @@ def customer_json(c: Customer) -> dict[str, Any]:
         "email": c.email,
         "name": c.name,
         "metadata": dict(c.metadata),
-        "balance": c.balance,
+        "creditBalance": dict(c.credit_balance),
         "created": c.created,
     }
 
@@ -53,7 +53,8 @@ def invoice_json(inv: Invoice, hosted_base: str) -> dict[str, Any]:
         "subtotal": total,
         "total": total,
         "amountPaid": inv.amount_paid,
-        "amountDue": 0 if inv.status in ("paid", "void") else total - inv.amount_paid,
+        "amountDue": inv.amount_due,
+        "appliedBalance": inv.applied_balance,
         "number": inv.number,
         "collectionMethod": inv.collection_method,
         "daysUntilDue": inv.days_until_due,
