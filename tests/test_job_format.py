@@ -10,10 +10,13 @@ import pickle
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 
 import msgpack
 import pytest
+from arq.connections import ArqRedis, create_pool
 from arq.jobs import SerializationError, serialize_job, serialize_result
+from pydantic import SecretStr
 from redis.asyncio import Redis
 from sqlalchemy import select
 
@@ -24,7 +27,9 @@ from lifecycles import Event, drain, snapshot
 from receiver_support import LogCapture
 from vinr_recon.convert import convert_queue, unpickle_job
 from vinr_recon.jobformat import NotDataJob, dumps, kind_of, loads
-from vinr_recon.jobs import APPLY_EVENT, job_key, refused_key
+from vinr_recon.jobs import APPLY_EVENT, enqueue_notices, job_key, refused_key
+from worker.deadletters import Letter, replay
+from worker.settings import Worker, worker_settings
 
 received = ReceivedEvent.__table__
 
@@ -227,9 +232,7 @@ async def test_the_converter_refuses_a_malicious_pickle_too(installation, redis,
 async def test_the_converter_leaves_a_job_in_a_workers_hands_alone(installation, redis, monkeypatch):
     """A worker holding a pickled job is refusing it (it moves to the refused hash): rewriting it
     under the worker would let the worker drop the converted job as failed."""
-    import vinr_recon.convert as convert
-
-    monkeypatch.setattr(convert, "PAUSE", 0)
+    monkeypatch.setattr("vinr_recon.convert.PAUSE", 0)
     event = events(unique("held"))[0]
     raw = old_event_job(event)
     await put(redis, installation.queue_name, event.id, raw)
@@ -244,3 +247,29 @@ async def test_the_converter_leaves_a_job_in_a_workers_hands_alone(installation,
     assert (done.converted, done.held) == ([event.id], [])
     await drain(installation)
     assert await booked(installation) == {event.id: "applied"}
+
+
+async def test_every_way_of_queueing_writes_data_only_jobs(installation, redis):
+    """Notices (from a plain client, as reconciliation passes one), a dead letter's replay (from
+    arq's pickling client, as the dashboard passes one) and the nightly cron run: all msgpack."""
+    queue = installation.queue_name
+    await enqueue_notices(redis, queue, [1, 2])
+    letter = Letter(1, unique("evt"), "invoice.paid", b"{}", {}, datetime.now(UTC), "boom")
+    [(_, replayed, fresh)] = await replay(ArqRedis(redis.connection_pool), queue, [letter])
+    assert fresh
+
+    at = (datetime.now(UTC) + timedelta(hours=2)).replace(second=0, microsecond=0)
+    settings = installation.model_copy(update={"vinr_api_key": SecretStr("key"), "reconcile_at": f"{at:%H:%M}"})
+    worker = Worker(**worker_settings(settings), handle_signals=False)
+    worker._pool = await create_pool(worker.redis_settings, job_serializer=worker.job_serializer,
+                                     job_deserializer=worker.job_deserializer, default_queue_name=queue)
+    try:
+        await worker.run_cron(datetime.now(UTC), 0.5)
+        await worker.run_cron(at - timedelta(seconds=0.5), 0.5)
+    finally:
+        await worker._pool.aclose()
+
+    ids = [member.decode() for member in await redis.zrange(queue, 0, -1)]
+    assert len(ids) == 4 and replayed in ids
+    functions = sorted([loads(await redis.get(job_key(job_id)))["f"] for job_id in ids])
+    assert functions == [APPLY_EVENT, "deliver_notice", "deliver_notice", f"reconcile_nightly:{queue}"]
