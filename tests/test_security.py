@@ -356,8 +356,9 @@ def _serve(tmp_path, **values: str) -> subprocess.CompletedProcess:
     ({"VINR_WEBHOOK_SECRET": WEBHOOK_SECRET, "LEDGER_API_TOKEN": " , "}, "LEDGER_API_TOKEN"),
     ({"VINR_WEBHOOK_SECRET": WEBHOOK_SECRET, "METRICS_TOKEN": "short-but-secret-9"}, "METRICS_TOKEN"),
     ({"VINR_WEBHOOK_SECRET": WEBHOOK_SECRET, "PUBLIC_URL": "recon.example.com/path"}, "PUBLIC_URL"),
+    ({"VINR_WEBHOOK_SECRET": WEBHOOK_SECRET, "ALLOWED_HOSTS": "recon.*.com"}, "ALLOWED_HOSTS"),
 ], ids=["blank secret", "comma secret", "short token", "one short token", "blank tokens", "short metrics token",
-        "public url not an origin"])
+        "public url not an origin", "allowed hosts wildcard"])
 def test_serve_refuses_to_start_with_a_blank_secret_list_or_a_short_token(tmp_path, values, variable):
     try:
         result = _serve(tmp_path, **values)
