@@ -87,3 +87,70 @@ async def postings_without_position(conn: AsyncConnection) -> int:
     return await conn.scalar(
         select(func.count()).select_from(
             entries.outerjoin(positions, positions.c.invoice_id == entries.c.invoice_id)).where(orphan))
+
+
+# --- The posting rule's facts for what each position holds, in SQL (ledger.posting.target_facts) -
+
+_status = positions.c.status
+_EXPECTED = {
+    "recognized": case((_status.in_(("draft", "void")), 0), else_=positions.c.total),
+    "credited": case((_status == "void", positions.c.amount_paid + positions.c.applied_balance),
+                     (_status == "paid", case((positions.c.total < 0, -positions.c.total), else_=0)), else_=0),
+    "written_off": case((_status == "uncollectible", positions.c.amount_due), else_=0),
+}
+
+
+async def outdated(conn: AsyncConnection, limit: int | None = None) -> list[str]:
+    """Invoices whose posted facts are not what the posting rule says for their position: entries
+    posted under an earlier rule (before 0006 a void kept what it had collected as revenue). The
+    next reconciliation posts what moves each to the rule."""
+    differs = or_(*(positions.c[name] != expected for name, expected in _EXPECTED.items()))
+    query = (select(positions.c.invoice_id).where(_status.is_not(None), differs)
+             .order_by(positions.c.invoice_id).limit(limit))
+    return list((await conn.execute(query)).scalars())
+
+
+@dataclass(frozen=True)
+class Promise:
+    """One account's balance in one currency beside what contract section 6 says it must be."""
+
+    currency: str
+    account: str
+    posted: int     # the account's balance, on its normal side (debits - credits, or the reverse)
+    promised: int   # the figure section 6 derives from the invoices' VINR fields
+
+    @property
+    def kept(self) -> bool:
+        return self.posted == self.promised
+
+
+# account: (sign of debits - credits on its normal side, what section 6 says it holds)
+_PROMISED = {
+    AR: (1, case((_status == "open", positions.c.amount_due), else_=0)),
+    CLEARING: (1, case((_status.is_(None), 0), else_=positions.c.amount_paid)),
+    REVENUE: (-1, case((_status.in_(("open", "paid", "uncollectible")), positions.c.total), else_=0)),
+    CREDIT: (-1, case((_status.in_(("draft",)) | _status.is_(None), 0), else_=(
+        case((_status == "paid", case((positions.c.total < 0, -positions.c.total), else_=0)), else_=0)
+        + case((_status == "void", positions.c.amount_paid + positions.c.applied_balance), else_=0)
+        - positions.c.applied_balance))),
+    BAD_DEBT: (1, case((_status == "uncollectible", positions.c.amount_due), else_=0)),
+}
+
+
+async def promises(conn: AsyncConnection) -> list[Promise]:
+    """Per currency, each account's balance and contract section 6's figure for it: receivable =
+    amountDue of open invoices, clearing = amountPaid, revenue = total of finalized invoices not
+    void, customer credit = negative totals and voids' collected and used credit less the credit
+    applied, bad debt = amountDue of uncollectible invoices."""
+    signed = case((postings.c.direction == "debit", postings.c.amount), else_=-postings.c.amount)
+    posted = {(account, currency): int(net) for account, currency, net in await conn.execute(
+        select(postings.c.account, postings.c.currency, func.sum(signed)).group_by(postings.c.account,
+                                                                                   postings.c.currency))}
+    by_currency = await conn.execute(
+        select(positions.c.currency, *(func.coalesce(func.sum(expected), 0) for _, expected in _PROMISED.values()))
+        .where(positions.c.currency.is_not(None)).group_by(positions.c.currency).order_by(positions.c.currency))
+    found = []
+    for currency, *figures in by_currency:
+        for (account, (sign, _)), promised in zip(_PROMISED.items(), figures, strict=True):
+            found.append(Promise(currency, account, sign * posted.get((account, currency), 0), int(promised)))
+    return found

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ledger.posting import Position
+from ledger.posting import Position, target_facts
 from vinr.events import Invoice
 
 MISSING_IN_LEDGER = "missing_in_ledger"
@@ -16,10 +16,13 @@ MISSING_AT_VINR = "missing_at_vinr"
 UNREADABLE_AT_VINR = "unreadable_at_vinr"
 # The position kept moving under the run's fresh answers: the next run looks again.
 UNSETTLED = "unsettled"
+# The position agrees with VINR, but its entries were posted under an earlier posting rule.
+POSTING_RULE = "posting_rule"
 CATEGORIES = (MISSING_IN_LEDGER, STATUS_MISMATCH, AMOUNT_MISMATCH, CURRENCY_MISMATCH, MISSING_AT_VINR,
-              UNREADABLE_AT_VINR, UNSETTLED)
+              UNREADABLE_AT_VINR, UNSETTLED, POSTING_RULE)
 
-_AMOUNTS = (("total", "total"), ("amountPaid", "amount_paid"), ("amountDue", "amount_due"))
+_AMOUNTS = (("total", "total"), ("amountPaid", "amount_paid"), ("amountDue", "amount_due"),
+            ("appliedBalance", "applied_balance"))
 
 
 @dataclass(frozen=True)
@@ -49,4 +52,6 @@ def compare(position: Position | None, invoice: Invoice | None, invoice_id: str)
         ours, theirs = getattr(position, attr), getattr(invoice, attr)
         if ours != theirs:
             findings.append(Finding(invoice_id, AMOUNT_MISMATCH, name, str(ours), str(theirs)))
+    if not findings and position.facts != target_facts(invoice):
+        findings.append(Finding(invoice_id, POSTING_RULE, "entries", "posted under an earlier rule", None))
     return findings

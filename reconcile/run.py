@@ -40,6 +40,7 @@ from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger import outbox
+from ledger.audit import outdated
 from ledger.book import apply_event, apply_snapshot, lock_position, position_from_row, positions, received, record_dead
 from ledger.posting import FINAL, CannotApply, Position
 from ledger.tables import Finding as FindingRow, JournalEntry, ReconciliationRun
@@ -341,7 +342,12 @@ class Reconciler:
         return seen_open
 
     async def _refetch_open(self, report: RunReport, window: int | None, seen_open: set[str]) -> None:
-        """Fetch, one by one, the ledger's open invoices the sweep did not return."""
+        """Fetch, one by one, the ledger's open invoices the sweep did not return, and those
+        whose entries an earlier posting rule made (corrected once, then no longer listed)."""
+        async with self.engine.connect() as conn:
+            earlier_rule = [i for i in await outdated(conn) if i not in seen_open]
+        await self._refetch(report, earlier_rule)
+        seen_open.update(earlier_rule)
         condition = positions.c.status.in_(NOT_FINAL)
         if window is not None:
             condition = and_(condition, or_(positions.c.created < window, positions.c.created.is_(None)))
