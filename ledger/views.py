@@ -37,6 +37,7 @@ async def invoice_view(conn: AsyncConnection, invoice_id: str) -> dict | None:
         "total": row.total,
         "amountPaid": row.amount_paid,
         "amountDue": row.amount_due,
+        "appliedBalance": row.applied_balance,
         "customer": row.customer,
         "number": row.number,
         "writtenOff": row.written_off,

@@ -81,6 +81,7 @@ SCHEMAS: dict[str, Any] = {
             "total": AMOUNT,
             "amountPaid": AMOUNT,
             "amountDue": AMOUNT,
+            "appliedBalance": {**AMOUNT, "description": "The customer's credit VINR applied at finalize."},
             "customer": _nullable(STRING),
             "number": _nullable(STRING),
             "writtenOff": AMOUNT,

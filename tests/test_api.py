@@ -71,6 +71,14 @@ async def test_an_invoice_answers_with_the_ledgers_figures_entries_and_events(ap
     assert "elided" not in response.text  # the stored headers are not served
 
 
+async def test_an_invoice_shows_the_credit_applied_to_it(api, ledger_engine):
+    await deliver(ledger_engine, "evt_credit", "invoice.finalized",
+                  snapshot("inv_credit", "open", 10_000, applied=3_000), 1_763_800_200)
+    view = (await api.get("/api/invoices/inv_credit", headers=AUTH)).json()
+    assert (view["appliedBalance"], view["amountDue"]) == (3_000, 7_000)
+    assert [e["kind"] for e in view["entries"]] == ["finalize", "credit_applied"]
+
+
 async def test_an_invoice_the_ledger_never_saw_is_404(api):
     response = await api.get("/api/invoices/inv_never_seen", headers=AUTH)
     assert (response.status_code, response.json()) == (404, {"error": "invoice inv_never_seen not found"})

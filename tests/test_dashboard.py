@@ -13,9 +13,12 @@ from pydantic import SecretStr
 from conftest import API_TOKEN, WEBHOOK_SECRET
 from dashboard_support import (ACME, FILLER_CUSTOMER, FILLERS, GUIDE_ID, GUIDE_NUMBER, SIGNATURE, csrf_of,
                                forget_replays, seed)
+from ledger.book import apply_event
+from lifecycles import body, snapshot
 from receiver.app import create_app
 from receiver.dashboard.access import SESSION_COOKIE, session_secret
 from receiver_support import forget_queue, served
+from vinr.events import parse_event
 from vinr_recon.jobs import replay_job_id
 
 PAGES = ["/dashboard/", "/dashboard/invoices", f"/dashboard/invoices/{GUIDE_ID}", "/dashboard/runs",
@@ -178,6 +181,21 @@ async def test_the_invoice_shows_its_entries_events_corrections_and_notices(clie
     assert (await client.get("/dashboard/invoices/in_never_seen")).status_code == 404
     assert (await client.get("/dashboard/runs/999999")).status_code == 404
     assert (await client.get(f"/dashboard/runs/{2**40}")).status_code == 404
+
+
+async def test_the_invoice_and_the_overview_show_credit_applied_and_outstanding(client, ledger_engine):
+    async with ledger_engine.begin() as conn:
+        for event_id, invoice in (("evt_credit_note", snapshot("in_credit_note", "paid", -5_000)),
+                                  ("evt_credit_used", snapshot("in_credit_used", "open", 12_000, applied=4_000))):
+            raw = body(event_id, "invoice.finalized", {**invoice, "currency": "CHF"}, 1_763_800_000)
+            await apply_event(conn, parse_event(raw), raw, {})
+    await sign_in(client)
+    page = (await client.get("/dashboard/invoices/in_credit_used")).text
+    facts = page.split('id="facts"')[1].split("</dl>")[0]
+    assert "Credit applied</dt><dd>CHF 40.00" in facts and "Due</dt><dd>CHF 80.00" in facts
+    overview = (await client.get("/dashboard/")).text
+    chf = [row for row in overview.split("<tr>") if "<td>CHF</td>" in row]
+    assert chf and chf[0].rstrip().endswith('<td class="num">CHF 10.00</td></tr>')  # 50.00 credited, 40.00 used
 
 
 async def test_runs_their_findings_and_the_csv(client, ids):
