@@ -143,6 +143,7 @@ class ChaosConfig:
     live: bool = False
     live_seconds: float = 120.0
     reconcile_pause: float = 1.0
+    list_latency: float = 0.5  # live: an invoice list page arrives this long after VINR read it
 
 
 @dataclass
@@ -517,7 +518,8 @@ class Chaos:
             "--rate-limit", "0", "--time-scale", "0.001", "--seed", str(cfg.seed),
             "--duplicate-rate", str(cfg.duplicate_rate), "--duplicate-count", "1",
             "--reorder-delay", str(cfg.reorder_delay), "--drop-rate", str(cfg.drop_rate),
-            "--old-shape-rate", str(cfg.old_shape_rate), "--snake-case-rate", str(cfg.snake_case_rate)))
+            "--old-shape-rate", str(cfg.old_shape_rate), "--snake-case-rate", str(cfg.snake_case_rate),
+            "--list-latency", str(cfg.list_latency if cfg.live else 0.0)))
         self.procs.start("receiver", vinr_recon("serve", "--host", "127.0.0.1", "--port", str(receiver_port)))
         for n in range(1, cfg.workers + 1):
             self.start_worker(n)
@@ -991,19 +993,23 @@ def drifted(run: dict[str, Any]) -> bool:
     return run.get("status") != "completed" or any((run.get("counts") or {}).values())
 
 
-def ledger_stage(net: Counter, booked: bool) -> int:
-    """How far along its lifecycle the ledger holds an invoice, from its account nets alone:
-    0 nothing booked, 1 open (receivable), 2 uncollectible (bad debt), 3 paid or void (neither:
-    both final). VINR's own ranks (draft, open, uncollectible, paid | void) in the same order."""
-    if not booked:
-        return 0
+def ledger_stage(net: Counter, voided: bool) -> int:
+    """How far along its lifecycle the ledger holds an invoice, from its account nets (and
+    whether its last change of recognised revenue was a void): 0 draft (nothing booked), 1 open
+    (receivable), 2 uncollectible (bad debt), 3 paid or void (neither: both final). VINR's own
+    ranks (draft, open, uncollectible, paid | void) in the same order."""
     if net["accounts_receivable"] > 0:
         return 1
-    return 2 if net["bad_debt"] > 0 else 3
+    if net["bad_debt"] > 0:
+        return 2
+    # Revenue kept with nothing owed is paid, or void after a payment; all zero is a draft,
+    # or void before any payment.
+    return 3 if net["revenue"] or voided else 0
 
 
 VERSION = re.compile(r":v(\d+):\d+:[a-z_]+$")  # journal_entries.idempotency_key: {invoice}:v{version}:{n}:{kind}
 UNDOING = ("payment_reversal", "credit_reversal")
+RECOGNITION = ("finalize", "void", "adjustment")  # ledger/posting.py: the kinds that move recognised revenue
 
 
 def regressions(entries: list, lines: dict[int, list]) -> tuple[list[str], Counter, set[str]]:
@@ -1018,12 +1024,15 @@ def regressions(entries: list, lines: dict[int, list]) -> tuple[list[str], Count
     found, per_run, final_by_run = [], Counter(), set()
     for invoice_id, versions in sorted(changes.items()):
         net, paid, stage, held = Counter(), 0, 0, 0  # paid and stage: the most reached; held: the last
+        voided = False
         for version in sorted(versions):
             group = versions[version]
             for e in group:
                 for p in lines.get(e["id"], ()):
                     net[p["account"]] += p["amount"] if p["direction"] == "debit" else -p["amount"]
-            now_paid, now_stage = net["vinr_clearing"], ledger_stage(net, True)
+                if e["kind"] in RECOGNITION:
+                    voided = e["kind"] == "void"
+            now_paid, now_stage = net["vinr_clearing"], ledger_stage(net, voided)
             undoing = [e["kind"] for e in group if e["kind"] in UNDOING]
             by = group[0]
             who = f"run {by['run_id']}" if by["run_id"] is not None else f"{by['source']} {by['event_id']}"
@@ -1135,6 +1144,8 @@ def main() -> int:
                              "again and again meanwhile, no run after the drain")
     parser.add_argument("--live-seconds", type=float, default=120.0)
     parser.add_argument("--reconcile-pause", type=float, default=1.0, help="seconds between two live runs")
+    parser.add_argument("--list-latency", type=float, default=0.5,
+                        help="live: seconds an invoice list page takes to arrive after the sandbox read it")
     parser.add_argument("--keep", action="store_true", help="keep the logs (the database is dropped anyway)")
     args = parser.parse_args()
     if args.workers < 2 and args.worker_kills:
@@ -1143,7 +1154,7 @@ def main() -> int:
     cfg = ChaosConfig(invoices=args.invoices, workers=args.workers, seed=args.seed, worker_kills=args.worker_kills,
                       redis_restarts=redis_restarts, job_timeout=args.job_timeout, log_level=args.log_level,
                       settle_timeout=args.settle_timeout, live=args.live, live_seconds=args.live_seconds,
-                      reconcile_pause=args.reconcile_pause, keep=args.keep)
+                      reconcile_pause=args.reconcile_pause, list_latency=args.list_latency, keep=args.keep)
     folder = Path(tempfile.mkdtemp(prefix="vinr-recon-chaos-"))
     chaos = Chaos(cfg, folder)
     try:

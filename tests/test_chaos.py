@@ -76,7 +76,8 @@ def _lines(debit, credit, amount):
 def test_a_change_that_moves_an_invoice_backwards_is_drift_the_service_invented():
     """The harness's own judge of the live scenario: replaying each invoice's journal by position
     version, amountPaid and the lifecycle's stage never go back; a late payment after a write-off
-    (a recovery) is progress."""
+    (a recovery) is progress, and so is a void before any payment, though it leaves every net at
+    zero as a draft does."""
     AR, REV, CASH, BAD = "accounts_receivable", "revenue", "vinr_clearing", "bad_debt"
     entries = [
         _entry(1, "inv_a", 0, "finalize", event="evt_1"), _entry(2, "inv_a", 1, "payment", event="evt_2"),
@@ -85,15 +86,20 @@ def test_a_change_that_moves_an_invoice_backwards_is_drift_the_service_invented(
         _entry(7, "inv_b", 2, "recovery", run=7), _entry(8, "inv_b", 2, "payment", run=7),
         _entry(9, "inv_c", 0, "finalize", event="evt_5"), _entry(10, "inv_c", 1, "write_off", event="evt_6"),
         _entry(11, "inv_c", 2, "recovery", run=8),
+        _entry(12, "inv_d", 0, "finalize", event="evt_7"), _entry(13, "inv_d", 1, "void", event="evt_8"),
+        _entry(14, "inv_e", 0, "finalize", event="evt_9"), _entry(15, "inv_e", 1, "adjustment", run=9),
     ]
     lines = {1: _lines(AR, REV, 100), 2: _lines(CASH, AR, 100), 3: _lines(AR, CASH, 100), 4: _lines(CASH, AR, 100),
              5: _lines(AR, REV, 50), 6: _lines(BAD, AR, 50), 7: _lines(AR, BAD, 50), 8: _lines(CASH, AR, 50),
-             9: _lines(AR, REV, 70), 10: _lines(BAD, AR, 70), 11: _lines(AR, BAD, 70)}
+             9: _lines(AR, REV, 70), 10: _lines(BAD, AR, 70), 11: _lines(AR, BAD, 70),
+             12: _lines(AR, REV, 30), 13: _lines(REV, AR, 30),  # void before any payment: final
+             14: _lines(AR, REV, 40), 15: _lines(REV, AR, 40)}  # back to a draft: progress undone
     found, per_run, final_by_run = chaos.regressions(entries, lines)
-    assert [f.split(":")[0] for f in found] == ["inv_a v2 by run 7", "inv_c v2 by run 8"]
+    assert [f.split(":")[0] for f in found] == ["inv_a v2 by run 7", "inv_c v2 by run 8", "inv_e v1 by run 9"]
     assert "amountPaid 100 -> 0, stage 3 -> 1 (payment_reversal)" in found[0]
     assert "stage 2 -> 1 (recovery)" in found[1]
-    assert per_run == {7: 1, 8: 1} and final_by_run == {"inv_a", "inv_b"}
+    assert "stage 1 -> 0 (adjustment)" in found[2]
+    assert per_run == {7: 1, 8: 1, 9: 1} and final_by_run == {"inv_a", "inv_b"}
 
 
 def test_only_an_identical_copy_after_a_crash_counts_as_a_redelivery():

@@ -679,3 +679,20 @@ def test_seeding_makes_consistent_invoices_in_every_state():
     assert created == sorted(created) and created[-1] <= time.time()
     assert Sandbox(SandboxConfig()).seed(5_000, customers=50, seed=9).by_status == report.by_status
     assert len(sandbox.state.events) > 10_000
+
+
+async def test_an_invoice_list_page_arrives_late_showing_the_state_it_was_read_in():
+    """`list_latency`: a page of the invoice list is read at once and delivered that much later,
+    as over a real network; a payment made meanwhile is not on it."""
+    with pytest.raises(ValueError):
+        SandboxConfig(list_latency=-1)
+    async with running(list_latency=0.5) as (sandbox, api):
+        invoice = await acme_invoice(api)
+        started = time.monotonic()
+        page = asyncio.ensure_future(api.get("/invoices"))
+        await asyncio.sleep(0.2)
+        await ok(api.post(f"/invoices/{invoice['id']}/pay", json={"card": "4242424242424242"}))
+        listed = (await ok(page))["data"]
+        assert time.monotonic() - started >= 0.5
+        assert [i["status"] for i in listed if i["id"] == invoice["id"]] == ["open"]
+        assert (await ok(api.get(f"/invoices/{invoice['id']}")))["status"] == "paid"

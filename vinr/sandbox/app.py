@@ -10,6 +10,7 @@ lifespan runs.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -163,7 +164,10 @@ async def list_invoices(request: Request, sandbox: Sandbox) -> dict[str, Any]:
         q.text("status"),
         q.text("customer"),
     )
-    return _list([_invoice(sandbox, inv) for inv in found], more)
+    page = _list([_invoice(sandbox, inv) for inv in found], more)
+    if sandbox.config.list_latency:
+        await asyncio.sleep(sandbox.config.list_latency)  # read now, delivered later
+    return page
 
 
 def _transition(action: str) -> Handler:

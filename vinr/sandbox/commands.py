@@ -52,6 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--error-rate", type=_rate, default=0.0, help="share of API requests failed with 500 or 429")
     p.add_argument("--rate-limit", type=_non_negative, default=25.0, help="requests/s per key, 0 = off")
     p.add_argument("--time-scale", type=_non_negative, default=1.0, help="multiplies the retry schedule")
+    p.add_argument("--list-latency", type=_non_negative, default=0.0,
+                   help="seconds an invoice list page takes to arrive after it was read")
     p.add_argument("--preload", type=int, default=0, metavar="N", help="create N invoices in every state first")
     p.set_defaults(run=run)
 
@@ -85,6 +87,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         error_rate=args.error_rate,
         rate_limit=args.rate_limit,
         time_scale=args.time_scale,
+        list_latency=args.list_latency,
     )
     app = create_app(config)
     sandbox = app.state.sandbox

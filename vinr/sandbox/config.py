@@ -44,6 +44,9 @@ class SandboxConfig:
     snake_case_rate: float = 0.0  # share sent with snake_case invoice keys
     # Multiplies VINR's retry schedule (minutes to days); 0.0001 makes 3 days about 25 s.
     time_scale: float = 1.0
+    # Seconds a page of the invoice list takes to arrive after it was read, as over a real
+    # network: the invoices may move (and their webhooks go out) while the answer travels.
+    list_latency: float = 0.0
     delivery_timeout: float = 10.0
     delivery_concurrency: int = 32  # requests in flight at once, over all endpoints
 
@@ -59,7 +62,7 @@ class SandboxConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, not {value}")
-        for name in ("rate_limit", "reorder_delay", "time_scale"):
+        for name in ("rate_limit", "reorder_delay", "time_scale", "list_latency"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.duplicate_count < 1:
