@@ -106,8 +106,11 @@ def assert_report(code: int, out: str) -> None:
     assert code == 0, out[-6000:]
     assert "Invoices: VINR beside the ledger" in out
     assert "The guide's invoice" in out and "EUR 1,960.00" in out  # implementation + 8 support hours
-    for label in ("card declined", "3-D Secure", "Setup fee", "paid in part", "voided", "paid late"):
+    for label in ("card declined", "3-D Secure", "Setup fee", "paid in part", "voided", "paid late",
+                  "a proration credit", "the credit applied"):
         assert label in out, label
+    # The downgrade's EUR 300.00 credit was used up by the next invoice, at VINR and in the ledger.
+    assert "customer credit 0.00 = the customer's credit balance at VINR 0.00" in out
     assert "Trial balance, EUR" in out and "Trial balance, CHF" in out
     assert "✗" not in out
     assert "Alerts and callbacks sent by the worker" in out
@@ -115,7 +118,8 @@ def assert_report(code: int, out: str) -> None:
     # invoice, paid, called the merchant app back with a signature that verifies.
     assert re.search(r"email to jana\.weber@merchant\.example: Payment failed: INV-\d{4}-\d{6} .*EUR 450\.00 due", out)
     assert re.search(r"chat: Payment failed: INV-\d{4}-\d{6} .*EUR 450\.00 due", out)
-    assert len(re.findall(r"fulfilment callback invoice\.paid inv_\w+: signature verified", out)) == 4
+    # The guide's, the workshop's, the setup fee's, the late one's, the credit note's and September's.
+    assert len(re.findall(r"fulfilment callback invoice\.paid inv_\w+: signature verified", out)) == 6
     assert "NOT verified" not in out  # every fulfilment callback that arrived was signed right
     assert "✓ The ledger matches VINR" in out
 

@@ -137,11 +137,14 @@ def balance_checks(outcome) -> dict[str, list[tuple[str, bool]]]:
         credits = sum(r["credits"] for r in accounts.values())
         receivable = accounts.get("accounts_receivable", {}).get("balance", 0)
         clearing = accounts.get("vinr_clearing", {}).get("balance", 0)
+        credit = -accounts.get("customer_credit", {}).get("balance", 0)  # a credit balance
+        owed = outcome.credit.get(currency, 0)
         checks[currency] = [
             (f"debits {money(debits)} = credits {money(credits)}", debits == credits),
             (f"accounts receivable {money(receivable)} = due on open invoices at VINR {money(due[currency])}",
              receivable == due[currency]),
             (f"VINR clearing {money(clearing)} = paid at VINR {money(paid[currency])}", clearing == paid[currency]),
+            (f"customer credit {money(credit)} = the customer's credit balance at VINR {money(owed)}", credit == owed),
         ]
     return checks
 

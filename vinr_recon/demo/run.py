@@ -62,6 +62,7 @@ class Outcome:
     folder: Path
     bad_days: BadDays
     customer: str = ""
+    credit: dict[str, int] = field(default_factory=dict)  # the customer's creditBalance at VINR
     story: list[StoryInvoice] = field(default_factory=list)
     events: list[dict] = field(default_factory=list)
     vinr: dict[str, dict] = field(default_factory=dict)
@@ -230,6 +231,7 @@ async def demo(settings: Settings, args, res: Resources, console: Console) -> Ou
                 await asyncio.sleep(0.1)
             out.events = events
 
+        out.credit = (await vinr.get(f"/customers/{out.customer}")).raise_for_status().json()["creditBalance"]
         for inv in out.story:
             out.vinr[inv.id] = (await vinr.get(f"/invoices/{inv.id}")).raise_for_status().json()
             out.before[inv.id] = await _ledger_invoice(ledger, inv.id)

@@ -3,7 +3,7 @@
 Customer Acme GmbH; the seed guide's invoice (implementation plus eight support hours,
 EUR 1,960.00) paid by card; a second invoice declined; a 3-D Secure payment; a setup fee
 through pending invoice items; a partial payment (in CHF, for a second currency); a void; an
-uncollectible invoice paid late.
+uncollectible invoice paid late; a plan downgrade whose proration credit the next invoice uses.
 """
 
 from __future__ import annotations
@@ -126,4 +126,19 @@ async def tell(client: httpx.AsyncClient) -> tuple[str, list[StoryInvoice]]:
     await vinr.pay(late.id, CARD_OK)
     late.happened += ["finalized and sent", "marked uncollectible", "paid late by card"]
     story.append(late)
+
+    # Last, so that no other EUR invoice takes the credit first.
+    downgrade = StoryInvoice("Plan downgrade: a proration credit")
+    inv = await vinr.invoice(cust, [("Standard plan, rest of August", 1, 20000),
+                                    ("Unused Enterprise plan, August", 1, -50000)], send=False)
+    downgrade.id = inv["id"]
+    downgrade.happened += ["finalized with a negative total: paid at once", "EUR 300.00 credit for the customer"]
+    story.append(downgrade)
+
+    next_month = StoryInvoice("Standard plan, September: the credit applied")
+    inv = await vinr.invoice(cust, [("Standard plan — September 2026", 1, 45000)])
+    next_month.id = inv["id"]
+    await vinr.pay(next_month.id, CARD_OK)
+    next_month.happened += ["EUR 300.00 of credit applied at finalize", "the other EUR 150.00 paid by card"]
+    story.append(next_month)
     return cust, story
