@@ -15,16 +15,18 @@ import json
 import logging
 import os
 import time
-from typing import Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from starlette.types import Receive, Scope, Send
 
 from receiver.enqueue import Enqueuer, QueueUnavailable, webhook_job
 from receiver.limits import BodyBudget, Held
 from receiver.metrics import UNKNOWN_TYPE, Metrics, type_label
-from vinr.events import MAX_ID, InvalidEvent, parse_event
+from vinr.events import (
+    INVOICE_EVENT_TYPES, INVOICE_KEYS, Id, InvalidEvent, Timestamp, invoice_fields_problem, parse_event,
+)
 from vinr.signature import SignatureError, verify
 from vinr_recon.jobs import KEPT_HEADERS
 from vinr_recon.settings import Settings
@@ -111,10 +113,23 @@ async def read_body(receive: Receive, declared: str | None, limit: int, held: He
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-class _Data(BaseModel):
-    """`Event.data`: any JSON object. Its content is the worker's to validate, not kept here."""
+def _invoice_keys(name: str, **more: Any) -> type[BaseModel]:
+    """A model of a JSON object that keeps only the invoice keys `parse_event` checks with the
+    event (vinr.events.INVOICE_KEYS), each as it is: their types are the worker's to check."""
+    keys = {f"k{n}": (Any, Field(None, validation_alias=key)) for n, key in enumerate(INVOICE_KEYS)}
+    return create_model(name, __config__=ConfigDict(extra="ignore"), **keys, **more)
 
-    model_config = ConfigDict(extra="ignore")
+
+# `Event.data` is any JSON object: in the older shape the invoice itself, in the newer one the
+# invoice is its `object` (Event.data_object).
+_ObjectKeys = _invoice_keys("_ObjectKeys")
+_Data = _invoice_keys("_Data", object=(Annotated[_ObjectKeys | Any, Field(union_mode="left_to_right")], None))
+
+
+def _invoice_fields(data: BaseModel) -> dict[str, Any]:
+    """The checked keys of the event's invoice object that the body holds, by name."""
+    keys = data.object if isinstance(data.object, _ObjectKeys) else data
+    return {INVOICE_KEYS[int(name[1:])]: getattr(keys, name) for name in keys.model_fields_set if name != "object"}
 
 
 class Envelope(BaseModel):
@@ -122,15 +137,16 @@ class Envelope(BaseModel):
 
     `Event.data` is `dict[str, Any]` and `Event` allows extra fields, so a body is an `Envelope`
     exactly when it is an `Event` (tests/test_receiver.py holds the two together); skipping the
-    Python objects of the invoice halves the parse.
+    Python objects of the invoice halves the parse. Of the invoice, `data` keeps only the few
+    fields `parse_event` checks with the event.
     """
 
     model_config = ConfigDict(extra="ignore")
 
-    id: str = Field(min_length=1, max_length=MAX_ID)
+    id: Id
     object: Literal["event"] = "event"
-    type: str = Field(min_length=1, max_length=MAX_ID)
-    created: StrictInt
+    type: Id
+    created: Timestamp
     livemode: bool = False
     data: _Data
 
@@ -147,6 +163,9 @@ def identify(body: bytes) -> tuple[str, str]:
         event = Envelope.model_validate_json(body)
     except ValidationError:
         event = parse_event(body)
+    else:
+        if event.type in INVOICE_EVENT_TYPES and invoice_fields_problem(_invoice_fields(event.data)):
+            event = parse_event(body)  # which refuses it, in its own words
     return event.id, event.type
 
 
