@@ -17,6 +17,12 @@ latency. Printed: the receiver's RSS before and at its peak (VmHWM, reset before
 how the attacking connections were answered (status line, or closed), how many were still
 open `--grace` s after the deadline, and the signed delivery's answer. `--env NAME=VALUE`
 passes settings to the receiver (e.g. `RECEIVER_HEADER_TIMEOUT=2`).
+
+`--server` runs the same app under another server, configured as closely as each allows, to
+compare: `uvicorn-httptools` (as `vinr-recon serve` ran before receiver.server), `uvicorn-h11` (h11's head limit, `limit_concurrency`), `hypercorn` (its head limit and
+`read_timeout`), `granian` (`--http1-header-read-timeout`, `--http1-buffer-size`,
+`--backpressure`). Those two are not the project's dependencies: install them apart, e.g.
+`pip install --target /tmp/alt hypercorn granian` and `PYTHONPATH=/tmp/alt`.
 """
 
 from __future__ import annotations
@@ -59,7 +65,7 @@ def free_port() -> int:
 class Receiver:
     """`vinr-recon serve` on a free port, a queue of its own, its log in `workdir`."""
 
-    def __init__(self, workdir: Path, extra_env: dict[str, str]) -> None:
+    def __init__(self, workdir: Path, extra_env: dict[str, str], server: str = "vinr-recon") -> None:
         self.port = free_port()
         self.queue = f"arq:queue:slowbench:{os.getpid()}:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("VINR_", "LEDGER_", "RECEIVER_"))}
@@ -67,6 +73,14 @@ class Receiver:
                    QUEUE_NAME=self.queue, DATABASE_URL=f"sqlite:///{workdir / 'ledger.db'}", LOG_LEVEL="WARNING",
                    **extra_env)
         command = [str(Path(sys.executable).with_name("vinr-recon")), "serve", "--port", str(self.port)]
+        if server == "granian":
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent), env.get("PYTHONPATH")]))
+            command = [sys.executable, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1",
+                       "--port", str(self.port), "--workers", "1", "--http", "1", "--no-ws", "--factory",
+                       "--backpressure", "1000", "--http1-header-read-timeout", "5000",
+                       "--http1-buffer-size", str(16 * 1024), "--log-level", "warning", "slowclients:granian_app"]
+        elif server != "vinr-recon":
+            command = [sys.executable, __file__, "--serve", server, "--port", str(self.port)]
         self.log = (workdir / f"receiver-{self.port}.log").open("wb")
         self.process = subprocess.Popen(command, env=env, cwd=workdir, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
@@ -79,13 +93,23 @@ class Receiver:
                 time.sleep(0.05)
         raise RuntimeError("the receiver did not start")
 
+    def pids(self) -> list[int]:
+        """The server's process and its children (granian serves from a child process)."""
+        import psutil
+
+        return [self.process.pid, *(child.pid for child in psutil.Process(self.process.pid).children(recursive=True))]
+
     def status(self, field: str) -> float:
-        """A figure of /proc/<pid>/status in MiB: VmRSS now, VmHWM the peak since the reset."""
-        text = Path(f"/proc/{self.process.pid}/status").read_text()
-        return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.M).group(1)) / 1024
+        """A figure of /proc/<pid>/status in MiB, summed over `pids()`: VmRSS now, VmHWM the peak since the reset."""
+        total = 0
+        for pid in self.pids():
+            text = Path(f"/proc/{pid}/status").read_text()
+            total += int(re.search(rf"^{field}:\s+(\d+) kB", text, re.M).group(1))
+        return total / 1024
 
     def reset_peak(self) -> None:
-        Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")
+        for pid in self.pids():
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -101,6 +125,49 @@ class Receiver:
         ids = [m.decode() for m in client.zrange(self.queue, 0, -1)]
         client.delete(self.queue, *(k for i in ids for k in (f"arq:job:{i}", f"arq:result:{i}")))
         client.close()
+
+
+def the_app():
+    from receiver.app import create_app
+    from vinr_recon.logging import configure_logging
+    from vinr_recon.settings import Settings
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    return settings, create_app(settings)
+
+
+def granian_app():
+    """The receiver's app for granian (`--factory slowclients:granian_app`)."""
+    return the_app()[1]
+
+
+def serve(server: str, port: int) -> None:
+    """The receiver's app under `server`, with what that server offers against slow clients."""
+    settings, app = the_app()
+    if server == "uvicorn-httptools":  # as `vinr-recon serve` ran before receiver.server
+        import uvicorn
+
+        uvicorn.run(app, host="127.0.0.1", port=port, log_config=None, access_log=False, http="httptools",
+                    loop="uvloop", ws="none", lifespan="on")
+    elif server == "uvicorn-h11":
+        import uvicorn
+
+        uvicorn.run(app, host="127.0.0.1", port=port, log_config=None, access_log=False, http="h11", loop="uvloop",
+                    ws="none", lifespan="on", h11_max_incomplete_event_size=settings.receiver_max_header_bytes,
+                    limit_concurrency=settings.receiver_max_connections)
+    elif server == "hypercorn":
+        import uvloop
+        from hypercorn.asyncio import serve as hypercorn_serve
+        from hypercorn.config import Config
+
+        config = Config()
+        config.bind = [f"127.0.0.1:{port}"]
+        config.h11_max_incomplete_size = settings.receiver_max_header_bytes
+        config.read_timeout = int(settings.receiver_header_timeout)
+        config.backlog = 2048
+        config.accesslog = None
+        uvloop.run(hypercorn_serve(app, config))
 
 
 # --- the attacks -------------------------------------------------------------------------
@@ -228,7 +295,7 @@ async def run_attack(receiver: Receiver, kind: str, connections: int, deadline: 
 
 
 def report(rows: list[dict], args) -> None:
-    print(f"\n{args.connections} connections per attack; still open counted {args.deadline + args.grace:.0f} s "
+    print(f"\n{args.server}: {args.connections} connections per attack; still open counted {args.deadline + args.grace:.0f} s "
           f"after the attack began; settings: {' '.join(args.env) or 'defaults'}")
     print(f"\n{'attack':<17}{'conns':>6}{'RSS before':>11}{'RSS peak':>10}{'open after':>11}"
           f"{'signed':>8}{'latency ms':>11}   answers to the attackers")
@@ -246,14 +313,20 @@ def main() -> int:
                         help="seconds after which every attacking connection should be closed (default 10)")
     parser.add_argument("--grace", type=float, default=2.0)
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the receiver")
+    parser.add_argument("--server", default="vinr-recon", choices=["vinr-recon", "uvicorn-httptools", "uvicorn-h11", "hypercorn", "granian"])
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, args.port)
+        return 0
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4 * args.connections + 256)), hard))
     extra = dict(item.split("=", 1) for item in args.env)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.attacks.split(","):
-            receiver = Receiver(Path(tmp), extra)
+            receiver = Receiver(Path(tmp), extra, args.server)
             try:
                 rows.append(asyncio.run(run_attack(receiver, kind, args.connections, args.deadline, args.grace)))
             finally:

@@ -20,6 +20,7 @@ import pytest
 from redis import Redis
 
 from conftest import REDIS_URL
+from receiver.limits import BodyBudget
 from receiver_support import event_body, signed
 from test_receiver_fuzz import Receiver
 from vinr_recon.jobs import job_key, result_key
@@ -136,6 +137,31 @@ async def _close_clients():
     while Client.opened:
         Client.opened.pop().close()
     await asyncio.sleep(0)  # let the transports finish closing in this test's loop
+
+
+# --- the body budget, as pure logic (receiver.limits) --------------------------------------
+
+
+def test_a_body_within_its_free_bytes_draws_nothing_from_the_budget():
+    budget = BodyBudget(total=0, free=1000)
+    held = budget.request()
+    assert held.take(600) and held.take(400) and budget.used == 0
+    assert not held.take(1)  # a 0-byte budget: one byte past the free ones is refused
+    assert held.size == 1000
+
+
+def test_bytes_past_the_free_ones_are_drawn_and_refused_once_the_budget_is_spent():
+    budget = BodyBudget(total=1500, free=1000)
+    first, second = budget.request(), budget.request()
+    assert first.take(1800) and budget.used == 800
+    assert second.take(1000) and budget.used == 800  # its free part
+    assert not second.take(701) and (second.size, budget.used) == (1000, 800)  # refused: nothing taken
+    assert second.take(700) and budget.used == 1500
+    first.release()
+    assert budget.used == 700 and first.size == 0
+    first.release()  # idempotent
+    second.release()
+    assert budget.used == 0
 
 
 # --- the head: a cap on the request line and headers together ------------------------------
