@@ -43,9 +43,14 @@ async def bury(
     """Record the event as dead and keep it as a dead letter; returns the dead letter's id.
 
     Writes no letter, and returns None, when the event was applied meanwhile by another
-    delivery. `replaces` is the dead letter a replay came from: it is marked replayed.
+    delivery. `replaces` is the dead letter a replay came from: it is marked replayed. The id,
+    type and error are stored as `storable` makes them: what made an event poison (a NUL, an id
+    too long) must not fail its letter as well, or the job would be retried for ever.
     """
     now = datetime.now(UTC)
+    event_id = storable(event_id, dead_letters.c.event_id.type.length)
+    event_type = storable(event_type, dead_letters.c.type.type.length)
+    error = storable(error)
     await record_dead(conn, event_id, event_type, body, headers, error, received_at)
     outcome = await conn.scalar(select(received.c.outcome).where(received.c.event_id == event_id))
     if replaces is not None:
@@ -64,6 +69,22 @@ async def bury(
                 attempts=attempts, dead_at=now)
         .returning(dead_letters.c.id)
     )
+
+
+def storable(text: str, limit: int | None = None) -> str:
+    """`text` as every database's text column keeps it: each control or other unprintable
+    character escaped as Python writes it (`\\x00`, `\\ud800`: PostgreSQL takes no NUL, no
+    driver a lone surrogate), cut to `limit` characters. Printable text is left as it is."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else _escaped(c) for c in text)
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 @dataclass(frozen=True)
