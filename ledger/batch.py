@@ -14,9 +14,9 @@ On PostgreSQL each statement takes its rows as arrays (`unnest`), so its text, a
 statement the server keeps for it, is the same whatever the batch size. SQLite runs the same
 statements row by row (executemany), which costs it no round trips.
 
-An event that cannot apply (`CannotApply`) aborts the batch with `PoisonInBatch`, naming it, so
-the caller can set it apart and apply the others again. Replays, which may revive a dead event,
-go through `book.apply_event`.
+An event whose effect cannot be computed (`CannotApply`, or any other exception of its own)
+aborts the batch with `PoisonInBatch`, naming it, so the caller can set it apart and apply the
+others again. Replays, which may revive a dead event, go through `book.apply_event`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.book import ConcurrentUpdate, EventResult, entries, position_from_row, positions, postings, received
-from ledger.posting import CannotApply, Entry, Position, post
+from ledger.posting import Entry, Position, post
 from vinr.events import Event, Invoice
 
 
@@ -46,9 +46,10 @@ class Received:
 
 
 class PoisonInBatch(Exception):
-    """The event at `index` can never apply; nothing of the batch was written."""
+    """Computing the effect of the event at `index` raised `error`; nothing of the batch was
+    written. `CannotApply` means it can never apply; anything else is that event's alone too."""
 
-    def __init__(self, index: int, error: CannotApply):
+    def __init__(self, index: int, error: Exception):
         super().__init__(index, error)
         self.index, self.error = index, error
 
@@ -65,8 +66,9 @@ class _NewEntry:
 async def apply_events(conn: AsyncConnection, batch: list[Received], *, source: str = "webhook") -> list[EventResult]:
     """Record and apply each event of `batch`, in order, inside the caller's transaction.
 
-    Returns one result per event. Raises `PoisonInBatch` for an event that cannot apply and
-    database errors (or `ConcurrentUpdate`) for the caller to retry; either way nothing stays.
+    Returns one result per event. Raises `PoisonInBatch` for an event whose effect cannot be
+    computed and database errors (or `ConcurrentUpdate`) for the caller to retry; either way
+    nothing stays.
     """
     now = datetime.now(UTC)
     pg = conn.dialect.name == "postgresql"
@@ -83,15 +85,17 @@ async def apply_events(conn: AsyncConnection, batch: list[Received], *, source: 
             results.append(EventResult("ignored"))
             continue
         position = current[item.invoice.id]
+        # Whatever computing one event's effect raises is that event's alone (CannotApply, or a
+        # value no check foresaw): the caller sets it apart and applies its neighbours.
         try:
             outcome = post(position, item.invoice, event_at=item.event.created)
-        except CannotApply as exc:
+            effective = datetime.fromtimestamp(item.event.created, UTC) if item.event.created else now
+        except Exception as exc:
             raise PoisonInBatch(index, exc) from exc
         if outcome.stale:
             stale.append(item.event.id)
             results.append(EventResult("stale", outcome, item.invoice))
             continue
-        effective = datetime.fromtimestamp(item.event.created, UTC) if item.event.created else now
         new_entries += [
             _NewEntry(f"{item.invoice.id}:v{position.version}:{n}:{entry.kind}", entry, item.invoice.id,
                       item.event.id, effective)

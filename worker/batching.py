@@ -3,9 +3,11 @@
 Each job hands its event to the `Batcher` and waits for its own result; whatever is waiting
 when a transaction ends goes into the next one. A job therefore still returns only once its
 event's outcome is committed, and a failed transaction fails each of its jobs, which retry on
-their own (arq's Retry). One event never fails the others: an event that cannot apply is set
-apart with its error, and a batch the database refuses is tried again event by event, so only
-the culprit fails.
+their own (arq's Retry). One event never fails the others: an event whose effect cannot be
+computed is set apart with its error (ledger.batch.PoisonInBatch), and a batch that fails for
+any other reason but its deadline (the database refuses it, or an exception no check foresaw)
+is tried again event by event, so only the culprit fails. The culprit's job then goes the way
+of a job of its own: a dead letter at once for `CannotApply`, else retried with backoff.
 """
 
 from __future__ import annotations
@@ -14,11 +16,10 @@ import asyncio
 import contextlib
 import contextvars
 
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.batch import PoisonInBatch, Received, apply_events
-from ledger.book import ConcurrentUpdate, EventResult
+from ledger.book import EventResult
 from ledger.outbox import NO_CHANNELS, Channels, stage_results
 
 Waiting = tuple[Received, asyncio.Future[EventResult]]
@@ -56,7 +57,8 @@ class Batcher:
     async def apply(self, item: Received) -> EventResult:
         """Apply one event with whatever else is waiting; returns once its outcome is committed.
 
-        Raises what its transaction raised (to be retried), or `CannotApply` for this event.
+        Raises what its transaction raised (to be retried), or what computing this event's
+        effect raised (`CannotApply`: it can never apply).
         """
         future = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
@@ -110,17 +112,17 @@ class Batcher:
                 _, future = batch.pop(poison.index)
                 _settle(future, error=poison.error)
                 continue
-            except (DBAPIError, ConcurrentUpdate) as exc:
+            except TimeoutError as exc:  # every job retries later
+                for _, future in batch:
+                    _settle(future, error=exc)
+                return
+            except Exception as exc:  # the database refused, or something no check foresaw
                 if len(batch) == 1:
                     _settle(batch[0][1], error=exc)
                     return
                 # Perhaps one event's data failed them all: each alone, so only it fails.
                 for waiting in batch:
                     await self._write([waiting])
-                return
-            except Exception as exc:  # a timeout: every job retries later
-                for _, future in batch:
-                    _settle(future, error=exc)
                 return
             except BaseException:  # cancelled: so are its jobs, which arq runs again
                 for _, future in batch:
