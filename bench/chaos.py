@@ -20,11 +20,13 @@ queue drains, `vinr-recon reconcile --json` runs, the alerts and callbacks drain
 come from the sandbox's API (its events with every delivery attempt, its invoices) and from the
 ledger's database; the expectations are derived independently of the service's code:
 
-- mismatches: status, currency, total, amountPaid, amountDue of every invoice, VINR vs ledger;
+- mismatches: status, currency, total, amountPaid, amountDue (and appliedBalance, once the
+  ledger keeps it) of every invoice, VINR vs ledger;
 - facts posted twice: per invoice, the net of its postings on each account against what VINR's
   final snapshot implies (contract sections 3 and 6: clearing = amountPaid, receivable =
-  amountDue while open, bad debt = amountDue while uncollectible, revenue = total, or what was
-  paid when void), plus entries per (invoice, kind) beyond what its lifecycle allows;
+  amountDue while open, bad debt = amountDue while uncollectible, revenue = total, none when
+  void; customer credit used = appliedBalance, and a void gives back what was paid and the
+  credit used), plus entries per (invoice, kind) beyond what its lifecycle allows;
 - trial balance per currency, and every entry balanced;
 - alerts: one email and one chat message per payment_failed event applied while the ledger did
   not yet hold its invoice as paid or void (ledger/outbox.py `for_event`), in the ledger's
@@ -47,7 +49,9 @@ reconciliation races them. Each invoice takes its three steps at times of its ow
 `--live-seconds` (live_schedule), so changes keep coming for as long as the runs go on, and
 `vinr-recon reconcile --json` (a process, as above) runs again and again meanwhile,
 `--reconcile-pause` seconds apart; two workers, one SIGKILLed; Redis is not restarted unless
-asked (a run needs it for its lock). The last run is the first to start after VINR's last
+asked (a run needs it for its lock). The sandbox delivers each page of its invoice list
+`--list-latency` (0.5) seconds after reading it, as over a network: a run's page can be older
+than a webhook the workers applied meanwhile, the race a run must not lose. The last run is the first to start after VINR's last
 change; then delivery settles and the queue drains, and no run follows. Why every invoice must
 then equal VINR: an invoice's final state either had a webhook delivered (its snapshot moves
 the ledger there, and nothing newer exists), or it was dropped, and then the last run, which
@@ -808,6 +812,8 @@ class Chaos:
                 continue
             ledger = {"status": pos["status"], "currency": pos["currency"], "total": pos["total"],
                       "amountPaid": pos["amount_paid"], "amountDue": pos["amount_due"]}
+            if "applied_balance" in pos.keys() and "appliedBalance" in vinr:  # once the ledger keeps it
+                ledger["appliedBalance"] = pos["applied_balance"]
             diff = {k: (ledger[k], vinr[k]) for k in ledger if ledger[k] != vinr[k]}
             if diff:
                 fig.mismatched.append(f"{inv_id}: " + ", ".join(f"{k} ledger {a} VINR {b}" for k, (a, b) in diff.items()))
@@ -852,7 +858,7 @@ class Chaos:
         kinds = Counter((e["invoice_id"], e["kind"]) for e in entries)
         for (inv_id, kind), count in sorted(kinds.items()):
             allowed = payments[inv_id] if kind == "payment" else 1 if kind in (
-                "finalize", "void", "write_off", "recovery") else 0
+                "finalize", "void", "write_off", "recovery", "credit", "credit_applied") else 0
             if count > allowed:
                 fig.extra_entries.append(f"{inv_id}: {count} {kind} entries, lifecycle allows {allowed}")
 
@@ -1008,7 +1014,7 @@ def ledger_stage(net: Counter, voided: bool) -> int:
 
 
 VERSION = re.compile(r":v(\d+):\d+:[a-z_]+$")  # journal_entries.idempotency_key: {invoice}:v{version}:{n}:{kind}
-UNDOING = ("payment_reversal", "credit_reversal")
+UNDOING = ("payment_reversal", "credit_reversal", "credit_applied_reversal")
 RECOGNITION = ("finalize", "void", "adjustment")  # ledger/posting.py: the kinds that move recognised revenue
 
 
@@ -1048,15 +1054,19 @@ def regressions(entries: list, lines: dict[int, list]) -> tuple[list[str], Count
 
 
 def expected_nets(inv: dict) -> dict[str, int]:
-    """Each account's net (debits - credits) for one invoice as VINR states it (contract 3 and 6)."""
+    """Each account's net (debits - credits) for one invoice as VINR states it (contract 3 and 6):
+    a voided invoice leaves no revenue, what it had collected (and the credit it had used) is the
+    customer's credit again; the credit applied at finalize (`appliedBalance`) is credit used."""
     status, total, paid, due = inv["status"], inv["total"], inv["amountPaid"], inv["amountDue"]
+    applied = inv.get("appliedBalance") or 0
     if status == "draft":
         return {}
     out = Counter({"vinr_clearing": paid})
     if status == "void":
-        out["revenue"] -= paid
+        out["customer_credit"] -= paid  # used `applied`, then owed back `paid + applied`
     else:
         out["revenue"] -= total
+        out["customer_credit"] += applied
         if total < 0:
             out["revenue"], out["customer_credit"] = 0, total
     if status == "open":
