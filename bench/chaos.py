@@ -51,19 +51,20 @@ reconciliation races them. Each invoice takes its three steps at times of its ow
 `--reconcile-pause` seconds apart; two workers, one SIGKILLed; Redis is not restarted unless
 asked (a run needs it for its lock). The sandbox delivers each page of its invoice list
 `--list-latency` (0.5) seconds after reading it, as over a network: a run's page can be older
-than a webhook the workers applied meanwhile, the race a run must not lose. The last run is the first to start after VINR's last
-change; then delivery settles and the queue drains, and no run follows. Why every invoice must
-then equal VINR: an invoice's final state either had a webhook delivered (its snapshot moves
-the ledger there, and nothing newer exists), or it was dropped, and then the last run, which
-read VINR after every change, saw the final state and corrected it or found it caught up;
-webhooks arriving after that carry older snapshots, which move nothing. So the invoices "whose
-only webhooks were dropped and that no run saw after their last change" are none by
-construction, and a mismatch after the drain is a defect. The pass condition adds:
+than a webhook the workers applied meanwhile, the race a run must not lose. The last run is the
+first to start after VINR's last change; then delivery settles and the queue drains, and no run
+follows. Why every invoice must then equal VINR: an invoice's final state either had a webhook
+delivered (its snapshot moves the ledger there, and nothing newer exists), or it was dropped,
+and then the last run, which read VINR after every change, saw the final state and corrected
+it or found it caught up; webhooks arriving after that carry older snapshots, which move
+nothing. So the invoices "whose only webhooks were dropped and that no run saw after their last
+change" are none by construction, and a mismatch after the drain is a defect. The pass
+condition adds:
 
 - no change moved an invoice backwards (`regressions`): replaying each invoice's journal by
   position version, amountPaid never drops and the stage its account nets show (open,
-  uncollectible, paid or void) never goes back, and no `payment_reversal` or
-  `credit_reversal` exists. VINR never moves backwards in this world, so each such change is
+  uncollectible, paid or void) never goes back, and no `payment_reversal`, `credit_reversal`
+  or `credit_applied_reversal` exists. VINR never moves backwards in this world, so each such change is
   drift a run invented (it rolled back a newer webhook);
 - per run (its JSON, `reconcile/report.py::get_run`): every finding recorded as corrected names
   entries, each of them in the ledger with that run's `run_id` and that invoice; a run that says
@@ -287,7 +288,8 @@ class Figures:
                 "caught in flight", "backfilled", "matches", "corrected findings (entries ok)", "undid progress")
         rows = [head]
         for r in self.runs:
-            by = ", ".join(f"{k.replace('_mismatch', '').replace('_', ' ')} {v}" for k, v in sorted(r["by_category"].items()))
+            by = ", ".join(f"{k.replace('_mismatch', '').replace('_', ' ')} {v}"
+                           for k, v in sorted(r["by_category"].items()))
             rows.append((str(r["id"]), f"{r['started']:.1f}", f"{r['seconds']:.1f}", "yes" if r["live"] else "no",
                          f"{r['findings']}" + (f" ({by})" if by else ""), str(r["corrections"]),
                          "n/a" if r["caught"] is None else str(r["caught"]), str(r["backfilled"]),
