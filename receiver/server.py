@@ -61,6 +61,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._phase = _HEAD
         self._head_read = 0  # bytes of the present head received so far
         self._head_tail = b""  # its last 3 bytes, for an end of head split between two reads
+        self._head_begun = False  # whether its request line has begun (past any empty lines)
         self._timer: asyncio.TimerHandle | None = self.loop.call_later(self.head_timeout, self._expired)
         self._timed = _HEAD  # the phase the timer runs for
 
@@ -74,32 +75,38 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._phase == _REFUSED:
             return
-        if self._phase != _BODY and not self._within_head_cap(data):
-            self._refuse_head()
-            return
+        if self._phase != _BODY:
+            self._count_head(data)
+            if self._head_read > self.max_head:
+                self._refuse_head()
+                return
         super().data_received(data)
         if self._phase != self._timed:
             self._time(self._phase)
 
-    def _within_head_cap(self, data: bytes) -> bool:
-        """Count the head's bytes in `data` (all of it, or up to the blank line that ends it).
+    def _count_head(self, data: bytes) -> None:
+        """Count the head's bytes in `data`: all of it, or up to the blank line that ends it.
 
-        A head that ends in this read and a next pipelined request's head that begins in it:
-        that next one's first bytes go uncounted, so a head may pass the cap by one read.
+        Empty lines before a request line (which the parser skips) count, but their CRLFs do not
+        end the head. A head that ends in this read and a next pipelined request's head that
+        begins in it: that next one's first bytes go uncounted, so a head may pass the cap by
+        one read.
         """
         window = self._head_tail + data
-        end = window.find(_END_OF_HEAD)
-        if end < 0:
-            self._head_read += len(data)
-            self._head_tail = window[-3:]
-        else:
-            self._head_read += end + len(_END_OF_HEAD) - len(self._head_tail)
-        return self._head_read <= self.max_head
+        self._head_tail = window[-3:]
+        start = 0
+        if not self._head_begun:
+            start = len(window) - len(window.lstrip(b"\r\n"))
+            self._head_begun = start < len(window)
+        end = window.find(_END_OF_HEAD, start)
+        self._head_read += len(data) if end < 0 else end + len(_END_OF_HEAD) - (len(window) - len(data))
 
     def _refuse_head(self) -> None:
         """431, then a lingering close: the rest of the head is read and dropped until the client
         closes or the head's deadline passes, so that closing with unread bytes (a reset) cannot
         destroy the answer before the client reads it."""
+        if self.transport.is_closing():  # the parser refused the request already (400)
+            return
         self._phase = _REFUSED
         if self._timer is None:  # a pipelined request's head: no deadline was running
             self._timer = self.loop.call_later(self.head_timeout, self._expired)
@@ -138,6 +145,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._phase = _DONE
         self._head_read = 0
         self._head_tail = b""
+        self._head_begun = False
         super().on_message_complete()
 
 

@@ -175,17 +175,22 @@ async def test_a_signed_delivery_with_a_head_just_under_the_cap_is_taken(receive
     client.close()
 
 
-@pytest.mark.parametrize("shape", ["one long field", "many short fields", "long request line"])
+@pytest.mark.parametrize("shape", ["one long field", "many short fields", "long request line",
+                                   "after empty lines"])
 async def test_a_head_over_16_kib_is_431_and_the_connection_closed(receiver, shape):
-    headers, path = [], URL
+    """"After empty lines": the parser skips CRLFs before a request line, so their blank line is
+    not the end of the head."""
+    headers, path, before = [], URL, b""
     if shape == "one long field":
         headers = ["x-long: " + "a" * (MAX_HEAD + 1)]
     elif shape == "many short fields":
         headers = [f"x-short-{n}: {'b' * 40}" for n in range(MAX_HEAD // 40)]
-    else:
+    elif shape == "long request line":
         path = URL + "?" + "c" * (MAX_HEAD + 1)
+    else:
+        before, headers = b"\r\n" * 4, ["x-long: " + "a" * (MAX_HEAD + 1)]
     client = await Client.open(receiver)
-    await client.send(signed_request(None, *headers).replace(URL.encode(), path.encode(), 1))
+    await client.send(before + signed_request(None, *headers).replace(URL.encode(), path.encode(), 1))
     assert await client.status() == 431
     assert json.loads(client.body) == {"error": f"request line and headers over the limit of {MAX_HEAD} bytes"}
     assert await client.closed_within(WAIT)
