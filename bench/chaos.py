@@ -160,6 +160,8 @@ class Plan:
     metadata: dict[str, str]
     id: str = ""
     partial: bool = False  # void: after a partial payment; declined_open: declined twice
+    due: int = 0  # amountDue once finalized: the total less the customer's credit VINR applied
+    done: bool = False  # final before its lifecycle ran out (the credit, or a tiny due, paid it)
 
 
 @dataclass
@@ -336,10 +338,15 @@ async def wave(vinr: Vinr, plan: Plan, step: int, customers: list[str]) -> None:
     k, inv = plan.kind, plan.id
     if step == 0:
         made = await vinr.invoice(customers[plan.customer], plan.lines, currency=plan.currency, metadata=plan.metadata)
-        plan.id = made["id"]
+        plan.id, plan.due, plan.done = made["id"], made["amountDue"], made["status"] == "paid"
         return
-    total = sum(q * u for _, q, u in plan.lines)
-    part = max(1, total // 3)
+    if plan.done:
+        return  # credit a void gave back (live: voids come between finalizations) paid it at finalize
+    part = plan.due // 3
+    if part == 0 and (k == "partial_then_paid" or (k == "void" and plan.partial)) and step == 1:
+        await vinr.pay(inv, CARD_OK)  # too little due to pay in part
+        plan.done = True
+        return
     if step == 1:
         if k == "paid":
             await vinr.pay(inv, CARD_OK)

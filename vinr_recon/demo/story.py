@@ -54,7 +54,7 @@ class Vinr:
             await self.call("POST", f"/invoices/{inv['id']}/lines",
                             {"description": description, "quantity": quantity, "unitAmount": unit_amount})
         inv = await self.call("POST", f"/invoices/{inv['id']}/finalize")
-        if send:
+        if send and inv["status"] == "open":  # one the customer's credit paid in full is not sent
             await self.call("POST", f"/invoices/{inv['id']}/send")
         return inv
 
