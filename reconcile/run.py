@@ -18,10 +18,12 @@ So a finding is a difference still there under the lock, and each corrected one 
 entries that corrected it. Positions are locked in code-point order of their ids, as a
 worker's batch locks them (`ORDER BY ... COLLATE "C"`), so the two never deadlock.
 
-The cost: one list page per 100 invoices created in the window, one fetch per invoice the
-ledger holds as not final that the sweep did not return, and one per difference seen.
-Memory holds two pages at a time (the next is read while one is checked) and the ids of the
-open invoices seen. The corrections and findings of a page commit in one transaction.
+The cost does not grow with history: one list page per 100 invoices created in the window;
+for those created before it, one page per 100 of the invoices VINR holds as open, uncollectible
+or draft (status-filtered lists); one fetch per ledger invoice not final that no list showed
+(it became final, or was deleted, without the ledger hearing of it), and one per difference
+seen. Memory holds two pages at a time (the next is read while one is checked) and the ids of
+the not-final invoices seen. The corrections and findings of a page commit in one transaction.
 """
 
 from __future__ import annotations
@@ -190,16 +192,19 @@ class Reconciler:
     """
 
     def __init__(self, engine: AsyncEngine, client: VinrClient, *, dry_run: bool = False,
-                 progress: Callable[[int], None] | None = None, notices: outbox.Channels = outbox.NO_CHANNELS):
+                 progress: Callable[[int], None] | None = None, notices: outbox.Channels = outbox.NO_CHANNELS,
+                 full_sweep_every: timedelta | None = None):
         self.engine = engine
         self.client = client
         self.dry_run = dry_run
         self.progress = progress or (lambda n: None)
         self.notices = notices
+        self.full_sweep_every = full_sweep_every
 
     async def run(self, since: int | None = None, now: datetime | None = None) -> RunReport:
         """One run. With `since`, sweep invoices created from then on; by default from what the
-        completed runs covered, less `OVERLAP` (everything, the first time)."""
+        completed runs covered, less `OVERLAP` (everything, the first time, and whenever the last
+        full sweep is older than `full_sweep_every`)."""
         now = now or datetime.now(UTC)
         started = int(now.timestamp())
         async with self.engine.begin() as conn:
@@ -210,7 +215,8 @@ class Reconciler:
                 select(runs.c.covered_until).where(runs.c.dry_run.is_(False), runs.c.covered_until.is_not(None))
                 .order_by(runs.c.id.desc()).limit(1))
             window = since if since is not None else (
-                None if covered is None else covered - int(OVERLAP.total_seconds()))
+                None if covered is None or await self._full_sweep_due(conn, now)
+                else covered - int(OVERLAP.total_seconds()))
             run_id = await conn.scalar(
                 insert(runs).values(started_at=now, status="running", dry_run=self.dry_run,
                                     window_start=window, counts={}).returning(runs.c.id)
@@ -224,8 +230,10 @@ class Reconciler:
             # now, read after them, has the last word (an event is never newer than it).
             events_since = max(window or 0, int((now - EVENTS_RETENTION).timestamp()))
             await self._backfill(report, events_since)
-            seen_open = await self._sweep(report, window, started)
-            await self._refetch_open(report, window, seen_open)
+            seen = await self._sweep(report, window, started)
+            if window is not None:
+                await self._not_final_before(report, window, started, seen)
+            await self._refetch_unlisted(report, window, seen)
             report.status = "completed"
             if not self.dry_run:
                 report.covered_until = coverage_after(covered, window, started)
@@ -250,6 +258,18 @@ class Reconciler:
             await asyncio.shield(self._record(report))
         log.info("reconciliation finished", **report.as_dict())
         return report
+
+    async def _full_sweep_due(self, conn, now: datetime) -> bool:
+        """The last completed full sweep is older than `full_sweep_every`: it catches an invoice
+        the ledger never saw, created before the window, whose events have expired."""
+        if self.full_sweep_every is None:
+            return False
+        last = await conn.scalar(
+            select(runs.c.started_at).where(runs.c.status == "completed", runs.c.dry_run.is_(False),
+                                            runs.c.window_start.is_(None)).order_by(runs.c.id.desc()).limit(1))
+        if last is None:
+            return True
+        return (last if last.tzinfo else last.replace(tzinfo=UTC)) <= now - self.full_sweep_every  # SQLite: naive
 
     @staticmethod
     def _stopped_status(report: RunReport) -> str:
@@ -323,9 +343,24 @@ class Reconciler:
 
     async def _sweep(self, report: RunReport, window: int | None, started: int) -> set[str]:
         """Compare every invoice VINR lists for the window; return the ids of those not final."""
-        seen_open: set[str] = set()
+        seen: set[str] = set()
+        await self._compare_list(report, self.client.iter_invoice_answers(created_gte=window), started, seen)
+        return seen
+
+    async def _not_final_before(self, report: RunReport, window: int, started: int, seen: set[str]) -> None:
+        """Compare the invoices created before the window that VINR holds as not final, read as
+        status-filtered lists (oldest first, so each list stops where the window begins): a page
+        per 100 of them rather than a request each, however many years of history there are."""
+        for status in NOT_FINAL:
+            await self._compare_list(report, _created_before(
+                self.client.iter_invoice_answers(status=status), window), started, seen)
+
+    async def _compare_list(self, report: RunReport, answers: AsyncIterator[Invoice | Unreadable], started: int,
+                            seen: set[str]) -> None:
+        """Compare a list of VINR's invoices page by page, adding to `seen` the ids the re-fetch
+        must not ask for again: not final on either side, or unreadable."""
         # The next page is read while this one is compared and corrected.
-        pages = _read_ahead(_batches(self.client.iter_invoice_answers(created_gte=window), PAGE))
+        pages = _read_ahead(_batches(answers, PAGE))
         async with contextlib.aclosing(pages):
             async for page in pages:
                 held = await self._positions([answer.id for answer in page])
@@ -333,21 +368,20 @@ class Reconciler:
                 await self._settle(report, [Check(a.id, held.get(a.id), a, False, started) for a in page])
                 for answer in page:
                     position = held.get(answer.id)
-                    # Open on either side, or unreadable: the re-fetch must not check it again (a
-                    # dry run leaves the ledger's stale status as it was).
+                    # (a dry run leaves the ledger's stale status as it was)
                     if (not isinstance(answer, Invoice) or answer.status not in FINAL
                             or (position and position.status not in FINAL)):
-                        seen_open.add(answer.id)
+                        seen.add(answer.id)
                 self.progress(len(page))
-        return seen_open
 
-    async def _refetch_open(self, report: RunReport, window: int | None, seen_open: set[str]) -> None:
-        """Fetch, one by one, the ledger's open invoices the sweep did not return, and those
-        whose entries an earlier posting rule made (corrected once, then no longer listed)."""
+    async def _refetch_unlisted(self, report: RunReport, window: int | None, seen: set[str]) -> None:
+        """Fetch, one by one, what no list showed: the ledger's invoices created before the window
+        that it holds as not final (VINR made them final, or deleted them, without the ledger
+        hearing of it), and those whose entries an earlier posting rule made."""
         async with self.engine.connect() as conn:
-            earlier_rule = [i for i in await outdated(conn) if i not in seen_open]
+            earlier_rule = [i for i in await outdated(conn) if i not in seen]
         await self._refetch(report, earlier_rule)
-        seen_open.update(earlier_rule)
+        seen.update(earlier_rule)
         condition = positions.c.status.in_(NOT_FINAL)
         if window is not None:
             condition = and_(condition, or_(positions.c.created < window, positions.c.created.is_(None)))
@@ -362,7 +396,7 @@ class Reconciler:
             if not chunk:
                 return
             after = chunk[-1]
-            await self._refetch(report, [i for i in chunk if i not in seen_open])
+            await self._refetch(report, [i for i in chunk if i not in seen])
 
     async def _refetch(self, report: RunReport, ids: list[str]) -> None:
         for start in range(0, len(ids), PAGE):
@@ -485,6 +519,16 @@ def _finding_rows(run_id: int, found: list[Finding], *, corrected: bool) -> list
     return [{"run_id": run_id, "invoice_id": f.invoice_id, "category": f.category, "field": f.field,
              "ledger_value": f.ledger_value, "vinr_value": f.vinr_value, "corrected": corrected, "entry_ids": []}
             for f in found]
+
+
+async def _created_before(answers: AsyncIterator[Invoice | Unreadable], window: int
+                          ) -> AsyncIterator[Invoice | Unreadable]:
+    """The answers of an oldest-first list up to the first one created at or after `window`."""
+    async with contextlib.aclosing(answers):
+        async for answer in answers:
+            if answer.created is not None and answer.created >= window:
+                return
+            yield answer
 
 
 def _draft_edited(position: Position | None, invoice: Invoice) -> bool:

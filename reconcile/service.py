@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 
 import structlog
 from redis.asyncio import Redis
@@ -49,8 +50,9 @@ async def reconcile_once(
             if not acquired:
                 log.info("reconciliation skipped: another run holds the lock")
                 return None
-            report = await Reconciler(engine, client, dry_run=dry_run, progress=progress, notices=channels).run(
-                since=since)
+            every = timedelta(days=settings.reconcile_full_sweep_days) if settings.reconcile_full_sweep_days else None
+            report = await Reconciler(engine, client, dry_run=dry_run, progress=progress, notices=channels,
+                                      full_sweep_every=every).run(since=since)
         await _queue(settings, redis, report.notices)
         return report
     finally:

@@ -575,3 +575,27 @@ async def test_from_settings_needs_the_key_and_uses_the_base(vinr, settings):
     async with VinrClient.from_settings(configured, transport=transport, retry=POLICY) as client:
         assert (await client.get_invoice("inv_1")).id == "inv_1"
         assert client.retry is POLICY
+
+
+async def test_a_paced_client_spaces_its_requests_retries_included(vinr, make_client, sleeps):
+    vinr.invoices = [invoice(1)]
+    client = make_client(rate=10)  # 10 requests a second: 100 ms apart
+    for _ in range(4):
+        assert (await client.get_invoice("inv_1")).id == "inv_1"
+    vinr.fail_next(503, error_body("api_error", "unavailable", "try again"), retry_after="7")
+    await client.get_invoice("inv_1")  # one retry: its attempt waits its turn too
+    assert client.requests_made == 6 and sleeps.count(7.0) == 1
+    pacing = [s for s in sleeps if s != 7.0]
+    # Each request waits until 100 ms after the one before (the recorded sleep returns at once,
+    # so the slots add up from the first request's time).
+    assert len(pacing) == 5
+    for n, waited in enumerate(pacing, start=1):
+        assert n * 0.1 - 0.08 <= waited <= n * 0.1 + 1e-9, pacing
+
+
+async def test_an_unpaced_client_never_waits_between_requests(vinr, make_client, sleeps):
+    vinr.invoices = [invoice(1)]
+    client = make_client()
+    for _ in range(5):
+        await client.get_invoice("inv_1")
+    assert sleeps == []

@@ -156,6 +156,7 @@ class VinrClient:
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         retry: RetryPolicy = RetryPolicy(),
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        rate: float = 0.0,
     ) -> None:
         self._api_key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key)
         if not self._api_key.get_secret_value():
@@ -163,6 +164,8 @@ class VinrClient:
         self.base_url = base_url
         self.retry = retry
         self._sleep = sleep
+        self.rate = rate  # requests per second at most; 0: unpaced
+        self._next_slot = 0.0  # the event loop's time at which the next request may leave
         self.requests_made = 0
         self._http = httpx.AsyncClient(
             base_url=base_url,
@@ -179,6 +182,7 @@ class VinrClient:
         """A client for `VINR_API_BASE` with `VINR_API_KEY`; `ConfigurationError` if the key is unset."""
         require(settings, "vinr_api_key")
         assert settings.vinr_api_key is not None  # for the type checker; `require` made sure
+        kwargs.setdefault("rate", settings.vinr_api_rate)
         return cls(settings.vinr_api_base, settings.vinr_api_key, transport=transport, **kwargs)
 
     def __repr__(self) -> str:
@@ -215,6 +219,7 @@ class VinrClient:
         if idempotent is None:
             idempotent = method in _IDEMPOTENT_METHODS
         for attempt in range(1, self.retry.max_attempts + 1):
+            await self._pace()
             self.requests_made += 1
             wait: float | None = None
             try:
@@ -251,6 +256,17 @@ class VinrClient:
             )
             await self._sleep(delay)
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _pace(self) -> None:
+        """Space requests `1 / rate` apart, retries included: VINR's rate limit is per key, so a
+        client that keeps under it never meets a 429 of its own making."""
+        if not self.rate:
+            return
+        now = asyncio.get_running_loop().time()
+        slot = max(now, self._next_slot)
+        self._next_slot = slot + 1 / self.rate
+        if slot > now:
+            await self._sleep(slot - now)
 
     def _decode(self, response: httpx.Response, method: str, path: str) -> Any:
         if not response.content:
@@ -318,7 +334,8 @@ class VinrClient:
             try:
                 yield _invoice(item, "/invoices")
             except InvalidResponse as exc:
-                yield Unreadable(item["id"], exc.message or str(exc))
+                created = item.get("created")
+                yield Unreadable(item["id"], exc.message or str(exc), created if type(created) is int else None)
 
     async def iter_events(
         self, created_gte: int | datetime | None = None, type: str | None = None, limit: int = MAX_PAGE_SIZE
@@ -382,6 +399,7 @@ class Unreadable:
 
     id: str
     error: str
+    created: int | None = None
 
 
 def _invoice(item: Any, path: str) -> Invoice:

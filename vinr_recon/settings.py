@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     vinr_webhook_max_body: int = Field(1024 * 1024, gt=0)
     vinr_api_key: SecretStr | None = None
     vinr_api_base: str = "https://sandbox.api.vinr.com/v1"
+    # Requests per second the REST client allows itself (VINR's live limit; 0: unpaced), so a
+    # reconciliation never leans on 429s to learn the limit.
+    vinr_api_rate: float = Field(100.0, ge=0)
     redis_url: str = "redis://localhost:6379/0"
     queue_name: str = "arq:queue"
     database_url: str = "sqlite:///vinr-ledger.db"
@@ -36,6 +39,9 @@ class Settings(BaseSettings):
     public_url: str | None = None
     allowed_hosts: str | None = None
     reconcile_at: str = Field("02:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    # A run sweeps every invoice, not just the window, when the last full sweep is older than
+    # this (0: never): it finds what neither the window nor the Events API's 30 days can.
+    reconcile_full_sweep_days: int = Field(7, ge=0)
     smtp_url: SecretStr | None = None
     alert_email_from: str = "vinr-recon@localhost"
     alert_default_recipient: str | None = None
