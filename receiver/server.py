@@ -31,6 +31,7 @@ from vinr_recon.settings import Settings
 # waits for a next request), or what follows a head refused with 431.
 _HEAD, _BODY, _DONE, _REFUSED = 0, 1, 2, 3
 _END_OF_HEAD = b"\r\n\r\n"
+_EMPTY_LINE_BYTES = (b"\r", b"\n")
 
 
 def _answer(status: str, message: str, *headers: str) -> bytes:
@@ -80,7 +81,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             if self._head_read > self.max_head:
                 self._refuse_head()
                 return
-        super().data_received(data)
+        HttpToolsProtocol.data_received(self, data)
         if self._phase != self._timed:
             self._time(self._phase)
 
@@ -96,7 +97,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_tail = window[-3:]
         start = 0
         if not self._head_begun:
-            start = len(window) - len(window.lstrip(b"\r\n"))
+            if window[:1] in _EMPTY_LINE_BYTES:  # rare: spare the usual request a copy
+                start = len(window) - len(window.lstrip(b"\r\n"))
             self._head_begun = start < len(window)
         end = window.find(_END_OF_HEAD, start)
         self._head_read += len(data) if end < 0 else end + len(_END_OF_HEAD) - (len(window) - len(data))
@@ -135,18 +137,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # Parser callbacks: where a request's head and body begin and end.
     def on_message_begin(self) -> None:
         self._phase = _HEAD
-        super().on_message_begin()
+        HttpToolsProtocol.on_message_begin(self)
 
     def on_headers_complete(self) -> None:
         self._phase = _BODY
-        super().on_headers_complete()
+        HttpToolsProtocol.on_headers_complete(self)
 
     def on_message_complete(self) -> None:
         self._phase = _DONE
         self._head_read = 0
         self._head_tail = b""
         self._head_begun = False
-        super().on_message_complete()
+        HttpToolsProtocol.on_message_complete(self)
 
 
 def protocol_for(settings: Settings) -> type[GuardedHttpToolsProtocol]:
