@@ -503,11 +503,10 @@ class Reconciler:
         return moved
 
     async def _leave_unsettled(self, report: RunReport, left: list[tuple[str, Position | None]]) -> None:
-        rows = [{"run_id": report.run_id, "invoice_id": invoice_id, "category": UNSETTLED, "field": "version",
-                 "ledger_value": str(position.version if position else 0),
-                 "vinr_value": f"still moving after {SETTLE_TRIES} fresh answers", "corrected": False,
-                 "entry_ids": []}
-                for invoice_id, position in left]
+        rows = _finding_rows(report.run_id, [
+            Finding(invoice_id, UNSETTLED, "version", str(position.version if position else 0),
+                    f"still moving after {SETTLE_TRIES} fresh answers") for invoice_id, position in left],
+            corrected=False)
         async with self.engine.begin() as conn:
             await conn.execute(insert(findings_table), rows)
         report.counts[UNSETTLED] += len(rows)

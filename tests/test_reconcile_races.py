@@ -374,3 +374,38 @@ async def test_an_unreadable_invoice_in_vinrs_list_is_a_finding_and_the_run_goes
         assert "amountPaid" in unreadable[0].vinr_value
         assert {f.invoice_id for f in found if f.corrected} == {lost}  # the run went on past it
         assert (await d.position(lost)).status == "paid"
+
+
+async def test_a_position_that_keeps_moving_is_left_unsettled_for_the_next_run(ledger_settings, ledger_engine):
+    async with deployment(ledger_settings, ledger_engine) as d:
+        invoice = d.new_open(10_000)
+        await d.settle()
+        d.state.quiet = True  # a lost partial payment: the first look sees a difference
+        d.state.pay(invoice, CARD, amount=100)
+        d.state.quiet = False
+
+        def its_answer(path: str, answer: dict) -> bool:
+            return path == f"/v1/invoices/{invoice}"
+
+        async def another_payment_meanwhile():
+            # Every answer, not just the first: a payment the ledger hears of, then one it does
+            # not yet, so each fresh answer is behind the ledger by the time the run locks it.
+            d.pausing.when = its_answer
+            d.state.pay(invoice, CARD, amount=100)
+            await d.settle()
+            d.state.quiet = True
+            d.state.pay(invoice, CARD, amount=100)
+            d.state.quiet = False
+
+        d.pausing.when = its_answer
+        d.pausing.meanwhile = another_payment_meanwhile
+        report = await Reconciler(d.engine, d.client).run(since=int(time.time()) + 3600)
+
+        found = await findings_of(d.engine, report.run_id)
+        assert [(f.invoice_id, f.category, f.corrected) for f in found] == [(invoice, "unsettled", False)]
+        assert not report.matches and report.corrections_posted == 0
+        assert "payment_reversal" not in await kinds(d.engine, invoice)
+        d.pausing.when = lambda path, answer: False
+        again = await Reconciler(d.engine, d.client).run(since=int(time.time()) + 3600)
+        assert again.matches  # the next run, VINR standing still, sets it right
+        await ledger_equals_vinr(d)
