@@ -120,6 +120,7 @@ FINANCE = "finance@merchant.example"
 LIFECYCLES = {  # name: weight
     "paid": 20, "partial_then_paid": 15, "declined_then_paid": 15, "declined_open": 10,
     "void": 10, "uncollectible_then_paid": 15, "three_d_secure": 15,
+    "credit_note": 5,  # a proration credit: a negative total, the customer's credit for later invoices
 }
 CURRENCIES = ("EUR", "EUR", "EUR", "CHF", "USD")
 FINAL = {"paid", "void"}
@@ -186,6 +187,8 @@ class Figures:
     entries: int = 0
     unbalanced_entries: int = 0
     trial_balance: dict[str, int] = field(default_factory=dict)
+    # currency -> (customer_credit in the ledger, the customers' creditBalance at VINR, credit applied)
+    credit: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     notices: dict[str, dict[str, Any]] = field(default_factory=dict)  # channel -> expected/received/...
     outbox: Counter = field(default_factory=Counter)
     alerts_order_dependent: int = 0
@@ -210,6 +213,7 @@ class Figures:
     def passed(self) -> bool:
         return (not self.mismatched and not self.double_postings and not self.extra_entries
                 and not self.unbalanced_entries and all(v == 0 for v in self.trial_balance.values())
+                and all(ledger == vinr for ledger, vinr, _ in self.credit.values())
                 and self.notices_ok and bool(self.notices) and not self.acknowledged_lost
                 and not self.never_recorded and self.dead_lettered == 0
                 and not self.regressions and not self.run_failures)
@@ -259,6 +263,9 @@ class Figures:
             ("entries beyond the lifecycle", f"{len(self.extra_entries)} (of {self.entries} entries)"),
             ("unbalanced entries", str(self.unbalanced_entries)),
             ("trial balance (debits - credits)", ", ".join(f"{c} {v}" for c, v in sorted(self.trial_balance.items()))),
+            ("customer credit: ledger / VINR's creditBalance (applied at finalize)",
+             ", ".join(f"{c} {ledger} / {vinr} ({applied})" for c, (ledger, vinr, applied) in sorted(self.credit.items()))
+             or "none"),
         ]
         for channel, n in self.notices.items():
             rows.append((f"{channel}: received / expected",
@@ -315,6 +322,8 @@ def make_plans(cfg: ChaosConfig, customers: int) -> list[Plan]:
         if rng.random() < 0.25:
             metadata["accountManager"] = f"am{n % 7}@merchant.example"
         kind = rng.choices(kinds, weights)[0]
+        if kind == "credit_note":
+            lines.append((f"Unused time {n}", 1, -(sum(q * u for _, q, u in lines) + rng.randint(1, 500) * 100)))
         plans.append(Plan(kind, rng.choice(CURRENCIES), rng.randrange(customers), lines, metadata,
                           partial=rng.random() < 0.5))
     return plans
@@ -846,6 +855,16 @@ class Chaos:
         if self.cfg.live:
             self.measure_runs(entry_by_id, undid)
         fig.trial_balance = dict(balance)
+        # Contract section 6: customer_credit (a credit balance) is the customers' creditBalance.
+        owed, applied, ledger_credit = Counter(), Counter(), Counter()
+        for customer in await _page_all(client, "/customers"):
+            owed.update(customer.get("creditBalance") or {})
+        for inv in invoices.values():
+            applied[inv["currency"]] += inv.get("appliedBalance", 0)
+        for p in postings:
+            if p["account"] == "customer_credit":
+                ledger_credit[p["currency"]] += p["amount"] if p["direction"] == "credit" else -p["amount"]
+        fig.credit = {c: (ledger_credit[c], owed[c], applied[c]) for c in sorted(set(owed) | set(ledger_credit))}
         for inv_id in sorted(ours):
             vinr = invoices.get(inv_id)
             if vinr is None:
@@ -1076,8 +1095,8 @@ def expected_nets(inv: dict) -> dict[str, int]:
     else:
         out["revenue"] -= total
         out["customer_credit"] += applied
-        if total < 0:
-            out["revenue"], out["customer_credit"] = 0, total
+        if total < 0:  # a credit note: revenue down by the credit, owed to the customer
+            out["customer_credit"] = total
     if status == "open":
         out["accounts_receivable"] += due
     if status == "uncollectible":
