@@ -8,7 +8,7 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $@
 
-.PHONY: install test demo
+.PHONY: install test demo screenshots
 install: $(VENV)/.installed
 
 test: $(VENV)/.installed
@@ -19,3 +19,8 @@ test: $(VENV)/.installed
 # redis-server, else an in-process emulation), with a report; exit 0 when the ledger matches VINR.
 demo: $(VENV)/.installed
 	$(VENV)/bin/vinr-recon demo $(DEMO_ARGS)
+
+# Refresh the README's dashboard pictures (docs/screenshots) from the browser test.
+screenshots: $(VENV)/.installed
+	bash .ci/services
+	SCREENSHOTS_DIR=docs/screenshots $(PY) -m pytest -q tests/test_dashboard_browser.py

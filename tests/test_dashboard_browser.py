@@ -3,7 +3,8 @@ download), against the receiver app under uvicorn, a migrated SQLite ledger and 
 
 Signs in, finds the seed guide's invoice by its number, opens it, downloads the latest run's CSV,
 replays a dead letter and sees the worker (burst mode, in a thread) apply it; signed out, every
-page sends the browser to the sign-in. Saves docs/screenshots/overview.png and invoice.png.
+page sends the browser to the sign-in. Saves overview.png and invoice.png in the test's folder, or,
+with SCREENSHOTS_DIR set (`make screenshots`), there: `make test` leaves the work tree as it was.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from receiver.app import create_app
 from receiver_support import forget_queue
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+# `make screenshots` sets this to docs/screenshots, the README's pictures.
+SCREENSHOTS_DIR = os.environ.get("SCREENSHOTS_DIR")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -102,6 +104,7 @@ def test_the_dashboard_in_chromium(dashboard_settings, browser, tmp_path):
         assert "INV-2026-000143" in page.locator("#failed").inner_text()
         cookie = next(c for c in context.cookies() if c["name"] == "vinr_dashboard")
         assert cookie["httpOnly"] and cookie["sameSite"] == "Lax" and API_TOKEN not in cookie["value"]
+        SCREENSHOTS = Path(SCREENSHOTS_DIR) if SCREENSHOTS_DIR else tmp_path
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / "overview.png"), full_page=True)
 
