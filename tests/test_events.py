@@ -95,3 +95,64 @@ def test_ids_longer_than_the_ledger_can_record_are_not_vinr_objects():
         parse_event(json.dumps({"id": "evt_1", "type": "t" * 101, "created": 1, "data": {}}))
     with pytest.raises(InvalidEvent, match="id"):
         parse_event(event({"object": dict(INVOICE, id="i" * 101)})).invoice()
+
+
+# --- contract section 3: amounts by status --------------------------------------------------
+
+
+def invoice(**fields):
+    return parse_event(event({"object": {**INVOICE, **fields}})).invoice()
+
+
+@pytest.mark.parametrize("fields", [
+    {"status": "open", "total": 1000, "amountPaid": 0, "amountDue": 1000},
+    {"status": "open", "total": 1000, "appliedBalance": 300, "amountPaid": 200, "amountDue": 500},
+    {"status": "uncollectible", "total": 1000, "amountPaid": 400, "amountDue": 600},
+    {"status": "paid", "total": 1000, "amountPaid": 1000, "amountDue": 0},
+    {"status": "paid", "total": 1000, "appliedBalance": 1000, "amountPaid": 0, "amountDue": 0},  # credit covers it
+    {"status": "paid", "total": 0, "amountPaid": 0, "amountDue": 0},
+    {"status": "paid", "total": -500, "amountPaid": 0, "amountDue": 0},  # a credit note
+    {"status": "void", "total": 1000, "amountPaid": 300, "amountDue": 0},
+    {"status": "draft", "total": 1000, "amountPaid": 0, "amountDue": 1000},
+    {"status": "draft", "total": 1000, "amountPaid": 0, "amountDue": 0},  # a draft owes nothing yet
+], ids=["open", "open with credit applied", "uncollectible", "paid", "paid by credit", "paid at zero",
+        "credit note", "void after a part payment", "draft", "draft with nothing due"])
+def test_snapshots_that_keep_the_contract_parse(fields):
+    parsed = invoice(**fields)
+    assert (parsed.total, parsed.amount_paid, parsed.amount_due) == (
+        fields["total"], fields["amountPaid"], fields["amountDue"])
+
+
+def test_applied_balance_defaults_to_0_and_takes_both_names():
+    assert invoice().applied_balance == 0
+    assert invoice(applied_balance=100, amountDue=146000 - 100).applied_balance == 100
+    with pytest.raises(InvalidEvent, match="appliedBalance: Input should be greater than or equal to 0"):
+        invoice(appliedBalance=-1, amountDue=146001)
+
+
+@pytest.mark.parametrize("fields, broken", [
+    ({"status": "paid", "amountPaid": -5000, "amountDue": 0}, "amountPaid -5000 is negative"),
+    ({"status": "open", "total": 1000, "amountPaid": 1001, "amountDue": -1}, "amountPaid 1001 is above the total 1000"),
+    ({"status": "open", "total": 1000, "amountPaid": 0, "amountDue": 900},
+     "amountDue 900 is not total - appliedBalance - amountPaid = 1000 while open"),
+    ({"status": "open", "total": 1000, "appliedBalance": 100, "amountPaid": 0, "amountDue": 1000},
+     "amountDue 1000 is not total - appliedBalance - amountPaid = 900 while open"),
+    ({"status": "paid", "total": 1000, "amountPaid": 1000, "amountDue": 5}, "amountDue 5 is not 0 once paid"),
+    ({"status": "void", "total": 1000, "amountPaid": 0, "amountDue": 1000}, "amountDue 1000 is not 0 once void"),
+    ({"status": "paid", "total": 0, "amountPaid": 10, "amountDue": 0},
+     "amountPaid 10 is not 0 for an invoice paid with a total of 0"),
+])
+def test_a_snapshot_that_breaks_the_contract_names_the_invariant(fields, broken):
+    with pytest.raises(InvalidEvent) as refused:
+        invoice(**fields)
+    assert str(refused.value) == f"event evt_1: invoice: breaks contract section 3: {broken}"
+
+
+@pytest.mark.parametrize("field, value", [
+    ("total", 2**63), ("amountDue", -(2**63)), ("subtotal", 10**19), ("created", -1), ("paidAt", 253402300800),
+    ("dueDate", 10**12), ("attemptCount", 2**31), ("customer", "cust\x00"), ("number", "INV\n1"),
+    ("customer", "c" * 101), ("number", "n" * 101),
+])
+def test_fields_the_ledger_cannot_keep_are_refused_naming_them(field, value):
+    with pytest.raises(InvalidEvent, match=field):
+        invoice(**{field: value})

@@ -23,9 +23,11 @@ from conftest import REDIS_URL, unique
 from ledger.tables import DeadLetter, JournalEntry, ReceivedEvent
 from lifecycles import Event, drain, enqueue, snapshot
 from receiver.app import create_app
+from receiver.webhooks import identify
 from receiver_support import forget_queue, served, signed
 from vinr.events import InvalidEvent, parse_event
 from vinr_recon.jobformat import loads
+from worker.deadletters import storable
 
 URL = "/webhooks/vinr"
 dead_letters, entries, received = DeadLetter.__table__, JournalEntry.__table__, ReceivedEvent.__table__
@@ -235,6 +237,7 @@ UNSAFE = {
     "NUL in the event id": ("{id}\x00", "invoice.paid", {}),
     "NUL in the type": ("{id}", "invoice.\x00paid", {}),
     "NUL in the invoice id": ("{id}", "invoice.paid", {"id": "inv_\x00"}),
+    "an event id over 100 characters": ("{id}" + "x" * 100, "invoice.paid", {}),
 }
 
 
@@ -257,7 +260,10 @@ async def test_an_unsafe_id_already_queued_is_dead_lettered_at_once_and_its_lett
     assert letter.attempts == 1 and stored == "dead"
     assert letter.body == raw(event)  # kept exactly as received
     # Stored escaped: printable, and telling which character it was.
-    assert (letter.event_id, letter.type) == (event_id.replace("\x00", "\\x00"), event_type.replace("\x00", "\\x00"))
+    escaped_id, escaped_type = (text.replace("\x00", "\\x00") for text in (event_id, event_type))
+    if len(escaped_id) > 100:  # the column's length
+        escaped_id = escaped_id[:99] + "…"
+    assert (letter.event_id, letter.type) == (escaped_id, escaped_type)
     assert letter.error.isprintable() and letter.error.startswith("InvalidEvent: ")
 
 
@@ -300,3 +306,30 @@ def test_parse_event_refuses_them_too_as_poison(body, field):
         if event.is_invoice_event:
             event.invoice()
     assert field in str(refused.value)
+
+
+@pytest.mark.parametrize("body", [*(b for b, _ in REFUSED.values()), *KEPT.values()], ids=[*REFUSED, *KEPT])
+def test_the_receiver_and_the_worker_agree_on_each(body):
+    """The receiver's fast path (identify) refuses exactly what parse_event does, in its words."""
+    try:
+        expected = parse_event(body)
+    except InvalidEvent as exc:
+        with pytest.raises(InvalidEvent) as caught:
+            identify(body)
+        assert str(caught.value) == str(exc)
+    else:
+        assert identify(body) == (expected.id, expected.type)
+
+
+@pytest.mark.parametrize("text, limit, stored", [
+    ("evt_1", 100, "evt_1"),
+    ("evt_é✓名", 100, "evt_é✓名"),
+    ("evt_\x00\x1b\x7f\x85", 100, "evt_\\x00\\x1b\\x7f\\x85"),
+    ("evt_\ud800\u2028", 100, "evt_\\ud800\\u2028"),
+    ("evt_\U000e0001", 100, "evt_\\U000e0001"),
+    ("e" * 101, 100, "e" * 99 + "…"),
+    ("\x00" * 50, 100, "\\x00" * 24 + "\\x0…"),
+])
+def test_a_dead_letter_stores_text_printable_and_within_its_column(text, limit, stored):
+    assert storable(text, limit) == stored
+    assert stored.isprintable() and len(stored) <= limit
