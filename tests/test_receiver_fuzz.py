@@ -216,7 +216,7 @@ def events(draw) -> bytes:
         "id": sometimes(draw, fresh_id, st.one_of(st.text(max_size=12), st.integers(), st.none())),
         "object": sometimes(draw, st.just("event"), st.sampled_from(["invoice", 1, None])),
         "type": sometimes(draw, st.sampled_from(INVOICE_TYPES), st.text(max_size=12)),
-        "created": sometimes(draw, st.integers(0, 2**40), st.one_of(st.floats(allow_nan=False), st.text(max_size=4))),
+        "created": sometimes(draw, st.one_of(st.integers(0, 253_402_300_799), st.integers(-2**40, 2**40)), st.one_of(st.floats(allow_nan=False), st.text(max_size=4))),
         "livemode": draw(st.booleans()),
         "data": sometimes(draw, st.one_of(st.fixed_dictionaries({"object": invoice}), invoice),
                           st.one_of(st.dictionaries(st.text(max_size=8), json_values, max_size=3), json_values)),
