@@ -8,11 +8,9 @@ the number of deliveries or paths that saw the change, decides how many there ar
     paid:{invoice_id}:fulfilment             an invoice's first move to paid, by whatever path
     drift:{run_id}:{email|chat}              a reconciliation run that found drift or did not complete
 
-What a fact owes does not depend on which process saw it first: every process stages for
-`EVERY_CHANNEL`, and delivery (the worker's, worker.notices, after the commit) decides by its
-own configuration; a channel it has not configured marks the notice undelivered there. The
-pure functions still take `Channels`, so a test can ask what a subset owes. A channel that is
-down never touches the ledger's transaction.
+Only configured channels are staged (`Channels`, built from the settings at each entry point:
+the ledger never reads configuration); with none, nothing here runs. Delivery, after the commit,
+is the worker's (worker.notices): a channel that is down never touches the ledger's transaction.
 """
 
 from __future__ import annotations
@@ -53,9 +51,6 @@ class Channels:
 
 
 NO_CHANNELS = Channels()
-# What every stager uses (issue 19): a `vinr-recon reconcile` without FULFILMENT_URL in its
-# environment, first to see an invoice paid, still stages the callback the worker can deliver.
-EVERY_CHANNEL = Channels(email=True, chat=True, fulfilment=True)
 
 
 @dataclass(frozen=True)

@@ -201,8 +201,7 @@ class Notice(SQLModel, table=True):
     __table_args__ = (
         CheckConstraint("channel IN ('email', 'chat', 'fulfilment')", name="channel"),
         CheckConstraint("kind IN ('payment_failed', 'paid', 'drift')", name="kind"),
-        # undeliverable: the worker has not configured its channel (or it has no recipient); dead: tried and failed
-        CheckConstraint("status IN ('pending', 'sent', 'dead', 'undeliverable')", name="status"),
+        CheckConstraint("status IN ('pending', 'sent', 'dead')", name="status"),
         Index("ix_outbox_status_created_at", "status", "created_at"),
     )
     id: int | None = Field(default=None, primary_key=True)

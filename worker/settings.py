@@ -18,7 +18,6 @@ from arq.worker import Worker as ArqWorker, func
 from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ledger.outbox import EVERY_CHANNEL
 from vinr_recon.jobformat import JOB_FORMAT, is_data_job, kind_of
 from vinr_recon.jobs import APPLY_EVENT, job_key, refused_key
 from vinr_recon.settings import Settings
@@ -96,8 +95,7 @@ def worker_settings(
     """
     # Two batches and a dead-letter write must fit in arq's own timeout (see RetryPolicy).
     policy = RetryPolicy(tries=tries, attempt_timeout=job_timeout / 6)
-    settings.notice_channels()  # validated at start; worker.notices delivers by it
-    channels = EVERY_CHANNEL  # staged whatever is configured here: what a fact owes is not this process's call
+    channels = settings.notice_channels()  # the alerts and callbacks to stage (worker.notices delivers them)
 
     async def on_startup(ctx: dict[str, Any]) -> None:
         from ledger.db import create_engine, is_sqlite
