@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, CheckConstraint, Column, DateTime, Index, LargeBinary, MetaData
+from sqlalchemy import JSON, BigInteger, CheckConstraint, Column, DateTime, Index, LargeBinary, MetaData, false
 from sqlmodel import Field, SQLModel
 
 SQLModel.metadata.naming_convention = {
@@ -171,6 +171,10 @@ class ReconciliationRun(SQLModel, table=True):
     counts: dict = Field(default_factory=dict, sa_type=JSON)
     # Differences seen that webhooks closed before the run could correct them: not drift.
     caught_up: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    # An adopting run books an account's history without alerts or callbacks for facts older
+    # than its start; `adopted` counts the invoices it booked so.
+    adopt: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
+    adopted: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     message: str | None = None
 
 
@@ -200,8 +204,10 @@ class Notice(SQLModel, table=True):
     __tablename__ = "outbox"
     __table_args__ = (
         CheckConstraint("channel IN ('email', 'chat', 'fulfilment')", name="channel"),
-        CheckConstraint("kind IN ('payment_failed', 'paid', 'drift')", name="kind"),
-        CheckConstraint("status IN ('pending', 'sent', 'dead')", name="status"),
+        CheckConstraint("kind IN ('payment_failed', 'paid', 'drift', 'uncollectible', 'digest')", name="kind"),
+        # undeliverable: the delivering worker has not configured its channel (or there is no
+        # recipient); dead: tried, and failed
+        CheckConstraint("status IN ('pending', 'sent', 'dead', 'undeliverable')", name="status"),
         Index("ix_outbox_status_created_at", "status", "created_at"),
     )
     id: int | None = Field(default=None, primary_key=True)
@@ -210,7 +216,7 @@ class Notice(SQLModel, table=True):
     kind: str = Field(max_length=20)
     invoice_id: str | None = Field(default=None, index=True, max_length=100)
     payload: dict = Field(default_factory=dict, sa_type=JSON)
-    status: str = Field(default="pending", max_length=10)
+    status: str = Field(default="pending", max_length=20)
     attempts: int = Field(default=0)
     last_error: str | None = Field(default=None)
     created_at: datetime = _when()
