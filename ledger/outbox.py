@@ -8,9 +8,12 @@ the number of deliveries or paths that saw the change, decides how many there ar
     paid:{invoice_id}:fulfilment             an invoice's first move to paid, by whatever path
     drift:{run_id}:{email|chat}              a reconciliation run that found drift or did not complete
 
-Only configured channels are staged (`Channels`, built from the settings at each entry point:
-the ledger never reads configuration); with none, nothing here runs. Delivery, after the commit,
-is the worker's (worker.notices): a channel that is down never touches the ledger's transaction.
+What a fact owes does not depend on which process saw it first (issue 19): every process stages
+on `EVERY_CHANNEL`, and delivery (the worker's, worker.notices, after the commit) decides by its
+own configuration. The worker stages what it cannot deliver itself as `undeliverable` at once;
+what another process (a `vinr-recon reconcile` from a shell) staged is `pending` until a worker
+delivers it or marks it undeliverable. The pure functions still take `Channels`, so a test can
+ask what a subset owes. A channel that is down never touches the ledger's transaction.
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ class Channels:
 
 
 NO_CHANNELS = Channels()
+# What every stager uses (issue 19): a `vinr-recon reconcile` without FULFILMENT_URL in its
+# environment, first to see an invoice paid, still stages the callback the worker can deliver.
+EVERY_CHANNEL = Channels(email=True, chat=True, fulfilment=True)
 
 
 @dataclass(frozen=True)
@@ -164,31 +170,43 @@ def _insert(conn: AsyncConnection):
             .returning(outbox.c.id, outbox.c.key))
 
 
-async def stage(conn: AsyncConnection, notices: Sequence[Notice], now: datetime | None = None) -> dict[str, int]:
-    """Write `notices` in the caller's transaction; returns {key: id} of those not staged before."""
+async def stage(conn: AsyncConnection, notices: Sequence[Notice], now: datetime | None = None, *,
+                deliverable: Channels = EVERY_CHANNEL) -> dict[str, int]:
+    """Write `notices` in the caller's transaction; returns {key: id} of those not staged before.
+    A notice on a channel the staging worker cannot deliver (not `deliverable`) is staged
+    `undeliverable`, saying why, so nothing waits for a delivery that will never come."""
     if not notices:
         return {}
     now = now or datetime.now(UTC)
+
+    def status(channel: str) -> dict[str, Any]:
+        if getattr(deliverable, channel):
+            return {"status": "pending", "last_error": None}
+        return {"status": "undeliverable", "last_error": f"the worker that saw it has no {channel} channel configured"}
+
     rows = await conn.execute(_insert(conn), [
         {"key": n.key, "channel": n.channel, "kind": n.kind, "invoice_id": n.invoice_id, "payload": n.payload,
-         "status": "pending", "attempts": 0, "created_at": now}
+         "attempts": 0, "created_at": now, **status(n.channel)}
         for n in notices
     ])
     return {key: notice_id for notice_id, key in rows}
 
 
 async def stage_results(conn: AsyncConnection, events: Sequence[Event], results: list[EventResult], *,
-                        source: str, channels: Channels) -> list[EventResult]:
+                        source: str, channels: Channels = EVERY_CHANNEL,
+                        deliverable: Channels = EVERY_CHANNEL) -> list[EventResult]:
     """Stage what applying `events` (with their `results`, in order) owes, in the caller's
-    transaction; returns the results with the ids of the notices each staged."""
+    transaction; returns the results with the ids of the notices each staged on a `deliverable`
+    channel, to queue now (the rest are staged `undeliverable`)."""
     if not channels:
         return results
     owed = [for_event(event, result, source, channels) for event, result in zip(events, results, strict=True)]
     if not any(owed):
         return results
-    staged = await stage(conn, [notice for notices in owed for notice in notices])
+    staged = await stage(conn, [notice for notices in owed for notice in notices], deliverable=deliverable)
     return [
-        replace(result, notices=tuple(staged[n.key] for n in notices if n.key in staged)) if notices else result
+        replace(result, notices=tuple(staged[n.key] for n in notices
+                                      if n.key in staged and getattr(deliverable, n.channel))) if notices else result
         for result, notices in zip(results, owed, strict=True)
     ]
 

@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.db import create_engine
+from ledger.outbox import EVERY_CHANNEL
 from reconcile.lock import exclusive, lock_key
 from reconcile.run import Reconciler, RunReport
 from vinr.client import VinrClient
@@ -40,7 +41,8 @@ async def reconcile_once(
     Resources passed in stay open; those created here are closed here.
     """
     require(settings, "vinr_api_key")
-    channels = settings.notice_channels()
+    settings.notice_channels()  # validated here; the worker's configuration decides delivery
+    channels = EVERY_CHANNEL  # what a fact owes, whatever this process has configured
     own_engine, own_redis, own_client = engine is None, redis is None, client is None
     engine = engine or create_engine(settings.database_url)
     redis = redis or Redis.from_url(settings.redis_url)

@@ -248,7 +248,7 @@ async def test_with_credentials_a_server_without_starttls_gets_no_login_in_clear
     assert_no_secret(email.last_error, settings)
 
 
-async def test_with_no_recipient_anywhere_the_email_is_dead_at_once_and_the_chat_message_goes(
+async def test_with_no_recipient_anywhere_the_email_is_undeliverable_at_once_and_the_chat_message_goes(
     ledger_settings, ledger_engine, redis, prefix, smtp, http
 ):
     settings = with_channels(ledger_settings, smtp.url, http, alert_default_recipient=None)
@@ -260,9 +260,10 @@ async def test_with_no_recipient_anywhere_the_email_is_dead_at_once_and_the_chat
     finally:
         logs.close()
     rows = {r.channel: r for r in await notices(ledger_engine)}
-    assert (rows["chat"].status, rows["email"].status, rows["email"].attempts) == ("sent", "dead", 1)
+    # undeliverable, not dead: nothing was tried, so the dead-notice gauge is not raised
+    assert (rows["chat"].status, rows["email"].status, rows["email"].attempts) == ("sent", "undeliverable", 1)
     assert rows["email"].last_error.startswith("no recipient") and smtp.mails == []
-    (why,) = [line for line in logs.lines() if line.get("channel") == "email" and line["level"] == "error"]
+    (why,) = [line for line in logs.lines() if line.get("channel") == "email" and line["level"] == "warning"]
     assert "no recipient" in why["error"]
 
 
@@ -448,3 +449,64 @@ async def test_events_never_delivered_are_backfilled_and_alert_and_call_back_onc
     assert (callback["invoiceId"], callback["amountPaid"], callback["source"]) == (inv.id, 196000, "backfill")
     assert sorted((r.kind, r.channel, r.status) for r in await notices(ledger_engine)) == [
         ("paid", "fulfilment", "sent"), ("payment_failed", "chat", "sent"), ("payment_failed", "email", "sent")]
+
+
+async def test_a_reconcile_without_fulfilment_url_first_to_see_a_payment_still_owes_the_callback(
+    ledger_settings, ledger_engine, redis, smtp, http
+):
+    """Issue 19: the callback a payment owes does not depend on which process saw it first."""
+    app = create_app(SandboxConfig(rate_limit=0))
+    async with serve(app) as root:
+        sandbox = app.state.sandbox
+        state, hosted = sandbox.state, sandbox.config.hosted_base
+        worker_settings = with_channels(ledger_settings, smtp.url, http, vinr_api_key=SecretStr(sandbox.api_key),
+                                        vinr_api_base=root + "/v1")
+        # The operator's shell: the API key, but none of the worker's notice settings.
+        cli_settings = ledger_settings.model_copy(update={
+            "vinr_api_key": SecretStr(sandbox.api_key), "vinr_api_base": root + "/v1"})
+        customer = state.create_customer(email="ops@acme.example", name="Acme GmbH", metadata={})
+        inv = state.create_invoice(customer=customer.id, currency="EUR", collection_method="send_invoice",
+                                   days_until_due=14, metadata={})
+        state.add_line(inv.id, description="Implementation", quantity=1, unit_amount=42000)
+        state.finalize(inv.id)
+        state.pay(inv.id, "4242424242424242")  # its webhooks are late: the reconcile run sees it first
+        client = VinrClient(cli_settings.vinr_api_base, cli_settings.vinr_api_key, retry=ClientRetry(max_attempts=2))
+        pool = Redis.from_url(REDIS_URL)
+        try:
+            report = await reconcile_once(cli_settings, engine=ledger_engine, redis=pool, client=client)
+        finally:
+            await client.aclose()
+            await pool.aclose()
+        assert report.status == "completed"
+        late = [Delivery(e.id, e.type, event_body(e, hosted)) for e in state.events]
+        await enqueue(redis, worker_settings.queue_name, late)
+        await drain(worker_settings)
+        await wait_for(lambda: len(http.at("/fulfilment")) >= 1, timeout=5)
+        await drain(worker_settings)
+    (callback,) = http.at("/fulfilment")
+    assert json.loads(callback.body)["invoiceId"] == inv.id
+    assert {(r.kind, r.channel, r.status) for r in await notices(ledger_engine)} == {("paid", "fulfilment", "sent")}
+
+
+@pytest.mark.parametrize("batch", [True, False], ids=["batched", "one-by-one"])
+async def test_what_a_worker_cannot_deliver_is_staged_undeliverable_and_queues_no_job(
+    ledger_settings, ledger_engine, redis, prefix, http, batch
+):
+    """Issue 19: the worker stages every channel a fact owes; those it has not configured (here:
+    no SMTP, no callback URL) are undeliverable at once, saying why, with no delivery job run."""
+    settings = ledger_settings.model_copy(update={"alert_webhook_url": SecretStr(http.root + CHAT_PATH)})
+    events = [Event(f"{prefix}_1", "invoice.payment_failed", failed("inv_u1", 5000), 1_763_800_000),
+              Event(f"{prefix}_2", "invoice.paid", snapshot("inv_u1", "paid", 5000, 5000), 1_763_800_100)]
+    await enqueue(redis, settings.queue_name, events)
+    worker = await drain(settings, batch=batch)
+    await wait_for(lambda: len(http.at(CHAT_PATH)) >= 1, timeout=5)
+    rows = {(r.kind, r.channel): r for r in await notices(ledger_engine)}
+    assert {key: row.status for key, row in rows.items()} == {
+        ("payment_failed", "chat"): "sent",
+        ("payment_failed", "email"): "undeliverable",
+        ("paid", "fulfilment"): "undeliverable",
+    }
+    assert "no fulfilment channel" in rows[("paid", "fulfilment")].last_error
+    assert rows[("payment_failed", "email")].attempts == 0  # nothing was tried
+    # the two events, the chat delivery and the sweep at start-up: no job for what cannot go
+    assert (worker.jobs_complete, worker.jobs_failed) == (4, 0)

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.batch import PoisonInBatch, Received, apply_events
 from ledger.book import EventResult
-from ledger.outbox import NO_CHANNELS, Channels, stage_results
+from ledger.outbox import EVERY_CHANNEL, NO_CHANNELS, Channels, stage_results
 
 Waiting = tuple[Received, asyncio.Future[EventResult]]
 
@@ -42,9 +42,10 @@ class Batcher:
         timeout: float = 15.0,
         lock: asyncio.Lock | None = None,
         notices: Channels = NO_CHANNELS,
+        deliverable: Channels = EVERY_CHANNEL,
     ) -> None:
         self._engine = engine
-        self._notices = notices
+        self._notices, self._deliverable = notices, deliverable
         self._max_batch = max_batch
         self._linger = linger
         self._timeout = timeout
@@ -107,7 +108,8 @@ class Batcher:
                     results = await apply_events(conn, [item for item, _ in batch])
                     if self._notices:  # at most one statement more per batch, none when nothing is owed
                         results = await stage_results(conn, [item.event for item, _ in batch], results,
-                                                      source="webhook", channels=self._notices)
+                                                      source="webhook", channels=self._notices,
+                                                      deliverable=self._deliverable)
             except PoisonInBatch as poison:
                 _, future = batch.pop(poison.index)
                 _settle(future, error=poison.error)

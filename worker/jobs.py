@@ -25,7 +25,7 @@ from sqlalchemy import update
 from ledger.batch import Received
 from ledger.book import EventResult
 from ledger.book import apply_event as book_apply_event
-from ledger.outbox import NO_CHANNELS, stage_results
+from ledger.outbox import EVERY_CHANNEL, NO_CHANNELS, stage_results
 from ledger.posting import CannotApply
 from ledger.tables import DeadLetter
 from vinr.events import InvalidEvent, parse_event
@@ -108,7 +108,8 @@ async def _apply(ctx, body, headers, received, replay, dead_letter_id) -> EventR
         async with _write_lock(ctx), ctx["engine"].begin() as conn:
             result = await book_apply_event(conn, event, body, headers, received_at=received, replay=replay)
             (result,) = await stage_results(conn, [event], [result], source="webhook",
-                                            channels=ctx.get("channels", NO_CHANNELS))
+                                            channels=ctx.get("channels", NO_CHANNELS),
+                                            deliverable=ctx.get("deliverable", EVERY_CHANNEL))
             if dead_letter_id is not None:
                 await conn.execute(_mark_replayed(dead_letter_id))
     return result

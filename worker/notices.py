@@ -5,12 +5,14 @@ between loses nothing, because the sweep (an arq cron job, every minute and at s
 any notice still pending after a few seconds. The job id is the notice's, so neither path runs it
 twice at once. A failed try is retried with capped exponential backoff and jitter; after the last
 one the notice is `dead`, with its error, until `vinr-recon replay --notices` queues it again.
+A notice this worker cannot deliver (its channel not configured, or an email with no recipient)
+is `undeliverable` at once, with the reason: nothing was tried, so it is no dead notice.
 
 Delivery is at least once: a worker killed between the send and the commit of `sent` sends again,
 which is why the fulfilment callback carries an idempotency key.
 
 Who gets an alert email: `accountManager` in the invoice's metadata, else in the customer's (read
-from VINR when VINR_API_KEY is set), else ALERT_DEFAULT_RECIPIENT; with none, the email is dead at
+from VINR when VINR_API_KEY is set), else ALERT_DEFAULT_RECIPIENT; with none, the email is undeliverable at
 once (the chat message still goes) and the log says why.
 """
 
@@ -84,22 +86,19 @@ class Notifier:
         """Deliver one notice (`key`: its outbox key); returns what to log about it. Raises `channels.DeliveryError` (or
         any error) to be tried again, `channels.Undeliverable` when no try can succeed."""
         settings = self.settings
+        missing = self.missing(channel)
+        if missing is not None:
+            raise channels.Undeliverable(missing)
         if channel == "fulfilment":
-            if not settings.fulfilment_url or not _set(settings.fulfilment_secret):
-                raise channels.Undeliverable("FULFILMENT_URL and FULFILMENT_SECRET are not both set")
             body, headers = channels.signed_callback(payload, settings.fulfilment_secret, int(time.time()))
             await channels.post_callback(self._http, settings.fulfilment_url, body, headers)
             return {}
         if channel == "chat":
-            if not _set(settings.alert_webhook_url):
-                raise channels.Undeliverable("ALERT_WEBHOOK_URL is not set")
             customer = await self._customer(payload, needed=False)
             await channels.post_chat(self._http, settings.alert_webhook_url,
                                      render.slack_message(render.render(kind, payload, customer)))
             return {}
         if channel == "email":
-            if self.smtp is None:
-                raise channels.Undeliverable("SMTP_URL is not set")
             metadata = payload.get("metadata") or {}
             needed = kind == "payment_failed" and "accountManager" not in metadata
             customer = await self._customer(payload, needed=needed)
@@ -112,6 +111,17 @@ class Notifier:
             await channels.send_email(self.smtp, channels.email_message(settings.alert_email_from, to, alert, key))
             return {"recipient": to}
         raise channels.Undeliverable(f"unknown channel {channel!r}")
+
+    def missing(self, channel: str) -> str | None:
+        """Why this worker can deliver nothing on `channel` (the settings it lacks), or None."""
+        settings = self.settings
+        if channel == "fulfilment" and (not settings.fulfilment_url or not _set(settings.fulfilment_secret)):
+            return "FULFILMENT_URL and FULFILMENT_SECRET are not both set"
+        if channel == "chat" and not _set(settings.alert_webhook_url):
+            return "ALERT_WEBHOOK_URL is not set"
+        if channel == "email" and self.smtp is None:
+            return "SMTP_URL is not set"
+        return None
 
     async def _customer(self, payload: dict[str, Any], *, needed: bool) -> dict[str, Any] | None:
         """VINR's customer of an alert's invoice, if it can be read. When the recipient depends
@@ -170,6 +180,10 @@ async def deliver_notice(ctx: dict[str, Any], notice_id: int) -> str:
             await _settle(ctx, notice_id, attempt, error=error)
             log.warning("notice not delivered, will retry", attempt=attempt, retry_in=round(delay, 2), error=error)
             raise Retry(defer=delay)
+        if final:  # nothing was tried: not a failure for the dead-notice gauge
+            await _settle(ctx, notice_id, attempt, status="undeliverable", error=error)
+            log.warning("notice undeliverable by this worker's configuration", error=error)
+            return "undeliverable"
         await _settle(ctx, notice_id, attempt, status="dead", error=error)
         log.error("notice dead: replay it with `vinr-recon replay --notices`", attempts=row.attempts + 1, error=error)
         return "dead"
@@ -214,18 +228,42 @@ async def pending_ids(conn: AsyncConnection, older_than: datetime, limit: int = 
 async def sweep_notices(ctx: dict[str, Any]) -> int:
     """Queue every notice pending for more than a few seconds; returns how many. A notice whose
     job is queued, waiting for its retry or running is left alone (same job id)."""
+    older_than = datetime.now(UTC) - SWEEP_AFTER
+    await _settle_unconfigured(ctx, older_than)
     async with ctx["engine"].connect() as conn:
-        ids = await pending_ids(conn, datetime.now(UTC) - SWEEP_AFTER)
+        ids = await pending_ids(conn, older_than)
     await enqueue_notices(ctx["redis"], ctx["queue_name"], ids)
     if ids:
         log.info("pending notices queued", count=len(ids))
     return len(ids)
 
 
+async def _settle_unconfigured(ctx: dict[str, Any], older_than: datetime) -> None:
+    """Mark what this worker cannot deliver `undeliverable`, one statement per unconfigured
+    channel however many there are: a merchant with no channel pays no job per notice."""
+    notifier: Notifier | None = ctx.get("notifier")
+    if notifier is None:
+        return
+    for channel in ("email", "chat", "fulfilment"):
+        reason = notifier.missing(channel)
+        if reason is None:
+            continue
+        async with _write_lock(ctx), ctx["engine"].begin() as conn:
+            done = await conn.execute(update(outbox).where(
+                outbox.c.status == "pending", outbox.c.channel == channel, outbox.c.created_at < older_than,
+            ).values(status="undeliverable", last_error=reason))
+        if done.rowcount:
+            log.info("notices undeliverable by this worker's configuration", channel=channel, count=done.rowcount,
+                     error=reason)
+
+
 def notice_crons(settings: Settings) -> list[CronJob]:
-    """The sweep, every minute and at start-up, when any channel is configured. Not unique: arq's
-    unique cron ids are global to a Redis, so a second deployment's queue would lose its sweeps;
-    with several workers, a notice is still queued once (its job id)."""
+    """The sweep, every minute and at start-up, when any channel is configured (it also marks
+    undeliverable what another process staged on a channel this worker lacks). With none, this
+    worker stages its own notices undeliverable, and what a reconciliation staged is queued by
+    it and found undeliverable at delivery. Not unique: arq's unique cron ids are global to a
+    Redis, so a second deployment's queue would lose its sweeps; with several workers, a notice is
+    still queued once (its job id)."""
     if not settings.notice_channels():
         return []
     return [cron(sweep_notices, name="sweep_notices", run_at_startup=True, unique=False)]

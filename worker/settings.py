@@ -18,6 +18,7 @@ from arq.worker import Worker as ArqWorker, func
 from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ledger.outbox import EVERY_CHANNEL
 from vinr_recon.jobformat import JOB_FORMAT, is_data_job, kind_of
 from vinr_recon.jobs import APPLY_EVENT, job_key, refused_key
 from vinr_recon.settings import Settings
@@ -95,7 +96,10 @@ def worker_settings(
     """
     # Two batches and a dead-letter write must fit in arq's own timeout (see RetryPolicy).
     policy = RetryPolicy(tries=tries, attempt_timeout=job_timeout / 6)
-    channels = settings.notice_channels()  # the alerts and callbacks to stage (worker.notices delivers them)
+    # What a fact owes is staged on every channel, whatever is configured here (issue 19): it is
+    # not this process's call. Only what this worker can deliver is queued at once; its sweep
+    # marks the rest undeliverable.
+    channels, deliverable = EVERY_CHANNEL, settings.notice_channels()
 
     async def on_startup(ctx: dict[str, Any]) -> None:
         from ledger.db import create_engine, is_sqlite
@@ -113,12 +117,13 @@ def worker_settings(
         ctx["engine"] = engine
         ctx["policy"] = policy
         ctx["write_lock"] = asyncio.Lock() if is_sqlite(engine) else None
-        ctx["channels"], ctx["queue_name"], ctx["notice_policy"] = channels, settings.queue_name, notice_retry
+        ctx["channels"], ctx["deliverable"] = channels, deliverable
+        ctx["queue_name"], ctx["notice_policy"] = settings.queue_name, notice_retry
         ctx["notifier"] = Notifier(settings)
         ctx["batcher"] = (
             # Half of max_jobs: one batch fills while the one before it commits.
             Batcher(engine, max_batch=max(1, max_jobs // 2), linger=BATCH_LINGER, timeout=policy.attempt_timeout,
-                    lock=ctx["write_lock"], notices=channels)
+                    lock=ctx["write_lock"], notices=channels, deliverable=deliverable)
             if batch else None
         )
 
