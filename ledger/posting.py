@@ -101,6 +101,7 @@ class Outcome:
     entries: tuple[Entry, ...] = ()
     stale: bool = False
     became_paid: bool = False
+    became_uncollectible: bool = False  # dunning gave up (issue 20: its account manager is told, once)
 
 
 def target_facts(invoice: Invoice) -> Facts:
@@ -220,4 +221,5 @@ def post(position: Position, invoice: Invoice, *, authoritative: bool = False, e
         position=new,
         entries=tuple(entries),
         became_paid=invoice.status == "paid" and position.status != "paid",
+        became_uncollectible=invoice.status == "uncollectible" and position.status != "uncollectible",
     )
