@@ -206,8 +206,10 @@ class Notice(SQLModel, table=True):
         CheckConstraint("channel IN ('email', 'chat', 'fulfilment')", name="channel"),
         CheckConstraint("kind IN ('payment_failed', 'paid', 'drift', 'uncollectible', 'digest')", name="kind"),
         # undeliverable: the delivering worker has not configured its channel (or there is no
-        # recipient); dead: tried, and failed
-        CheckConstraint("status IN ('pending', 'sent', 'dead', 'undeliverable')", name="status"),
+        # recipient); dead: tried, and failed; held: a backfill's alert, until the backfill has
+        # applied all it found; resolved: that backfill showed the matter settled, never sent
+        CheckConstraint("status IN ('pending', 'sent', 'dead', 'undeliverable', 'held', 'resolved')",
+                        name="status"),
         Index("ix_outbox_status_created_at", "status", "created_at"),
     )
     id: int | None = Field(default=None, primary_key=True)

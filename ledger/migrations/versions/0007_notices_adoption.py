@@ -6,7 +6,9 @@ Create Date: 2026-12-02 11:45:00.000000
 
 Every process now stages what a fact owes on every channel (issue 19); a notice the delivering
 worker cannot deliver (its channel not configured, no recipient) is `undeliverable`, apart from
-`dead` (tried, and failed). Two new kinds (issue 20): `uncollectible` (dunning gave up) and
+`dead` (tried, and failed). A backfill holds the alerts it stages (`held`) until it has
+applied every event it found: those whose invoice it then shows paid or void are `resolved`,
+never sent (issue 20). Two new kinds (issue 20): `uncollectible` (dunning gave up) and
 `digest` (an account manager's morning list). A run may adopt an account's history quietly:
 `adopt` marks it, `adopted` counts the invoices whose history it booked without notices.
 """
@@ -20,7 +22,7 @@ down_revision = '0006'
 branch_labels = None
 depends_on = None
 
-STATUSES = "'pending', 'sent', 'dead', 'undeliverable'"
+STATUSES = "'pending', 'sent', 'dead', 'undeliverable', 'held', 'resolved'"
 KINDS = "'payment_failed', 'paid', 'drift', 'uncollectible', 'digest'"
 
 
@@ -41,6 +43,8 @@ def downgrade() -> None:
         batch_op.drop_column('adopted')
         batch_op.drop_column('adopt')
     op.execute("UPDATE outbox SET status = 'dead' WHERE status = 'undeliverable'")
+    op.execute("UPDATE outbox SET status = 'pending' WHERE status = 'held'")
+    op.execute("UPDATE outbox SET status = 'sent' WHERE status = 'resolved'")
     op.execute("DELETE FROM outbox WHERE kind IN ('uncollectible', 'digest')")
     with op.batch_alter_table('outbox', schema=None) as batch_op:
         batch_op.drop_constraint(op.f('ck_outbox_kind'), type_='check')
