@@ -44,6 +44,8 @@ log = structlog.get_logger("worker.notices")
 # SMTP server or a merchant app down for a while still gets it.
 NOTICE_RETRY = RetryPolicy(tries=20, base_delay=2.0, max_delay=1800.0, attempt_timeout=30.0)
 SWEEP_AFTER = timedelta(seconds=10)  # pending this long, and not queued: the commit's enqueue was lost
+# Alerts about one invoice: addressed to its account manager (the customer's, when the invoice names none).
+INVOICE_ALERTS = frozenset({"payment_failed", "uncollectible"})
 SWEEP_LIMIT = 1000
 REPLAY_EXPIRES = timedelta(days=30)
 
@@ -100,7 +102,7 @@ class Notifier:
             return {}
         if channel == "email":
             metadata = payload.get("metadata") or {}
-            needed = kind == "payment_failed" and "accountManager" not in metadata
+            needed = kind in INVOICE_ALERTS and "accountManager" not in metadata
             customer = await self._customer(payload, needed=needed)
             to = recipient(metadata, customer, settings.alert_default_recipient)
             if to is None:

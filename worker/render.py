@@ -73,6 +73,27 @@ def payment_failed(payload: dict[str, Any], customer: dict[str, Any] | None = No
     )
 
 
+def uncollectible(payload: dict[str, Any], customer: dict[str, Any] | None = None) -> Alert:
+    """The alert for an invoice whose dunning gave up: what is still due is written off."""
+    invoice = payload.get("number") or payload["invoiceId"]
+    who = _customer(payload.get("customer"), customer)
+    due = format_money(payload["amountDue"], payload["currency"])
+    return Alert(
+        subject=f"Uncollectible: {invoice} ({who}), {due} written off",
+        intro=f"Invoice {invoice} was marked uncollectible: collection gave up and {due} is written off "
+              "as bad debt. A late payment still closes it.",
+        fields=(
+            ("Customer", who),
+            ("Invoice", f"{payload.get('number') or '(no number)'} ({payload['invoiceId']})"),
+            ("Written off", due),
+            ("Total", format_money(payload["total"], payload["currency"])),
+            ("Attempts", str(payload.get("attemptCount", 0))),
+            ("Invoice page", payload.get("hostedInvoiceUrl") or "(none)"),
+        ),
+        link=payload.get("hostedInvoiceUrl"),
+    )
+
+
 def drift(payload: dict[str, Any]) -> Alert:
     run_id, status, counts = payload["runId"], payload["status"], payload.get("counts", {})
     found = sum(counts.values())
@@ -124,6 +145,8 @@ def _differences(found: list[dict[str, Any]]) -> str:
 def render(kind: str, payload: dict[str, Any], customer: dict[str, Any] | None = None) -> Alert:
     if kind == "payment_failed":
         return payment_failed(payload, customer)
+    if kind == "uncollectible":
+        return uncollectible(payload, customer)
     if kind == "drift":
         return drift(payload)
     raise ValueError(f"no alert for notices of kind {kind!r}")
