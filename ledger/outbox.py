@@ -5,6 +5,7 @@ What a write owes is decided by pure functions of what it did (`for_event`, `for
 the number of deliveries or paths that saw the change, decides how many there are:
 
     payment_failed:{event_id}:{email|chat}   each newly recorded invoice.payment_failed event
+    uncollectible:{invoice_id}:{email|chat}  an invoice's first move to uncollectible (dunning gave up)
     paid:{invoice_id}:fulfilment             an invoice's first move to paid, by whatever path
     drift:{run_id}:{email|chat}              a reconciliation run that found drift or did not complete
 
@@ -23,16 +24,18 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.book import EventResult
 from ledger.posting import FINAL, Outcome
+from ledger.tables import InvoicePosition
 from ledger.tables import Notice as NoticeRow
 from vinr.events import Event, Invoice
 
 outbox = NoticeRow.__table__
+positions = InvoicePosition.__table__
 
 ALERT_CHANNELS = ("email", "chat")
 
@@ -94,6 +97,25 @@ def payment_failed(event_id: str, invoice: Invoice, source: str, channels: Chann
             for channel in channels.alerts]
 
 
+def uncollectible(invoice: Invoice, source: str, channels: Channels) -> list[Notice]:
+    """Dunning gave up: the amount due is written off, and the account manager should know."""
+    payload = {
+        "source": source,
+        "invoiceId": invoice.id,
+        "number": invoice.number,
+        "customer": invoice.customer,
+        "status": invoice.status,
+        "currency": invoice.currency,
+        "total": invoice.total,
+        "amountDue": invoice.amount_due,
+        "attemptCount": invoice.attempt_count,
+        "hostedInvoiceUrl": invoice.hosted_invoice_url,
+        "metadata": dict(invoice.metadata),
+    }
+    return [Notice(f"uncollectible:{invoice.id}:{channel}", channel, "uncollectible", invoice.id, payload)
+            for channel in channels.alerts]
+
+
 def paid(invoice: Invoice, outcome: Outcome, source: str, channels: Channels) -> list[Notice]:
     """The fulfilment callback's body, exactly as it will be sent."""
     if not channels.fulfilment:
@@ -115,8 +137,13 @@ def paid(invoice: Invoice, outcome: Outcome, source: str, channels: Channels) ->
 
 
 def for_snapshot(invoice: Invoice, outcome: Outcome, source: str, channels: Channels) -> list[Notice]:
-    """What moving the ledger to `invoice` owes: the paid callback on its first move to paid."""
-    return paid(invoice, outcome, source, channels) if outcome.became_paid else []
+    """What moving the ledger to `invoice` owes: the paid callback on its first move to paid, the
+    uncollectible alert on its first move to uncollectible."""
+    if outcome.became_paid:
+        return paid(invoice, outcome, source, channels)
+    if outcome.became_uncollectible:
+        return uncollectible(invoice, source, channels)
+    return []
 
 
 def for_event(event: Event, result: EventResult, source: str, channels: Channels) -> list[Notice]:
@@ -171,15 +198,18 @@ def _insert(conn: AsyncConnection):
 
 
 async def stage(conn: AsyncConnection, notices: Sequence[Notice], now: datetime | None = None, *,
-                deliverable: Channels = EVERY_CHANNEL) -> dict[str, int]:
+                deliverable: Channels = EVERY_CHANNEL, hold_alerts: bool = False) -> dict[str, int]:
     """Write `notices` in the caller's transaction; returns {key: id} of those not staged before.
     A notice on a channel the staging worker cannot deliver (not `deliverable`) is staged
-    `undeliverable`, saying why, so nothing waits for a delivery that will never come."""
+    `undeliverable`, saying why, so nothing waits for a delivery that will never come. With
+    `hold_alerts` (a backfill), alerts are `held` until `release_held`."""
     if not notices:
         return {}
     now = now or datetime.now(UTC)
 
     def status(channel: str) -> dict[str, Any]:
+        if hold_alerts and channel in ALERT_CHANNELS:
+            return {"status": "held", "last_error": None}
         if getattr(deliverable, channel):
             return {"status": "pending", "last_error": None}
         return {"status": "undeliverable", "last_error": f"the worker that saw it has no {channel} channel configured"}
@@ -194,7 +224,7 @@ async def stage(conn: AsyncConnection, notices: Sequence[Notice], now: datetime 
 
 async def stage_results(conn: AsyncConnection, events: Sequence[Event], results: list[EventResult], *,
                         source: str, channels: Channels = EVERY_CHANNEL,
-                        deliverable: Channels = EVERY_CHANNEL) -> list[EventResult]:
+                        deliverable: Channels = EVERY_CHANNEL, hold_alerts: bool = False) -> list[EventResult]:
     """Stage what applying `events` (with their `results`, in order) owes, in the caller's
     transaction; returns the results with the ids of the notices each staged on a `deliverable`
     channel, to queue now (the rest are staged `undeliverable`)."""
@@ -203,12 +233,28 @@ async def stage_results(conn: AsyncConnection, events: Sequence[Event], results:
     owed = [for_event(event, result, source, channels) for event, result in zip(events, results, strict=True)]
     if not any(owed):
         return results
-    staged = await stage(conn, [notice for notices in owed for notice in notices], deliverable=deliverable)
+    staged = await stage(conn, [notice for notices in owed for notice in notices], deliverable=deliverable,
+                         hold_alerts=hold_alerts)
     return [
-        replace(result, notices=tuple(staged[n.key] for n in notices
-                                      if n.key in staged and getattr(deliverable, n.channel))) if notices else result
+        replace(result, notices=tuple(
+            staged[n.key] for n in notices
+            if n.key in staged and getattr(deliverable, n.channel) and not (hold_alerts and n.channel in ALERT_CHANNELS)
+        )) if notices else result
         for result, notices in zip(results, owed, strict=True)
     ]
+
+
+async def release_held(conn: AsyncConnection) -> list[int]:
+    """Let the backfill's held alerts go, now that it has applied every event it found: those
+    whose invoice the ledger now holds as paid or void are `resolved` (nobody needs to chase a
+    matter the same backfill shows settled), the rest `pending`; returns the ids to queue. One
+    reconciliation runs at a time, so whatever is held is the current run's, or a dead run's."""
+    settled = select(positions.c.invoice_id).where(positions.c.status.in_(FINAL))
+    await conn.execute(update(outbox).where(outbox.c.status == "held", outbox.c.invoice_id.in_(settled))
+                       .values(status="resolved", last_error="the backfill that found it showed the invoice settled"))
+    released = await conn.execute(update(outbox).where(outbox.c.status == "held").values(status="pending")
+                                  .returning(outbox.c.id))
+    return list(released.scalars())
 
 
 async def dead_count(conn: AsyncConnection) -> int:

@@ -121,6 +121,9 @@ SCHEMAS: dict[str, Any] = {
         "coveredUntil": {**_nullable(INTEGER), "description": "Unix seconds: every invoice created before was swept "
                                                                    "by a completed run; the next window starts "
                                                                    "a day before it."},
+        "adopt": {"type": "boolean", "description": "The run adopted the account's history (reconcile --adopt)."},
+        "adoptedQuietly": {**INTEGER, "description": "Invoices whose history an adopting run booked without "
+                                                     "alerts or callbacks."},
         "message": _nullable(STRING),
     }),
     "Runs": _object({"runs": {"type": "array", "items": _ref("Run"), "description": "Newest first."}}),

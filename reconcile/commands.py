@@ -1,4 +1,4 @@
-"""`vinr-recon reconcile [--dry-run] [--since DATE] [--json] [--report FILE.csv]`."""
+"""`vinr-recon reconcile [--dry-run] [--since DATE] [--adopt] [--json] [--report FILE.csv]`."""
 
 from __future__ import annotations
 
@@ -21,7 +21,11 @@ def register(subparsers) -> None:
         description="Compare the ledger with VINR's REST API, backfill missed events and correct drift.",
     )
     parser.add_argument("--dry-run", action="store_true", help="report differences, change nothing")
-    parser.add_argument("--since", type=_since, metavar="DATE", help="sweep invoices created since DATE (UTC)")
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("--since", type=_since, metavar="DATE", help="sweep invoices created since DATE (UTC)")
+    scope.add_argument("--adopt", action="store_true",
+                        help="adopt an account with history: sweep everything and book it, but send no alert or "
+                             "callback for what happened before this run started (run it once, at installation)")
     parser.add_argument("--json", action="store_true", help="print the run and its findings as JSON")
     parser.add_argument("--report", metavar="FILE.csv", help="write the run's findings to a CSV file")
     parser.set_defaults(run=run)
@@ -43,7 +47,8 @@ def run(args, settings) -> int:
     async def main() -> int:
         try:
             with progress_bar(console, enabled=console.is_terminal and not args.json) as advance:
-                report = await reconcile_once(settings, dry_run=args.dry_run, since=args.since, progress=advance)
+                report = await reconcile_once(settings, dry_run=args.dry_run, since=args.since, progress=advance,
+                                              adopt=args.adopt)
         except LockLost as exc:
             console.print(f"Reconciliation stopped: {exc}. Its run is recorded as stopped; run it again.")
             return 1

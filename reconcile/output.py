@@ -52,6 +52,8 @@ def print_summary(console: Console, report: RunReport, csv_path: str | None) -> 
         table.add_row(category.replace("_", " "), str(report.counts.get(category, 0)))
     table.add_row("corrections posted", str(report.corrections_posted))
     table.add_row("VINR API requests", str(report.api_requests))
+    if report.adopt:
+        table.add_row("invoices adopted quietly", str(report.adopted))
     console.print(table)
     if report.message:
         console.print(f"[red]{report.message}[/red]")

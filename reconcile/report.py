@@ -55,6 +55,8 @@ def run_dict(row) -> dict:
         "apiRequests": row.api_requests,
         "counts": row.counts,
         "caughtUpInFlight": row.caught_up,
+        "adopt": row.adopt,
+        "adoptedQuietly": row.adopted,
         "coveredUntil": row.covered_until,
         "message": row.message,
     }

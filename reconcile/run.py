@@ -18,6 +18,12 @@ So a finding is a difference still there under the lock, and each corrected one 
 entries that corrected it. Positions are locked in code-point order of their ids, as a
 worker's batch locks them (`ORDER BY ... COLLATE "C"`), so the two never deadlock.
 
+Adopting an account (`adopt`, issue 19) is a full sweep whose facts older than the run's start
+stage no alert and no callback, nor does its drift summary: the ledger books years of history
+as usual (entries, findings, the run record) without calling the merchant app back for every
+invoice ever paid. A fact of the run's own time (an event created, an invoice paid, since it
+began) has its effects as always; `adopted` counts the invoices booked quietly.
+
 The cost does not grow with history: one list page per 100 invoices created in the window;
 for those created before it, one page per 100 of the invoices VINR holds as open, uncollectible
 or draft (status-filtered lists); one fetch per ledger invoice not final that no list showed
@@ -80,6 +86,8 @@ class RunReport:
     api_requests: int = 0
     counts: Counter = field(default_factory=Counter)
     caught_up: int = 0
+    adopt: bool = False
+    adopted: int = 0  # invoices whose history an adopting run booked without notices
     unresolved: int = 0
     message: str | None = None
     notices: list[int] = field(default_factory=list)  # outbox ids this run staged, to queue once it ends
@@ -104,6 +112,8 @@ class RunReport:
             "apiRequests": self.api_requests,
             "counts": {c: self.counts.get(c, 0) for c in CATEGORIES},
             "caughtUpInFlight": self.caught_up,
+            "adopt": self.adopt,
+            "adoptedQuietly": self.adopted,
             "matches": self.matches,
             "message": self.message,
         }
@@ -193,13 +203,16 @@ class Reconciler:
 
     def __init__(self, engine: AsyncEngine, client: VinrClient, *, dry_run: bool = False,
                  progress: Callable[[int], None] | None = None, notices: outbox.Channels = outbox.NO_CHANNELS,
-                 full_sweep_every: timedelta | None = None):
+                 full_sweep_every: timedelta | None = None, adopt: bool = False):
         self.engine = engine
         self.client = client
         self.dry_run = dry_run
         self.progress = progress or (lambda n: None)
         self.notices = notices
         self.full_sweep_every = full_sweep_every
+        self.adopt = adopt
+        self._quiet_before: int | None = None  # the adoption point, while an adopting run runs
+        self._adopted: set[str] = set()
 
     async def run(self, since: int | None = None, now: datetime | None = None) -> RunReport:
         """One run. With `since`, sweep invoices created from then on; by default from what the
@@ -207,6 +220,8 @@ class Reconciler:
         full sweep is older than `full_sweep_every`)."""
         now = now or datetime.now(UTC)
         started = int(now.timestamp())
+        if self.adopt:
+            since, self._quiet_before, self._adopted = None, started, set()  # everything, quietly
         async with self.engine.begin() as conn:
             # One run at a time (reconcile.lock): a row still `running` is a run that died.
             await conn.execute(update(runs).where(runs.c.status == "running").values(
@@ -218,10 +233,10 @@ class Reconciler:
                 None if covered is None or await self._full_sweep_due(conn, now)
                 else covered - int(OVERLAP.total_seconds()))
             run_id = await conn.scalar(
-                insert(runs).values(started_at=now, status="running", dry_run=self.dry_run,
+                insert(runs).values(started_at=now, status="running", dry_run=self.dry_run, adopt=self.adopt,
                                     window_start=window, counts={}).returning(runs.c.id)
             )
-        report = RunReport(run_id=run_id, dry_run=self.dry_run, window_start=window,
+        report = RunReport(run_id=run_id, dry_run=self.dry_run, adopt=self.adopt, window_start=window,
                            covered_until=None if self.dry_run else covered)
         requests_before = self.client.requests_made
         log.info("reconciliation started", run_id=run_id, window_start=window, dry_run=self.dry_run)
@@ -254,6 +269,7 @@ class Reconciler:
             raise
         finally:
             report.api_requests = self.client.requests_made - requests_before
+            report.adopted = len(self._adopted)
             # Shielded: a run cancelled mid-way still records how it ended.
             await asyncio.shield(self._record(report))
         log.info("reconciliation finished", **report.as_dict())
@@ -277,7 +293,8 @@ class Reconciler:
 
     async def _record(self, report: RunReport) -> None:
         async with self.engine.begin() as conn:
-            staged = await outbox.stage(conn, outbox.for_run(
+            # An adopting run's differences are the history it booked: no drift to alert.
+            staged = {} if self.adopt else await outbox.stage(conn, outbox.for_run(
                 {**report.as_dict(), "unresolved": report.unresolved,
                  "differences": await self._differences(conn, report.run_id)}, self.notices))
             await conn.execute(
@@ -291,6 +308,7 @@ class Reconciler:
                     api_requests=report.api_requests,
                     counts={c: report.counts.get(c, 0) for c in CATEGORIES},
                     caught_up=report.caught_up,
+                    adopted=report.adopted,
                     message=report.message,
                 )
             )
@@ -310,7 +328,9 @@ class Reconciler:
                  "vinr": r.vinr_value, "corrected": r.corrected, "currency": r.currency} for r in rows]
 
     async def _backfill(self, report: RunReport, since: int) -> None:
-        """Record every event of the window that the ledger never received (source backfill)."""
+        """Record every event of the window that the ledger never received (source backfill).
+        Its alerts are held until the last event is applied (a dead run's, by the next run)."""
+        await self._release_held(report)
         async for page in _batches(self.client.iter_events(created_gte=since), PAGE):
             ids = [e["id"] for e in page]
             async with self.engine.connect() as conn:
@@ -327,11 +347,13 @@ class Reconciler:
                     log.warning("backfill skipped an unreadable event", event_id=raw.get("id"), error=str(exc))
                     continue
                 body = _canonical(raw)
+                quiet = self._quiet(event.created)
                 try:
                     async with self.engine.begin() as conn:
                         result = await apply_event(conn, event, body, {}, source="backfill")
-                        (result,) = await outbox.stage_results(conn, [event], [result], source="backfill",
-                                                               channels=self.notices)
+                        (result,) = await outbox.stage_results(
+                            conn, [event], [result], source="backfill", hold_alerts=True,
+                            channels=outbox.NO_CHANNELS if quiet else self.notices)
                 except (InvalidEvent, CannotApply) as exc:
                     # Kept as dead for a person to see; the sweep below still moves the invoice.
                     async with self.engine.begin() as conn:
@@ -340,6 +362,16 @@ class Reconciler:
                     continue
                 report.events_backfilled += result.outcome != "duplicate"
                 report.notices += result.notices
+                if quiet and result.outcome != "duplicate" and result.invoice is not None:
+                    self._adopted.add(result.invoice.id)
+        await self._release_held(report)
+
+    async def _release_held(self, report: RunReport) -> None:
+        """The backfill's alerts go once it has applied all it found: a payment failure (or a
+        write-off) that a later event of the same backfill settled is never sent (issue 20)."""
+        if not self.dry_run:
+            async with self.engine.begin() as conn:
+                report.notices += await outbox.release_held(conn)
 
     async def _sweep(self, report: RunReport, window: int | None, started: int) -> set[str]:
         """Compare every invoice VINR lists for the window; return the ids of those not final."""
@@ -474,7 +506,10 @@ class Reconciler:
                     continue
                 outcome = await apply_snapshot(conn, check.answer, source="reconciliation", run_id=report.run_id,
                                                authoritative=True, position=position, event_at=check.asked_at)
-                if self.notices:
+                if self._quiet(_fact_time(check.answer)):
+                    if outcome.entries or position.version == 0:
+                        self._adopted.add(check.invoice_id)
+                elif self.notices:
                     staged += (await outbox.stage(conn, outbox.for_snapshot(
                         check.answer, outcome, "reconciliation", self.notices))).values()
                 corrections += len(outcome.entries)
@@ -502,6 +537,10 @@ class Reconciler:
         report.notices += staged
         return moved
 
+    def _quiet(self, fact_time: int | None) -> bool:
+        """A fact older than the adoption point (or of no known time) stages nothing."""
+        return self._quiet_before is not None and (fact_time is None or fact_time < self._quiet_before)
+
     async def _leave_unsettled(self, report: RunReport, left: list[tuple[str, Position | None]]) -> None:
         rows = _finding_rows(report.run_id, [
             Finding(invoice_id, UNSETTLED, "version", str(position.version if position else 0),
@@ -528,6 +567,12 @@ async def _created_before(answers: AsyncIterator[Invoice | Unreadable], window: 
             if answer.created is not None and answer.created >= window:
                 return
             yield answer
+
+
+def _fact_time(invoice: Invoice) -> int | None:
+    """When VINR says the state the sweep found came about: what a correction to it owes is of
+    that time (for adoption). Only a payment carries its time; the rest are of no known time."""
+    return invoice.paid_at if invoice.status == "paid" else None
 
 
 def _draft_edited(position: Position | None, invoice: Invoice) -> bool:

@@ -34,6 +34,7 @@ async def reconcile_once(
     redis: Redis | None = None,
     client: VinrClient | None = None,
     lock_ttl: float = LOCK_TTL,
+    adopt: bool = False,
 ) -> RunReport | None:
     """Run one reconciliation now; None when another run holds the lock (it is skipped).
 
@@ -54,7 +55,7 @@ async def reconcile_once(
                 return None
             every = timedelta(days=settings.reconcile_full_sweep_days) if settings.reconcile_full_sweep_days else None
             report = await Reconciler(engine, client, dry_run=dry_run, progress=progress, notices=channels,
-                                      full_sweep_every=every).run(since=since)
+                                      full_sweep_every=every, adopt=adopt).run(since=since)
         await _queue(settings, redis, report.notices)
         return report
     finally:
