@@ -118,11 +118,18 @@ async def deployment(settings, engine, sandbox_config: SandboxConfig | None = No
 
 
 async def ledger_equals_vinr(d: Deployment) -> None:
-    async with d.engine.connect() as conn:
+    await ledger_matches(d.engine, d.sandbox)
+
+
+async def ledger_matches(engine, sandbox) -> None:
+    """Every invoice of `sandbox` stands in the ledger as at VINR, and the books balance."""
+    async with engine.connect() as conn:
         rows = {r.invoice_id: r for r in await conn.execute(select(positions))}
         balances = await trial_balance(conn)
-    for inv in d.state.invoices:
-        snap = invoice_json(inv, d.sandbox.config.hosted_base)
+    for inv in sandbox.state.invoices:
+        if inv.status == "draft" and inv.id not in rows:
+            continue  # a draft has no accounting effect: the ledger books it once an event names it
+        snap = invoice_json(inv, sandbox.config.hosted_base)
         row = rows[inv.id]
         assert (row.status, row.total, row.amount_paid, row.amount_due) == (
             snap["status"], snap["total"], snap["amountPaid"], snap["amountDue"]), inv.id
