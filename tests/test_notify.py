@@ -519,3 +519,47 @@ async def test_what_a_worker_cannot_deliver_is_staged_undeliverable_and_queues_n
     assert rows[("payment_failed", "email")].attempts == 0  # nothing was tried
     # the two events, the chat delivery and the sweep at start-up: no job for what cannot go
     assert (worker.jobs_complete, worker.jobs_failed) == (4, 0)
+
+
+async def test_an_invoice_written_off_alerts_its_manager_once_whichever_path_sees_it(
+    ledger_settings, ledger_engine, redis, smtp, http
+):
+    """Issue 20: dunning gave up. Reconciliation finds it first (the events have expired, so from
+    the invoice itself), then its webhooks arrive three times each, then a second run: one email
+    to the account manager, one chat message."""
+    clock = [time.time() - 40 * 86_400]
+    app = create_app(SandboxConfig(rate_limit=0, clock=lambda: clock[0]))
+    async with serve(app) as root:
+        sandbox = app.state.sandbox
+        state, hosted = sandbox.state, sandbox.config.hosted_base
+        settings = with_channels(ledger_settings, smtp.url, http, vinr_api_key=SecretStr(sandbox.api_key),
+                                 vinr_api_base=root + "/v1")
+        customer = state.create_customer(email="ops@acme.example", name="Acme GmbH", metadata={"accountManager": MANAGER})
+        inv = state.create_invoice(customer=customer.id, currency="EUR", collection_method="send_invoice",
+                                   days_until_due=14, metadata={})
+        state.add_line(inv.id, description="Implementation", quantity=1, unit_amount=88000)
+        state.finalize(inv.id)
+        state.mark_uncollectible(inv.id)
+        clock[0] = time.time()  # 40 days later: its events are gone from the Events API
+        client = VinrClient(settings.vinr_api_base, settings.vinr_api_key, retry=ClientRetry(max_attempts=2))
+        pool = Redis.from_url(REDIS_URL)
+        try:
+            first = await reconcile_once(settings, engine=ledger_engine, redis=pool, client=client)
+            late = [Delivery(e.id, e.type, event_body(e, hosted)) for e in state.events]
+            await enqueue(redis, settings.queue_name, late * 3)
+            await drain(settings)
+            second = await reconcile_once(settings, engine=ledger_engine, redis=pool, client=client)
+            await drain(settings)
+            await wait_for(lambda: len(smtp.mails) >= 2 and len(http.at(CHAT_PATH)) >= 2, timeout=5)
+        finally:
+            await client.aclose()
+            await pool.aclose()
+    assert (first.status, first.events_backfilled, second.status) == ("completed", 0, "completed")
+    # Besides the first run's drift summary (the ledger had never heard of the invoice):
+    (mail,) = [m for m in smtp.mails if not m.message["Subject"].startswith("Reconciliation run")]
+    assert mail.recipients == [MANAGER] and mail.message["Subject"].startswith("Uncollectible: ")
+    assert "EUR 880.00 written off" in mail.message["Subject"] and inv.id in mail.text
+    assert sum("Uncollectible" in json.loads(r.body)["text"] for r in http.at(CHAT_PATH)) == 1
+    assert sorted((r.kind, r.channel, r.status) for r in await notices(ledger_engine)) == [
+        ("drift", "chat", "sent"), ("drift", "email", "sent"),
+        ("uncollectible", "chat", "sent"), ("uncollectible", "email", "sent")]
