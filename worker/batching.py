@@ -6,7 +6,8 @@ event's outcome is committed, and a failed transaction fails each of its jobs, w
 their own (arq's Retry). One event never fails the others: an event whose effect cannot be
 computed is set apart with its error (ledger.batch.PoisonInBatch), and a batch that fails for
 any other reason but its deadline (the database refuses it, or an exception no check foresaw)
-is tried again event by event, so only the culprit fails. The culprit's job then goes the way
+is tried again event by event, so only the culprit fails (unless the database was unreachable:
+then every job of the batch retries). The culprit's job then goes the way
 of a job of its own: a dead letter at once for `CannotApply`, else retried with backoff.
 """
 
@@ -20,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.batch import PoisonInBatch, Received, apply_events
 from ledger.book import EventResult
+from ledger.db import is_connection_failure
 from ledger.outbox import EVERY_CHANNEL, NO_CHANNELS, Channels, stage_results
 
 Waiting = tuple[Received, asyncio.Future[EventResult]]
@@ -119,8 +121,10 @@ class Batcher:
                     _settle(future, error=exc)
                 return
             except Exception as exc:  # the database refused, or something no check foresaw
-                if len(batch) == 1:
-                    _settle(batch[0][1], error=exc)
+                if len(batch) == 1 or is_connection_failure(exc):
+                    # Alone, or the database is away: no event of the batch is the culprit.
+                    for _, future in batch:
+                        _settle(future, error=exc)
                     return
                 # Perhaps one event's data failed them all: each alone, so only it fails.
                 for waiting in batch:

@@ -5,8 +5,11 @@ are applying at the same moment (worker.batching, ledger.batch), else one of its
 raises anything but `Retry`. So this job never raises anything else: a poison event (one that
 can never apply) goes to the dead letters at once; any other failure (the database, a lock
 wait, a timeout, a bug) is retried with exponential backoff and jitter, and after the last try
-goes to the dead letters too. If even the dead letter cannot be written, the job is retried
-again, so an event is never dropped.
+goes to the dead letters too, unless the database was unreachable (ledger.db's
+is_connection_failure: a restart, a dropped connection, a partition, PgBouncer without a server):
+that says nothing about the event, so it is retried for as long as it lasts, never
+dead-lettered. If even the dead letter cannot be written, the job is retried again, so an event
+is never dropped.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from sqlalchemy import update
 from ledger.batch import Received
 from ledger.book import EventResult
 from ledger.book import apply_event as book_apply_event
+from ledger.db import is_connection_failure
 from ledger.outbox import EVERY_CHANNEL, NO_CHANNELS, stage_results
 from ledger.posting import CannotApply
 from ledger.tables import DeadLetter
@@ -55,7 +59,8 @@ class RetryPolicy:
     def backoff(self, attempt: int) -> float:
         """Seconds to wait after failed try number `attempt` (1-based): capped exponential,
         with "equal jitter" so that events failing together do not retry together."""
-        ceiling = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
+        # The exponent is capped: a job retried through a long outage counts tries past 1,000.
+        ceiling = min(self.max_delay, self.base_delay * 2 ** min(attempt - 1, 32))
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
@@ -85,9 +90,11 @@ async def apply_event(
             error = _describe(exc)
         except Exception as exc:  # transient, or a bug: retried, never dropped
             error = _describe(exc)
-            if attempt < policy.tries:
+            unreachable = is_connection_failure(exc)  # retried however long the database is away
+            if attempt < policy.tries or unreachable:
                 delay = policy.backoff(attempt)
-                log.warning("apply failed, will retry", attempt=attempt, retry_in=round(delay, 2), error=error)
+                log.warning("apply failed, will retry", attempt=attempt, retry_in=round(delay, 2), error=error,
+                            database_unreachable=unreachable)
                 raise Retry(defer=delay) from exc
         else:
             _log_result(result)
