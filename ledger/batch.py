@@ -22,14 +22,25 @@ others again. Replays, which may revive a dead event, go through `book.apply_eve
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import bindparam, text, update
-from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ledger.book import ConcurrentUpdate, EventResult, entries, position_from_row, positions, postings, received
+from ledger.book import (
+    POSITION_COLUMNS,
+    ConcurrentUpdate,
+    EventResult,
+    entries,
+    position_from_row,
+    position_values,
+    positions,
+    postings,
+    received,
+)
 from ledger.posting import Entry, Position, post
 from vinr.events import Event, Invoice
 
@@ -200,12 +211,10 @@ _MARK_STALE = update(received).where(received.c.event_id.in_(bindparam("ids", ex
 
 # --- Writing entries, postings and positions -------------------------------------------------
 
+# Each column a position write sets, with the SQL type its array is cast to (a VARCHAR without
+# its length: a cast to VARCHAR(n) would cut a longer value where the column refuses it).
 _POSITION_COLUMNS = {
-    "status": "VARCHAR", "currency": "VARCHAR", "total": "BIGINT", "amount_paid": "BIGINT",
-    "amount_due": "BIGINT", "applied_balance": "BIGINT", "recognized": "BIGINT", "written_off": "BIGINT",
-    "credited": "BIGINT",
-    "attempt_count": "INTEGER", "version": "INTEGER", "last_event_at": "BIGINT", "paid_at": "BIGINT",
-    "customer": "VARCHAR", "number": "VARCHAR", "created": "BIGINT",
+    name: re.sub(r"\(\d+\)$", "", positions.c[name].type.compile(postgresql.dialect())) for name in POSITION_COLUMNS
 }
 
 # One statement: the entries, their postings (each finds its entry by idempotency key) and the
@@ -242,22 +251,11 @@ _WRITE_POSITIONS_SQLITE = (
 )
 
 
-def _row(position: Position) -> dict:
-    return {
-        "status": position.status, "currency": position.currency, "total": position.total,
-        "amount_paid": position.amount_paid, "amount_due": position.amount_due,
-        "applied_balance": position.applied_balance, "recognized": position.facts.recognized,
-        "written_off": position.facts.written_off, "credited": position.facts.credited, "attempt_count": position.attempt_count, "version": position.version,
-        "last_event_at": position.last_event_at, "paid_at": position.paid_at, "customer": position.customer,
-        "number": position.number, "created": position.created,
-    }
-
-
 async def _write(conn: AsyncConnection, new_entries: list[_NewEntry], changes: list[tuple[Position, Position]],
                  source: str, now: datetime, pg: bool) -> None:
     """Post the entries and write each changed position where its version is still the one read, or raise."""
     lines = [(new.key, line, new.entry.currency) for new in new_entries for line in new.entry.lines]
-    rows = [{"invoice_id": old.invoice_id, "old_version": old.version, **_row(new)} for old, new in changes]
+    rows = [{"invoice_id": old.invoice_id, "old_version": old.version, **position_values(new)} for old, new in changes]
     if pg:
         written = (await conn.execute(_WRITE_PG, {
             "source": source, "now": now,

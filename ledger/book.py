@@ -9,8 +9,9 @@ a second writer from the same version violates a unique constraint instead of po
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -35,26 +36,33 @@ def _insert(conn: AsyncConnection, table):
     return dialect.insert(table)
 
 
+# A position's own fields, each stored in the column of its name; its facts are stored beside
+# them as recognized, written_off and credited (collected is amount_paid, applied is
+# applied_balance). Both writers (here and ledger/batch.py) read and write through these two
+# functions, so a new field of `Position` and its column are all a new column needs.
+_PLAIN = tuple(f.name for f in fields(Position) if f.name != "facts")
+
+
 def position_from_row(row) -> Position:
+    values = row._mapping
     return Position(
-        invoice_id=row.invoice_id,
-        status=row.status,
-        currency=row.currency,
-        total=row.total,
-        amount_paid=row.amount_paid,
-        amount_due=row.amount_due,
-        applied_balance=row.applied_balance,
-        # What was collected is always amountPaid, what was applied appliedBalance; the other
-        # facts are kept as posted.
-        facts=Facts(row.recognized, row.amount_paid, row.written_off, row.credited, row.applied_balance),
-        attempt_count=row.attempt_count,
-        version=row.version,
-        last_event_at=row.last_event_at,
-        paid_at=row.paid_at,
-        customer=row.customer,
-        number=row.number,
-        created=row.created,
+        **{name: values[name] for name in _PLAIN},
+        facts=Facts(values["recognized"], values["amount_paid"], values["written_off"], values["credited"],
+                    values["applied_balance"]),
     )
+
+
+def position_values(position: Position) -> dict[str, Any]:
+    """The columns a write of `position` sets (its key `invoice_id` apart)."""
+    return {
+        **{name: getattr(position, name) for name in _PLAIN if name != "invoice_id"},
+        "recognized": position.facts.recognized,
+        "written_off": position.facts.written_off,
+        "credited": position.facts.credited,
+    }
+
+
+POSITION_COLUMNS = tuple(position_values(Position(invoice_id="")))
 
 
 _SELECT_FOR_UPDATE = select(positions).where(positions.c.invoice_id == bindparam("invoice_id")).with_for_update()
@@ -128,25 +136,7 @@ async def apply_snapshot(
     updated = await conn.execute(
         update(positions)
         .where(positions.c.invoice_id == invoice.id, positions.c.version == position.version)
-        .values(
-            status=new.status,
-            currency=new.currency,
-            total=new.total,
-            amount_paid=new.amount_paid,
-            amount_due=new.amount_due,
-            applied_balance=new.applied_balance,
-            recognized=new.facts.recognized,
-            written_off=new.facts.written_off,
-            credited=new.facts.credited,
-            attempt_count=new.attempt_count,
-            version=new.version,
-            last_event_at=new.last_event_at,
-            paid_at=new.paid_at,
-            customer=new.customer,
-            number=new.number,
-            created=new.created,
-            updated_at=now,
-        )
+        .values(**position_values(new), updated_at=now)
     )
     if updated.rowcount != 1:
         raise ConcurrentUpdate(invoice.id)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from vinr.events import Invoice
+from vinr.events import Invoice, unprintable
 
 AR, REVENUE, CLEARING, BAD_DEBT, CREDIT = (
     "accounts_receivable",
@@ -73,6 +73,8 @@ class Position:
     customer: str | None = None
     number: str | None = None
     created: int | None = None
+    due_date: int | None = None
+    account_manager: str | None = None  # the invoice's own `metadata.accountManager`
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,25 @@ def is_stale(position: Position, invoice: Invoice, event_at: int | None = None) 
     return False
 
 
+def _sent_or_kept(position: Position, invoice: Invoice) -> dict[str, object]:
+    """The due date and account manager: VINR's where the snapshot carries the field (the
+    merchant may move a due date or hand an invoice to another manager, or take it away), the
+    position's where it does not (an older, thinner payload)."""
+    sent = invoice.model_fields_set
+    return {
+        "due_date": invoice.due_date if "due_date" in sent else position.due_date,
+        "account_manager": manager_of(invoice.metadata) if "metadata" in sent else position.account_manager,
+    }
+
+
+def manager_of(metadata: dict[str, str]) -> str | None:
+    """The `accountManager` named in VINR metadata, None when none is usable: metadata values
+    are the merchant's free text, and one no text column holds (a NUL) must not stop a payment
+    from being booked."""
+    manager = (metadata.get("accountManager") or "").strip()
+    return manager if manager and unprintable(manager) is None else None
+
+
 def post(position: Position, invoice: Invoice, *, authoritative: bool = False, event_at: int | None = None) -> Outcome:
     """Move `position` to VINR's `invoice` snapshot.
 
@@ -214,6 +235,7 @@ def post(position: Position, invoice: Invoice, *, authoritative: bool = False, e
         customer=invoice.customer or position.customer,
         number=invoice.number or position.number,
         created=position.created or invoice.created,
+        **_sent_or_kept(position, invoice),
     )
     if new != position:
         new = replace(new, version=position.version + 1)

@@ -108,6 +108,25 @@ class InvoicePosition(SQLModel, table=True):
     paid_at: int | None = Field(default=None, sa_type=BigInteger)
     created: int | None = Field(default=None, sa_type=BigInteger, index=True)
     updated_at: datetime | None = _when(default=None)
+    # VINR's `dueDate` (Unix seconds; none for invoices charged automatically) and the invoice's
+    # own `metadata.accountManager`: what aging, worklists and digests select by (issue 20).
+    due_date: int | None = Field(default=None, sa_type=BigInteger, index=True)
+    account_manager: str | None = Field(default=None, index=True)
+
+
+class Customer(SQLModel, table=True):
+    """VINR's customer as its API last answered (contract section 4), so pages and alerts show
+    a name, not an id. Reconciliation refreshes it; `account_manager` is the customer's
+    `metadata.accountManager`, the manager of its invoices that name none of their own."""
+
+    __tablename__ = "customers"
+    id: str = Field(primary_key=True, max_length=100)
+    name: str | None = Field(default=None)
+    email: str | None = Field(default=None)
+    account_manager: str | None = Field(default=None, index=True)
+    # `metadata` is SQLModel's own attribute: the column keeps VINR's name, the field another.
+    customer_metadata: dict = Field(default_factory=dict, sa_column=Column("metadata", JSON, nullable=False))
+    refreshed_at: datetime = _when()
 
 
 class ReceivedEvent(SQLModel, table=True):
