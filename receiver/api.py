@@ -18,6 +18,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ledger.views import balances, invoice_view
+from receiver.aging_api import get_aging
 from reconcile.report import get_run, list_runs, write_csv
 from vinr_recon.settings import Settings
 
@@ -91,6 +92,7 @@ async def get_run_csv(request: Request) -> Response:
 routes = [
     Route("/invoices/{invoice_id}", get_invoice, methods=["GET"]),
     Route("/balances", get_balances, methods=["GET"]),
+    Route("/aging", get_aging, methods=["GET"]),
     Route("/reconciliation/runs", get_runs, methods=["GET"]),
     Route("/reconciliation/runs/{run_id:int}", get_run_by_id, methods=["GET"]),
     Route("/reconciliation/runs/{run_id:int}/findings.csv", get_run_csv, methods=["GET"]),

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from ledger.tables import ACCOUNTS
+from receiver import aging_api
 
 JSON = "application/json"
 
@@ -152,6 +153,9 @@ SCHEMAS: dict[str, Any] = {
 }
 
 
+SCHEMAS.update(aging_api.OPENAPI_SCHEMAS)
+
+
 def _json(schema: dict[str, Any], description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
     response: dict[str, Any] = {"description": description, "content": {JSON: {"schema": schema}}}
     if headers:
@@ -212,6 +216,7 @@ PATHS: dict[str, Any] = {
         "Debits, credits and balance per account and currency",
         {"200": _json(_ref("Balances"), "One row per account and currency that has postings.")},
     ),
+    "/api/aging": _api(aging_api.SUMMARY, aging_api.RESPONSES, aging_api.PARAMETERS),
     "/api/reconciliation/runs": _api(
         "Reconciliation runs, newest first",
         {

@@ -22,7 +22,7 @@ from starlette.templating import Jinja2Templates
 from ledger.tables import ACCOUNTS
 from ledger.views import invoice_view
 from receiver.api import MAX_ID, MAX_INVOICE_ID, token_matches
-from receiver.dashboard import access, queries
+from receiver.dashboard import access, aging, queries
 from reconcile.report import write_csv
 from vinr_recon.settings import Settings
 from worker.deadletters import pending, replay
@@ -165,14 +165,15 @@ class Pages:
             page = 1
         if q and not q.isprintable():
             q = ""
+        narrowed, narrowing, narrowing_text = aging.list_filter(params, self.settings.alert_default_recipient)
         async with request.state.engine.connect() as conn:
-            rows, more = await queries.invoices(conn, q, status, page)
-            total = await queries.invoice_count(conn, q, status)
+            rows, more = await queries.invoices(conn, q, status, page, narrowed=narrowed)
+            total = await queries.invoice_count(conn, q, status, narrowed)
         if q and total == 1 and page == 1 and rows:
             # One match: straight to the invoice.
             return RedirectResponse(f"{request.scope['root_path']}/invoices/{rows[0].invoice_id}", 303)
         return self.render(request, "invoices.html", rows=rows, more=more, page=page, q=q, status=status,
-                           total=total)
+                           total=total, narrowing=narrowing, narrowing_text=narrowing_text)
 
     async def invoice(self, request: Request) -> Response:
         invoice_id = request.path_params["invoice_id"]
@@ -263,6 +264,7 @@ def dashboard_mount(settings: Settings) -> Mount:
         Route("/signout", pages.signout, methods=["POST"]),
         Route("/invoices", pages.invoices, methods=["GET"]),
         Route("/invoices/{invoice_id}", pages.invoice, methods=["GET"]),
+        *aging.routes(pages),
         Route("/runs", pages.runs, methods=["GET"]),
         Route("/runs/{run_id:int}", pages.run, methods=["GET"]),
         Route("/runs/{run_id:int}/findings.csv", pages.run_csv, methods=["GET"]),

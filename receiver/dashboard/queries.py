@@ -69,8 +69,8 @@ async def waiting(conn: AsyncConnection) -> dict[str, int]:
     return {"letters": letters_waiting, "notices": notices_dead}
 
 
-def _invoice_filter(q: str, status: str | None):
-    where = [positions.c.status.is_not(None)]
+def _invoice_filter(q: str, status: str | None, narrowed=None):
+    where = [positions.c.status.is_not(None)] + ([narrowed] if narrowed is not None else [])
     if q:
         where.append(or_(positions.c.invoice_id == q, positions.c.number == q, positions.c.customer == q))
     if status:
@@ -78,7 +78,8 @@ def _invoice_filter(q: str, status: str | None):
     return and_(*where)
 
 
-async def invoices(conn: AsyncConnection, q: str, status: str | None, page: int, per_page: int = PAGE):
+async def invoices(conn: AsyncConnection, q: str, status: str | None, page: int, per_page: int = PAGE,
+                   narrowed=None):
     """One page of invoices, newest first (VINR's `created`), and whether another follows.
 
     Limit/offset over (status, created, invoice_id) and (created, invoice_id); a search matches an
@@ -88,7 +89,7 @@ async def invoices(conn: AsyncConnection, q: str, status: str | None, page: int,
         select(positions.c.invoice_id, positions.c.number, positions.c.customer, positions.c.status,
                positions.c.currency, positions.c.total, positions.c.amount_paid, positions.c.amount_due,
                positions.c.created)
-        .where(_invoice_filter(q, status))
+        .where(_invoice_filter(q, status, narrowed))
         .order_by(positions.c.created.desc(), positions.c.invoice_id.desc())
         .limit(per_page + 1)
         .offset((page - 1) * per_page)
@@ -96,8 +97,9 @@ async def invoices(conn: AsyncConnection, q: str, status: str | None, page: int,
     return rows[:per_page], len(rows) > per_page
 
 
-async def invoice_count(conn: AsyncConnection, q: str, status: str | None) -> int:
-    return await conn.scalar(select(func.count()).select_from(positions).where(_invoice_filter(q, status)))
+async def invoice_count(conn: AsyncConnection, q: str, status: str | None, narrowed=None) -> int:
+    """`narrowed`: a further clause (an aging cell, ledger.aging.invoice_filter)."""
+    return await conn.scalar(select(func.count()).select_from(positions).where(_invoice_filter(q, status, narrowed)))
 
 
 async def invoice_notices(conn: AsyncConnection, invoice_id: str) -> list:
