@@ -59,4 +59,17 @@ def print_summary(console: Console, report: RunReport, csv_path: str | None) -> 
         console.print(f"[red]{report.message}[/red]")
     if csv_path:
         console.print(f"findings written to {csv_path}")
-    console.print("[green]the ledger matches VINR[/green]" if report.matches else "[red]the ledger does not match VINR[/red]")
+    console.print(verdict(report))
+
+
+def verdict(report: RunReport) -> str:
+    """The last line of the summary: only what the run knows."""
+    if report.status != "completed":
+        return f"[red]the run ended {report.status}: the ledger was not fully checked; run it again[/red]"
+    found = sum(report.counts.values())
+    if report.dry_run:
+        return ("[green]dry run: the ledger matches VINR[/green]" if not found else
+                f"[yellow]dry run: the real run would correct {found} difference{'s' * (found != 1)}[/yellow]")
+    if report.matches:
+        return "[green]the ledger matches VINR[/green]"
+    return f"[red]the ledger does not match VINR: {report.unresolved} invoice(s) left for a person[/red]"

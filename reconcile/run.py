@@ -50,7 +50,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ledger import outbox
 from ledger.audit import outdated
 from ledger.book import apply_event, apply_snapshot, lock_position, position_from_row, positions, received, record_dead
-from ledger.posting import FINAL, CannotApply, Position
+from ledger.posting import FINAL, CannotApply, Position, post
 from ledger.tables import Finding as FindingRow, JournalEntry, ReconciliationRun
 from reconcile.diff import CATEGORIES, UNREADABLE_AT_VINR, UNSETTLED, Finding, compare
 from vinr.client import InvalidResponse, NotFound, Unreadable, VinrClient, VinrError
@@ -213,6 +213,9 @@ class Reconciler:
         self.adopt = adopt
         self._quiet_before: int | None = None  # the adoption point, while an adopting run runs
         self._adopted: set[str] = set()
+        # A dry run's picture of the positions its backfill would have moved (nothing is written):
+        # the sweep compares VINR with these, so it reports what the real run would correct.
+        self._preview: dict[str, Position] = {}
 
     async def run(self, since: int | None = None, now: datetime | None = None) -> RunReport:
         """One run. With `since`, sweep invoices created from then on; by default from what the
@@ -337,9 +340,11 @@ class Reconciler:
                 known = set((await conn.execute(
                     select(received.c.event_id).where(received.c.event_id.in_(ids))
                 )).scalars())
+            if self.dry_run:
+                await self._preview_backfill(report, [raw for raw in page if raw["id"] not in known])
+                continue
             for raw in page:
-                if raw["id"] in known or self.dry_run:
-                    report.events_backfilled += raw["id"] not in known
+                if raw["id"] in known:
                     continue
                 try:
                     event = parse_event(raw)
@@ -365,6 +370,22 @@ class Reconciler:
                 if quiet and result.outcome != "duplicate" and result.invoice is not None:
                     self._adopted.add(result.invoice.id)
         await self._release_held(report)
+
+    async def _preview_backfill(self, report: RunReport, unknown: list[dict]) -> None:
+        """What backfilling `unknown` would do to the positions, in memory (the posting rule is
+        pure): a dry run is a faithful preview, not a list of what the backfill closes anyway."""
+        report.events_backfilled += len(unknown)
+        events = []
+        for raw in unknown:
+            with contextlib.suppress(InvalidEvent):
+                event = parse_event(raw)
+                if event.is_invoice_event:
+                    events.append((event, event.invoice()))
+        held = await self._positions(list({invoice.id for _, invoice in events}))
+        for event, invoice in events:
+            before = held.get(invoice.id) or Position(invoice.id)
+            with contextlib.suppress(CannotApply):
+                held[invoice.id] = self._preview[invoice.id] = post(before, invoice, event_at=event.created).position
 
     async def _release_held(self, report: RunReport) -> None:
         """The backfill's alerts go once it has applied all it found: a payment failure (or a
@@ -453,7 +474,8 @@ class Reconciler:
     async def _positions(self, ids: list[str]) -> dict[str, Position]:
         async with self.engine.connect() as conn:
             rows = await conn.execute(select(positions).where(positions.c.invoice_id.in_(ids)))
-            return {row.invoice_id: position_from_row(row) for row in rows}
+            held = {row.invoice_id: position_from_row(row) for row in rows}
+        return held | {i: self._preview[i] for i in ids if i in self._preview}
 
     async def _settle(self, report: RunReport, checks: list[Check]) -> None:
         """Compare each check, correct what still differs under the lock, and ask VINR again

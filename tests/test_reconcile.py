@@ -294,3 +294,53 @@ async def test_the_next_run_sweeps_from_the_last_one_less_a_day_and_refetches_ol
     assert second.invoices_checked == 2  # the new one by the sweep, the old open one by its fetch
     assert found == {(new_open, "missing_in_ledger"), (old_open, "status_mismatch"), (old_open, "amount_mismatch")}
     assert second.status == "completed" and second.matches
+
+
+async def test_a_dry_run_reports_what_the_real_run_then_corrects_and_changes_nothing(ledger_engine):
+    """Issue 21: a dry run is a faithful preview. Events the backfill would record are not
+    differences (the real run closes them by applying the events, and finds nothing there); what
+    the real run corrects, the dry run reports, one for one, and it writes nothing."""
+    async with vinr() as (sandbox, client):
+        state = sandbox.state
+        customer = state.create_customer(email="a@b.example", name="B", metadata={}).id
+
+        def invoice(amount: int) -> str:
+            inv = state.create_invoice(customer=customer, currency="EUR", collection_method="send_invoice",
+                                       days_until_due=14, metadata={})
+            state.add_line(inv.id, description="work", quantity=1, unit_amount=amount)
+            state.finalize(inv.id)
+            return inv.id
+
+        drifted, lost_webhook = invoice(5000), invoice(6000)
+        assert (await Reconciler(ledger_engine, client).run()).matches  # the ledger holds both as open
+        state.quiet = True  # VINR records no event: only the invoice shows the payment
+        state.pay(drifted, "4242424242424242")
+        state.quiet = False
+        state.pay(lost_webhook, "4242424242424242")  # its invoice.paid is never delivered
+        never_delivered = invoice(7000)
+        with pytest.raises(SandboxError):
+            state.pay(never_delivered, "4000000000000002")
+
+        positions = InvoicePosition.__table__
+
+        async def books():
+            async with ledger_engine.connect() as conn:
+                return (await conn.scalar(select(func.count()).select_from(JournalEntry.__table__)),
+                        sorted(tuple(r) for r in await conn.execute(select(
+                            positions.c.invoice_id, positions.c.status, positions.c.amount_paid, positions.c.version))))
+
+        before = await books()
+        preview = await Reconciler(ledger_engine, client, dry_run=True).run()
+        assert await books() == before
+        real = await Reconciler(ledger_engine, client).run()
+
+    async def found(run_id: int) -> set:
+        async with ledger_engine.connect() as conn:
+            return {(f.invoice_id, f.category, f.field) for f in await conn.execute(
+                select(Finding.__table__).where(Finding.__table__.c.run_id == run_id))}
+
+    assert await found(preview.run_id) == await found(real.run_id) == {
+        (drifted, "status_mismatch", "status"), (drifted, "amount_mismatch", "amountPaid"),
+        (drifted, "amount_mismatch", "amountDue")}
+    assert preview.counts == real.counts and preview.events_backfilled == real.events_backfilled > 0
+    assert not preview.matches and real.matches
