@@ -31,6 +31,7 @@ from receiver.dashboard import dashboard_mount
 from receiver.enqueue import Enqueuer
 from receiver.metrics import Metrics
 from receiver.webhooks import WebhookEndpoint
+from vinr_recon.redis_connect import redis_client, redis_for
 from vinr_recon.settings import Settings
 
 # Short, so a Redis that is down or stuck turns into a 503 in well under 2 s.
@@ -47,19 +48,17 @@ class ReceiverState(TypedDict):
     metrics: Metrics
 
 
-def connect_redis(url: str) -> Redis:
-    """A client that fails fast: short timeouts, one immediate retry on a dropped connection.
+# A client that fails fast: short timeouts, one immediate retry on a dropped connection. The retry
+# covers a pooled connection that died with a Redis restart or a failover (with Sentinels, it
+# reconnects to the primary they name now); the Lua script is idempotent, so resending a batch
+# never queues an event twice.
+FAIL_FAST = dict(socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT, retry=Retry(NoBackoff(), 1),
+                 retry_on_error=[RedisConnectionError])
 
-    The retry covers a pooled connection that died with a Redis restart; the Lua script is
-    idempotent, so resending a batch never queues an event twice.
-    """
-    return Redis.from_url(
-        url,
-        socket_timeout=REDIS_TIMEOUT,
-        socket_connect_timeout=REDIS_TIMEOUT,
-        retry=Retry(NoBackoff(), 1),
-        retry_on_error=[RedisConnectionError],
-    )
+
+def connect_redis(url: str) -> Redis:
+    """A fail-fast client of the Redis at `url` (see FAIL_FAST)."""
+    return redis_client(url, **FAIL_FAST)
 
 
 WEBHOOK_PATH = "/webhooks/vinr"
@@ -120,9 +119,9 @@ def create_app(settings: Settings, *, coalesce: bool = True) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[ReceiverState]:
-        redis = connect_redis(settings.redis_url)
+        redis = redis_for(settings, **FAIL_FAST)
         engine = create_engine(settings.database_url, writer=False)
-        enqueuer = Enqueuer(redis, settings.queue_name, coalesce=coalesce)
+        enqueuer = Enqueuer(redis, settings.queue_name, coalesce=coalesce, min_replicas=settings.redis_min_replicas)
         try:
             yield ReceiverState(settings=settings, redis=redis, engine=engine, enqueuer=enqueuer, metrics=metrics)
         finally:

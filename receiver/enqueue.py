@@ -9,6 +9,12 @@ per job: redis-py's per-command work made the pipeline cost 56 us of CPU a job a
 The bytes stored are exactly `arq.jobs.serialize_job(...)` in the data-only format
 (vinr_recon.jobformat) under arq's key names and the installation's job id
 (vinr_recon.jobs.event_job_id), so an arq worker given that format runs the jobs.
+
+With `min_replicas` (REDIS_MIN_REPLICAS) above 0, the script call and a `WAIT` go out together
+in one pipeline on one connection, still one round trip a batch: its callers are answered once
+the write reached that many replicas, so that a failover to one of them cannot lose it. A batch
+of duplicates only writes a mark, so that its WAIT also covers the earlier write of the same
+events (which may never have reached a replica: that caller got a 503).
 """
 
 from __future__ import annotations
@@ -43,16 +49,38 @@ end
 return queued
 """
 ENQUEUE_SHA = hashlib.sha1(ENQUEUE_SCRIPT.encode()).hexdigest()
+# The same, with one more key last (the queue's wait mark), bumped when the batch queued nothing:
+# WAIT waits for the replicas to have this connection's last write, and the stream is in order.
+REPLICATED_SCRIPT = ENQUEUE_SCRIPT.replace("return queued\n", """\
+for i = 1, #queued do
+  if queued[i] == 1 then return queued end
+end
+redis.call('INCR', KEYS[#KEYS])
+return queued
+""")
+REPLICATED_SHA = hashlib.sha1(REPLICATED_SCRIPT.encode()).hexdigest()
 
 # Every caller has its answer within this many seconds of handing its job over: a stuck Redis
 # turns into a 503 well inside the receiver's 2 s promise.
 DEADLINE = 1.5
 # Jobs per script call: bounds how long one call holds Redis (a few microseconds a job).
 MAX_BATCH = 256
+# Longest a WAIT for replicas may block, in ms: under the receiver's socket timeout (1 s), and
+# leaving the answer inside DEADLINE. A replica on the same network acknowledges in about 1 ms.
+WAIT_MS = 500
+
+
+def wait_mark_key(queue_name: str) -> str:
+    """The key a batch of duplicates writes when acknowledgement waits for replicas."""
+    return f"{queue_name}:wait-mark"
 
 
 class QueueUnavailable(Exception):
     """Redis did not acknowledge the write (down, timed out, out of memory...): VINR must retry."""
+
+
+class NotReplicated(QueueUnavailable):
+    """The primary took the write, but fewer replicas than REDIS_MIN_REPLICAS acknowledged it in time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,12 +100,14 @@ def webhook_job(
 
 
 class Enqueuer:
-    """Queues jobs in `queue_name`; with `coalesce`, concurrent calls share one script call."""
+    """Queues jobs in `queue_name`; with `coalesce`, concurrent calls share one script call; with
+    `min_replicas`, a write counts as acknowledged once that many replicas have it."""
 
-    def __init__(self, redis: Redis, queue_name: str, *, coalesce: bool = True) -> None:
+    def __init__(self, redis: Redis, queue_name: str, *, coalesce: bool = True, min_replicas: int = 0) -> None:
         self._redis = redis
         self._queue = queue_name
         self._coalesce = coalesce
+        self._min_replicas = min_replicas
         # (job, its caller's future, when it was handed over in loop time), oldest first
         self._pending: list[tuple[Job, asyncio.Future[bool], float]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -126,12 +156,13 @@ class Enqueuer:
         """Each job's result (1 queued, 0 already there) or the error that stands for it."""
         try:
             async with asyncio.timeout_at(deadline):
+                if self._min_replicas:
+                    return await self._send_replicated(jobs, deadline)
                 return await self._send(jobs)
         except Exception as exc:  # refused, timed out, out of memory...: all mean "not acknowledged"
             return [exc] * len(jobs)
 
-    async def _send(self, jobs: list[Job]) -> list[object]:
-        """One EVALSHA; after a Redis restart (NOSCRIPT), load the script and call again."""
+    def _keys_and_args(self, jobs: list[Job]) -> tuple[list[str], list[str | memoryview | int]]:
         keys: list[str] = [self._queue]
         args: list[str | memoryview | int] = []
         for job in jobs:
@@ -139,6 +170,11 @@ class Enqueuer:
             keys += (job_key(job_id), result_key(job_id))
             # redis-py sends a memoryview as a chunk of its own; bytes it would copy into its buffer.
             args += (job_id, memoryview(job.payload), job.score)
+        return keys, args
+
+    async def _send(self, jobs: list[Job]) -> list[object]:
+        """One EVALSHA; after a Redis restart (NOSCRIPT), load the script and call again."""
+        keys, args = self._keys_and_args(jobs)
         self.round_trips += 1
         try:
             results = await self._redis.evalsha(ENQUEUE_SHA, len(keys), *keys, *args)
@@ -146,9 +182,37 @@ class Enqueuer:
             await self._redis.script_load(ENQUEUE_SCRIPT)
             self.round_trips += 1
             results = await self._redis.evalsha(ENQUEUE_SHA, len(keys), *keys, *args)
-        if len(results) != len(jobs):  # every caller must get its own answer, or none is trusted
-            raise RuntimeError(f"enqueue script answered {len(results)} results for {len(jobs)} jobs")
-        return results
+        return _checked(results, jobs)
+
+    async def _send_replicated(self, jobs: list[Job], deadline: float) -> list[object]:
+        """The script call and `WAIT min_replicas` in one pipeline; `NotReplicated` when fewer
+        replicas acknowledged the write within WAIT_MS (or what is left of the deadline)."""
+        keys, args = self._keys_and_args(jobs)
+        keys.append(wait_mark_key(self._queue))
+        left_ms = int((deadline - asyncio.get_running_loop().time()) * 1000) - 100
+        wait_ms = max(1, min(WAIT_MS, left_ms))  # never 0: WAIT 0 blocks for ever
+        for attempt in range(2):
+            self.round_trips += 1
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.evalsha(REPLICATED_SHA, len(keys), *keys, *args)
+                pipe.wait(self._min_replicas, wait_ms)
+                results, reached = await pipe.execute(raise_on_error=False)
+            if not (isinstance(results, NoScriptError) and attempt == 0):
+                break
+            await self._redis.script_load(REPLICATED_SCRIPT)  # after a restart or a failover
+            self.round_trips += 1
+        for answer in (results, reached):
+            if isinstance(answer, Exception):
+                raise answer
+        if reached < self._min_replicas:
+            raise NotReplicated(f"the write reached {reached} of {self._min_replicas} replicas within {wait_ms} ms")
+        return _checked(results, jobs)
+
+
+def _checked(results: list[object], jobs: list[Job]) -> list[object]:
+    if len(results) != len(jobs):  # every caller must get its own answer, or none is trusted
+        raise RuntimeError(f"enqueue script answered {len(results)} results for {len(jobs)} jobs")
+    return results
 
 
 def _outcome(result: object) -> bool:

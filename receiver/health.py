@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 from ledger.views import dead
 from receiver.api import bearer_token, token_matches
 from receiver.metrics import CONTENT_TYPE, Metrics
+from vinr_recon.redis_connect import primary_answers
 
 log = structlog.get_logger("receiver.health")
 
@@ -43,11 +44,12 @@ async def _check(name: str, probe: Awaitable[object]) -> str | None:
 
 
 async def readyz(request: Request) -> Response:
-    """200 when Redis answers PING and the database `SELECT 1`; else 503 naming what failed."""
+    """200 when Redis answers PING (with Sentinels: they name a primary, and it answers) and the
+    database `SELECT 1`; else 503 naming what failed."""
     redis: Redis = request.state.redis
     engine: AsyncEngine = request.state.engine
     redis_problem, database_problem = await asyncio.gather(
-        _check("redis", redis.ping()), _check("database", _database_answers(engine))
+        _check("redis", primary_answers(redis)), _check("database", _database_answers(engine))
     )
     checks = {"redis": redis_problem or "ok", "database": database_problem or "ok"}
     failed = [name for name, state in checks.items() if state != "ok"]

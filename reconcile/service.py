@@ -16,6 +16,7 @@ from reconcile.lock import exclusive, lock_key
 from reconcile.run import Reconciler, RunReport
 from vinr.client import VinrClient
 from vinr_recon.jobs import enqueue_notices
+from vinr_recon.redis_connect import redis_for
 from vinr_recon.settings import Settings, require
 
 log = structlog.get_logger(__name__)
@@ -46,7 +47,7 @@ async def reconcile_once(
     channels = EVERY_CHANNEL  # what a fact owes, whatever this process has configured
     own_engine, own_redis, own_client = engine is None, redis is None, client is None
     engine = engine or create_engine(settings.database_url)
-    redis = redis or Redis.from_url(settings.redis_url)
+    redis = redis or redis_for(settings)  # REDIS_URL, or the primary REDIS_SENTINELS name
     client = client or VinrClient.from_settings(settings)
     try:
         async with exclusive(redis, ttl=lock_ttl, key=lock_key(settings.queue_name)) as acquired:

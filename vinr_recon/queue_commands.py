@@ -22,11 +22,10 @@ def run_convert(args: argparse.Namespace, settings) -> int:
 
 
 async def _convert(settings) -> int:
-    from redis.asyncio import Redis
-
     from vinr_recon.convert import convert_queue
+    from vinr_recon.redis_connect import redis_for
 
-    redis = Redis.from_url(settings.redis_url)
+    redis = redis_for(settings)
     try:
         done = await convert_queue(redis, settings.queue_name)
     finally:

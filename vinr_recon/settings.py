@@ -32,6 +32,12 @@ class Settings(BaseSettings):
     # reconciliation never leans on 429s to learn the limit.
     vinr_api_rate: float = Field(100.0, ge=0)
     redis_url: str = "redis://localhost:6379/0"
+    # With Sentinels (host:port, comma-separated) the service follows the primary they name;
+    # REDIS_URL then gives only the database, credentials and TLS. Checked by `check_redis`.
+    redis_sentinels: str | None = None
+    redis_sentinel_master: str = "mymaster"
+    # A delivery is acknowledged only once its write reached this many replicas (Redis WAIT).
+    redis_min_replicas: int = 0
     queue_name: str = "arq:queue"
     database_url: str = "sqlite:///vinr-ledger.db"
     ledger_api_token: SecretStr | None = None
@@ -61,6 +67,25 @@ class Settings(BaseSettings):
     def webhook_secrets(self) -> list[str]:
         """Every configured endpoint secret; several while the merchant rolls one."""
         return _split(self.vinr_webhook_secret)
+
+    @property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """`REDIS_SENTINELS` as (host, port) pairs (`[::1]:26379` for IPv6); empty without it.
+        `ConfigurationError` for an entry that is not host:port."""
+        addresses = []
+        for entry in (self.redis_sentinels or "").split(","):
+            entry = entry.strip()
+            if not entry:
+                continue
+            host, _, port = entry.rpartition(":")
+            host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigurationError("REDIS_SENTINELS must be host:port entries, comma-separated "
+                                         "(e.g. sentinel-1:26379,sentinel-2:26379)")
+            addresses.append((host, int(port)))
+        if self.redis_sentinels and self.redis_sentinels.strip() and not addresses:
+            raise ConfigurationError("REDIS_SENTINELS holds nothing but blanks and commas (see .env.example)")
+        return addresses
 
     @property
     def api_tokens(self) -> list[str]:
@@ -127,10 +152,22 @@ def require(settings: Settings, *names: str) -> None:
 MIN_TOKEN_LENGTH = 32
 
 
+def check_redis(settings: Settings) -> None:
+    """What every process that talks to Redis refuses: a malformed REDIS_SENTINELS, a blank
+    REDIS_SENTINEL_MASTER, a negative REDIS_MIN_REPLICAS."""
+    settings.sentinel_addresses  # raises for a malformed list
+    if not settings.redis_sentinel_master.strip():
+        raise ConfigurationError("REDIS_SENTINEL_MASTER must name the primary the Sentinels watch (e.g. mymaster)")
+    if settings.redis_min_replicas < 0:
+        raise ConfigurationError("REDIS_MIN_REPLICAS must be 0 or more (replicas a write must reach)")
+
+
 def check_receiver(settings: Settings) -> None:
     """What `vinr-recon serve` refuses to start without: a webhook secret; tokens (when set) of
-    at least 32 characters each, and not blank; a well-formed PUBLIC_URL and ALLOWED_HOSTS."""
+    at least 32 characters each, and not blank; a well-formed PUBLIC_URL and ALLOWED_HOSTS;
+    well-formed Redis settings (`check_redis`)."""
     require(settings, "vinr_webhook_secret")
+    check_redis(settings)
     for name in ("ledger_api_token", "metrics_token"):
         value = getattr(settings, name)
         if _blank(value):

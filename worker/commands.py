@@ -34,6 +34,8 @@ def register(subparsers) -> None:
 
 
 def run_worker(args: argparse.Namespace, settings) -> int:
+    from vinr_recon.jobformat import JOB_FORMAT
+    from vinr_recon.redis_connect import failover_retry, queue_pool
     from worker.settings import SchemaNotMigrated, Worker, quiet_arq, worker_settings
 
     quiet_arq()
@@ -41,8 +43,12 @@ def run_worker(args: argparse.Namespace, settings) -> int:
         settings, max_jobs=args.max_jobs, tries=args.tries, job_timeout=args.job_timeout, batch=args.batch,
         burst=args.burst,
     )
+    # arq's own pool (from its RedisSettings) gives up on the first broken connection, which would
+    # end the worker at a failover or a Redis restart; this one retries through it and, with
+    # Sentinels, reconnects to the new primary.
+    pool = queue_pool(settings, JOB_FORMAT, **failover_retry())
     try:
-        Worker(**options).run()
+        Worker(**options, redis_pool=pool).run()
     except SchemaNotMigrated as exc:
         print(f"vinr-recon worker: {exc}", flush=True)
         return 2
@@ -57,15 +63,15 @@ def run_replay(args: argparse.Namespace, settings) -> int:
 
 
 async def _replay_notices(settings, ids: list[int] | None) -> int:
-    from arq.connections import RedisSettings, create_pool
+    from arq.connections import create_pool
 
     from vinr_recon.jobformat import JOB_FORMAT
+    from vinr_recon.redis_connect import arq_redis_settings
     from ledger.db import create_engine
     from worker.notices import replay_notices
 
     engine = create_engine(settings.database_url)
-    redis = await create_pool(RedisSettings.from_dsn(settings.redis_url), default_queue_name=settings.queue_name,
-                              **JOB_FORMAT)
+    redis = await create_pool(arq_redis_settings(settings), default_queue_name=settings.queue_name, **JOB_FORMAT)
     try:
         queued = await replay_notices(engine, redis, settings.queue_name, ids)
     finally:
@@ -84,15 +90,15 @@ async def _replay_notices(settings, ids: list[int] | None) -> int:
 
 
 async def _replay(settings, events: list[str] | None) -> int:
-    from arq.connections import RedisSettings, create_pool
+    from arq.connections import create_pool
 
     from vinr_recon.jobformat import JOB_FORMAT
+    from vinr_recon.redis_connect import arq_redis_settings
     from ledger.db import create_engine
     from worker.deadletters import pending, replay
 
     engine = create_engine(settings.database_url, writer=False)
-    redis = await create_pool(RedisSettings.from_dsn(settings.redis_url), default_queue_name=settings.queue_name,
-                              **JOB_FORMAT)
+    redis = await create_pool(arq_redis_settings(settings), default_queue_name=settings.queue_name, **JOB_FORMAT)
     try:
         async with engine.connect() as conn:
             letters = await pending(conn, events)

@@ -12,7 +12,6 @@ from datetime import UTC
 from typing import Any
 
 import structlog
-from arq.connections import RedisSettings
 from arq.constants import in_progress_key_prefix, retry_key_prefix
 from arq.worker import Worker as ArqWorker, func
 from prometheus_client import CollectorRegistry, Counter
@@ -21,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ledger.outbox import EVERY_CHANNEL
 from vinr_recon.jobformat import JOB_FORMAT, is_data_job, kind_of
 from vinr_recon.jobs import APPLY_EVENT, job_key, refused_key
+from vinr_recon.redis_connect import arq_redis_settings
 from vinr_recon.settings import Settings
 from worker.defaults import ARQ_MAX_TRIES, BATCH_LINGER, JOB_TIMEOUT, KEEP_RESULT, MAX_JOBS, POLL_DELAY, TRIES
 from worker.jobs import RetryPolicy, apply_event
@@ -140,7 +140,7 @@ def worker_settings(
         functions=functions or [func(apply_event, name=APPLY_EVENT), *notice_functions()],
         queue_name=settings.queue_name,
         **JOB_FORMAT,
-        redis_settings=RedisSettings.from_dsn(settings.redis_url),
+        redis_settings=arq_redis_settings(settings),  # REDIS_URL, or the primary REDIS_SENTINELS name
         on_startup=on_startup,
         on_shutdown=on_shutdown,
         max_jobs=max_jobs,
