@@ -93,8 +93,8 @@ _ISO_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 def parse_as_of(text: str | None, today: date) -> date | None:
-    """`YYYY-MM-DD` (or nothing: `today`) as a date; None for anything else or out of range."""
-    if text is None or text == "":
+    """`YYYY-MM-DD` (or no text at all: `today`) as a date; None for anything else or out of range."""
+    if text is None:
         return today
     if not _ISO_DAY.fullmatch(text):
         return None

@@ -33,7 +33,8 @@ def manager_link(base: str, manager: str, as_of: date, today: date) -> str:
 
 def _as_of(request: Request) -> tuple[date | None, date]:
     today = datetime.now(UTC).date()
-    return parse_as_of(request.query_params.get("asOf"), today), today
+    # A date field left empty submits `asOf=`: today.
+    return parse_as_of(request.query_params.get("asOf") or None, today), today
 
 
 def list_filter(params, default_manager: str | None):
@@ -47,7 +48,7 @@ def list_filter(params, default_manager: str | None):
     manager = params.get("manager") or None
     if manager is not None and (len(manager) > MAX_MANAGER or not manager.isprintable()):
         manager = None
-    as_of = parse_as_of(params.get("asOf"), today) or today
+    as_of = parse_as_of(params.get("asOf") or None, today) or today
     kept = {"aging": key, "currency": currency, "manager": manager,
             "asOf": as_of.isoformat() if key and as_of != today else None}
     kept = {k: v for k, v in kept.items() if v}
