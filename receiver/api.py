@@ -1,22 +1,24 @@
 """The merchant's read API (contract section 5), behind a bearer-token guard.
 
-`GET /api/invoices/{id}`, `/api/balances`, `/api/reconciliation/runs[/{id}]` (and a run's
-findings as CSV). Handlers read through the engine the lifespan opened (`request.state.engine`,
-see receiver.app.ReceiverState); every answer is built by ledger.views or reconcile.report.
+`GET /api/invoices/{id}`, `/api/balances[?asOf=]`, `/api/journal.csv?from=&to=`,
+`/api/reconciliation/runs[/{id}]` (and a run's findings as CSV). Handlers read through the engine the lifespan opened (`request.state.engine`,
+see receiver.app.ReceiverState); every answer is built by ledger.views, ledger.journal or reconcile.report.
 """
 
 from __future__ import annotations
 
 import hmac
 import io
+from datetime import date
 
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route, Router
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ledger.journal import balances_as_of, csv_chunks, journal_rows
 from ledger.views import balances, invoice_view
 from receiver.aging_api import get_aging
 from reconcile.report import get_run, list_runs, write_csv
@@ -44,9 +46,46 @@ async def get_invoice(request: Request) -> Response:
     return JSONResponse(view) if view is not None else _not_found(f"invoice {invoice_id}")
 
 
+def _query_day(request: Request, name: str) -> date | None:
+    """The `YYYY-MM-DD` of query parameter `name`, None when absent; ValueError when malformed."""
+    text = request.query_params.get(name)
+    if text is None:
+        return None
+    if len(text) != 10:  # fromisoformat also takes 20261130 and week dates: one spelling only
+        raise ValueError(text)
+    return date.fromisoformat(text)
+
+
 async def get_balances(request: Request) -> Response:
+    """Every posting, or with `?asOf=YYYY-MM-DD` those effective up to the end of that UTC day."""
+    try:
+        as_of = _query_day(request, "asOf")
+    except ValueError:
+        return JSONResponse({"error": "asOf must be a date, YYYY-MM-DD"}, 400)
     async with request.state.engine.connect() as conn:
-        return JSONResponse(await balances(conn))
+        return JSONResponse(await (balances(conn) if as_of is None else balances_as_of(conn, as_of)))
+
+
+async def get_journal_csv(request: Request) -> Response:
+    """`?from=&to=` (UTC days, both included): one CSV row per posting, streamed from a cursor."""
+    try:
+        start, end = _query_day(request, "from"), _query_day(request, "to")
+    except ValueError:
+        return JSONResponse({"error": "from and to must be dates, YYYY-MM-DD"}, 400)
+    if start is None or end is None:
+        return JSONResponse({"error": "from and to are required (YYYY-MM-DD, both included)"}, 400)
+    if end < start:
+        return JSONResponse({"error": "to is before from"}, 400)
+    engine = request.state.engine
+
+    async def body():
+        # The connection lives as long as the response: the cursor is read as the client reads.
+        async with engine.connect() as conn:
+            async for chunk in csv_chunks(journal_rows(conn, start, end)):
+                yield chunk.encode()
+
+    return StreamingResponse(body(), media_type="text/csv; charset=utf-8", headers={
+        "content-disposition": f'attachment; filename="journal-{start}-{end}.csv"'})
 
 
 async def get_runs(request: Request) -> Response:
@@ -93,6 +132,7 @@ routes = [
     Route("/invoices/{invoice_id}", get_invoice, methods=["GET"]),
     Route("/balances", get_balances, methods=["GET"]),
     Route("/aging", get_aging, methods=["GET"]),
+    Route("/journal.csv", get_journal_csv, methods=["GET"]),
     Route("/reconciliation/runs", get_runs, methods=["GET"]),
     Route("/reconciliation/runs/{run_id:int}", get_run_by_id, methods=["GET"]),
     Route("/reconciliation/runs/{run_id:int}/findings.csv", get_run_csv, methods=["GET"]),

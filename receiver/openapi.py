@@ -14,6 +14,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from ledger.journal import COLUMNS as JOURNAL_COLUMNS
 from ledger.tables import ACCOUNTS
 from receiver import aging_api
 
@@ -43,6 +44,7 @@ UNIX_SECONDS = {"type": "integer", "description": "Unix seconds, as VINR sent it
 TIMESTAMP = {"type": "string", "format": "date-time", "description": "ISO 8601, UTC."}
 CURRENCY = {"type": "string", "description": "ISO 4217, upper case.", "examples": ["EUR"]}
 ACCOUNT = {"type": "string", "enum": list(ACCOUNTS)}
+DAY = {"type": "string", "format": "date", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$", "examples": ["2026-11-30"]}
 
 SCHEMAS: dict[str, Any] = {
     "Error": _object({"error": {"type": "string", "description": "What went wrong, for a human."}}),
@@ -103,7 +105,11 @@ SCHEMAS: dict[str, Any] = {
         {"account": ACCOUNT, "currency": CURRENCY, "debits": AMOUNT, "credits": AMOUNT,
          "balance": {**AMOUNT, "description": "debits - credits"}},
     ),
-    "Balances": _object({"balances": {"type": "array", "items": _ref("Balance")}}),
+    "Balances": _object({"balances": {"type": "array", "items": _ref("Balance")},
+                         "asOf": {"type": "string", "format": "date",
+                                  "description": "Present when asked with `?asOf=`: the UTC day the balances "
+                                                 "stand at the end of."}},
+                        required=["balances"]),
     "Run": _object({
         "id": {"type": "integer", "minimum": 1},
         "status": {"type": "string", "enum": ["running", "completed", "partial", "failed"]},
@@ -213,8 +219,29 @@ PATHS: dict[str, Any] = {
           "example": "inv_1Q2w3E4r5T6y"}],
     ),
     "/api/balances": _api(
-        "Debits, credits and balance per account and currency",
-        {"200": _json(_ref("Balances"), "One row per account and currency that has postings.")},
+        "Debits, credits and balance per account and currency, now or at the end of a day",
+        {"200": _json(_ref("Balances"), "One row per account and currency that has postings (by then)."),
+         "400": _json(_ref("Error"), "`asOf` is not a date YYYY-MM-DD.")},
+        [{"name": "asOf", "in": "query", "required": False,
+          "description": "Only the entries effective up to the end of this UTC day (before the next 00:00 UTC).",
+          "schema": DAY}],
+    ),
+    "/api/journal.csv": _api(
+        "The journal: one CSV row per posting of the entries effective from `from` to `to` (UTC days, both "
+        "included), streamed",
+        {
+            "200": {
+                "description": "A header row (" + ", ".join(JOURNAL_COLUMNS) + "), then one row per posting in "
+                               "entry and posting order. Amounts in minor units: `debit` or `credit` holds it, the "
+                               "other 0. A cell that a spreadsheet would evaluate starts with `'`.",
+                "headers": {"content-disposition": {"schema": {"type": "string"}, "required": True}},
+                "content": {"text/csv": {"schema": {"type": "string"}}},
+            },
+            "400": _json(_ref("Error"), "`from` or `to` missing or not a date YYYY-MM-DD, or `to` before `from`."),
+        },
+        [{"name": "from", "in": "query", "required": True, "description": "First UTC day, included.",
+          "schema": DAY},
+         {"name": "to", "in": "query", "required": True, "description": "Last UTC day, included.", "schema": DAY}],
     ),
     "/api/aging": _api(aging_api.SUMMARY, aging_api.RESPONSES, aging_api.PARAMETERS),
     "/api/reconciliation/runs": _api(

@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "reconcile.commands",
     "receiver.commands",
     "ledger.commands",
+    "ledger.journal_commands",
     "worker.commands",
     "vinr.sandbox.commands",
     "vinr_recon.demo.commands",
