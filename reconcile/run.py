@@ -53,7 +53,8 @@ from ledger.book import apply_event, apply_snapshot, lock_position, position_fro
 from ledger.posting import FINAL, CannotApply, Position, post
 from ledger.tables import Finding as FindingRow, JournalEntry, ReconciliationRun
 from reconcile.diff import CATEGORIES, UNREADABLE_AT_VINR, UNSETTLED, Finding, compare
-from vinr.client import InvalidResponse, NotFound, Unreadable, VinrClient, VinrError
+from vinr.client import (AuthenticationError, InvalidResponse, NotFound, RateLimited, Unreadable, VinrClient,
+                         VinrError)
 from vinr.events import Invoice, InvalidEvent, parse_event
 
 log = structlog.get_logger(__name__)
@@ -152,6 +153,21 @@ class Check:
         position = position if position is not None else self.position
         return bool(self.differences(position)) or (
             isinstance(self.answer, Invoice) and _draft_edited(position, self.answer))
+
+
+def describe_failure(exc: VinrError) -> str:
+    """What stopped a run, in what is known: a refused key is not an outage."""
+    if isinstance(exc, AuthenticationError):
+        return f"VINR refused the API key (401): check VINR_API_KEY ({exc})"
+    if isinstance(exc, NotFound):  # a single invoice's 404 is an answer; a list's is a wrong base URL
+        return f"VINR has no such route (404): does VINR_API_BASE end in /v1? ({exc})"
+    if isinstance(exc, RateLimited):
+        return f"VINR kept refusing for the rate limit (429): lower VINR_API_RATE ({exc})"
+    if isinstance(exc, InvalidResponse):
+        return f"VINR answered outside its contract: {exc}"
+    if exc.status is None:
+        return f"VINR did not answer: {exc}"
+    return f"VINR failed: {exc}"
 
 
 def coverage_after(previous: int | None, window_start: int | None, started_at: int) -> int | None:
@@ -258,7 +274,7 @@ class Reconciler:
         except VinrError as exc:
             # Work done so far stays; the next run redoes the rest without posting anything twice.
             report.status = self._stopped_status(report)
-            report.message = f"VINR did not answer: {exc}"
+            report.message = describe_failure(exc)
             log.error("reconciliation stopped", run_id=run_id, error=str(exc))
         except asyncio.CancelledError as exc:
             report.status = self._stopped_status(report)

@@ -78,3 +78,18 @@ def test_without_an_api_key_it_refuses_to_start_and_says_so(env, tmp_path):
     refused = vinr_recon("reconcile", env=env, cwd=tmp_path)
     assert refused.returncode != 0 and "VINR_API_KEY" in refused.stdout + refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_a_refused_key_and_a_base_url_without_v1_are_named_not_called_an_outage(env, tmp_path):
+    app = create_app(SandboxConfig(rate_limit=0, seed=5))
+    with serve_in_thread(app) as root:
+        assert vinr_recon("db", "upgrade", env=env, cwd=tmp_path).returncode == 0
+        refused = vinr_recon("reconcile", env=env | {"VINR_API_KEY": "sk_test_" + "x" * 24,
+                                                     "VINR_API_BASE": root + "/v1"}, cwd=tmp_path)
+        no_v1 = vinr_recon("reconcile", env=env | {"VINR_API_KEY": app.state.sandbox.api_key,
+                                                   "VINR_API_BASE": root}, cwd=tmp_path)
+    assert refused.returncode == 1 and "VINR refused the API key (401)" in refused.stderr, refused.stderr
+    assert "did not answer" not in refused.stderr and "does not match" not in refused.stderr
+    assert "the ledger was not fully checked" in refused.stderr
+    assert no_v1.returncode == 1 and "does VINR_API_BASE end in /v1?" in no_v1.stderr, no_v1.stderr
+    assert "sk_test_" not in refused.stdout + refused.stderr
