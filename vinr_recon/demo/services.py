@@ -207,6 +207,7 @@ class Mailbox:
     smtp_url: str = ""
     chat_url: str = ""
     fulfilment_url: str = ""
+    host: str = "127.0.0.1"  # where it listens (chaos --hosts: the test network's gateway)
 
     def __post_init__(self) -> None:
         self._stack = ExitStack()
@@ -242,11 +243,11 @@ class Mailbox:
                                             str(message.get("message-id", ""))))
                 return "250 Message accepted for delivery"
 
-        port = free_port()
-        controller = Controller(Handler(), hostname="127.0.0.1", port=port)
+        port = free_port(self.host)
+        controller = Controller(Handler(), hostname=self.host, port=port)
         controller.start()
         self._stack.callback(controller.stop)
-        self.smtp_url = f"smtp://127.0.0.1:{port}"
+        self.smtp_url = f"smtp://{self.host}:{port}"
 
     def _start_http(self) -> None:
         from starlette.applications import Starlette
@@ -284,6 +285,6 @@ class Mailbox:
 
         app = Starlette(routes=[Route("/chat", chat, methods=["POST"]),
                                 Route("/fulfilment", fulfilment, methods=["POST"])])
-        root = self._stack.enter_context(serve_in_thread(app))
+        root = self._stack.enter_context(serve_in_thread(app, host=self.host))
         self.chat_url = root + "/chat"
         self.fulfilment_url = root + "/fulfilment"
