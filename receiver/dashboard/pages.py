@@ -150,8 +150,9 @@ class Pages:
             failed_count, failed = await queries.failed_payments(conn, now)
             run = await queries.last_run(conn)
             waiting = await queries.waiting(conn)
+            charts = await activity(conn, now.date())
         return self.render(request, "overview.html", money=money, failed=failed, failed_count=failed_count,
-                           failed_days=queries.FAILED_DAYS, run=run, waiting=waiting)
+                           failed_days=queries.FAILED_DAYS, run=run, waiting=waiting, activity=charts)
 
     async def invoices(self, request: Request) -> Response:
         params = request.query_params
@@ -185,7 +186,8 @@ class Pages:
                 return self.not_found(request, f"invoice {invoice_id}")
             notices = await queries.invoice_notices(conn, invoice_id)
             found = await queries.invoice_findings(conn, invoice_id)
-        return self.render(request, "invoice.html", inv=view, notices=notices, findings=found)
+            named = await queries.customer_name(conn, view["customer"])
+        return self.render(request, "invoice.html", inv=view, notices=notices, findings=found, named=named)
 
     async def runs(self, request: Request) -> Response:
         try:

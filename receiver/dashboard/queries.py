@@ -8,6 +8,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.book import trial_balance
+from ledger.customers import CustomerName, names_for, with_customer_names
 from ledger.tables import DeadLetter, Finding, InvoicePosition, Notice, ReceivedEvent, ReconciliationRun
 
 positions = InvoicePosition.__table__
@@ -47,10 +48,12 @@ async def failed_payments(conn: AsyncConnection, now: datetime, days: int = FAIL
     where = and_(received.c.type == "invoice.payment_failed", received.c.received_at >= since)
     count = await conn.scalar(select(func.count()).select_from(received).where(where))
     rows = (await conn.execute(
-        select(received.c.event_id, received.c.invoice_id, received.c.received_at, received.c.created,
-               positions.c.number, positions.c.customer, positions.c.currency, positions.c.amount_due,
-               positions.c.status, positions.c.attempt_count)
-        .select_from(received.outerjoin(positions, positions.c.invoice_id == received.c.invoice_id))
+        with_customer_names(
+            select(received.c.event_id, received.c.invoice_id, received.c.received_at, received.c.created,
+                   positions.c.number, positions.c.customer, positions.c.currency, positions.c.amount_due,
+                   positions.c.status, positions.c.attempt_count)
+            .select_from(received.outerjoin(positions, positions.c.invoice_id == received.c.invoice_id)),
+            positions.c.customer)
         .where(where)
         .order_by(received.c.received_at.desc(), received.c.id.desc())
         .limit(limit)
@@ -83,12 +86,15 @@ async def invoices(conn: AsyncConnection, q: str, status: str | None, page: int,
     """One page of invoices, newest first (VINR's `created`), and whether another follows.
 
     Limit/offset over (status, created, invoice_id) and (created, invoice_id); a search matches an
-    id, a number or a customer exactly, each through its own index.
+    id, a number or a customer exactly, each through its own index. Each row carries its
+    customer's name and email (`customer_name`, `customer_email`) when the ledger has them.
     """
     rows = (await conn.execute(
-        select(positions.c.invoice_id, positions.c.number, positions.c.customer, positions.c.status,
-               positions.c.currency, positions.c.total, positions.c.amount_paid, positions.c.amount_due,
-               positions.c.created)
+        with_customer_names(
+            select(positions.c.invoice_id, positions.c.number, positions.c.customer, positions.c.status,
+                   positions.c.currency, positions.c.total, positions.c.amount_paid, positions.c.amount_due,
+                   positions.c.created),
+            positions.c.customer)
         .where(_invoice_filter(q, status, narrowed))
         .order_by(positions.c.created.desc(), positions.c.invoice_id.desc())
         .limit(per_page + 1)
@@ -100,6 +106,11 @@ async def invoices(conn: AsyncConnection, q: str, status: str | None, page: int,
 async def invoice_count(conn: AsyncConnection, q: str, status: str | None, narrowed=None) -> int:
     """`narrowed`: a further clause (an aging cell, ledger.aging.invoice_filter)."""
     return await conn.scalar(select(func.count()).select_from(positions).where(_invoice_filter(q, status, narrowed)))
+
+
+async def customer_name(conn: AsyncConnection, customer_id: str | None) -> CustomerName | None:
+    """How to show the customer `customer_id` (its name and email when the ledger has them)."""
+    return (await names_for(conn, [customer_id])).get(customer_id) if customer_id else None
 
 
 async def invoice_notices(conn: AsyncConnection, invoice_id: str) -> list:
