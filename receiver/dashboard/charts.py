@@ -92,7 +92,8 @@ def activity_svg(currency: str, days: Sequence[Day], *, chart_id: str) -> Markup
                      f'stroke="{GRID}" stroke-width="1"/>')
         parts.append(f'<line x1="{LEFT}" y1="{base}" x2="{WIDTH - RIGHT}" y2="{base}" stroke="{MUTED}" '
                      f'stroke-width="1"/>')
-        parts.append(_text(LEFT - 6, base - height + 4, top_label, anchor="end"))
+        if top_label != "0":
+            parts.append(_text(LEFT - 6, base - height + 4, top_label, anchor="end"))
         parts.append(_text(LEFT - 6, base + 4, "0", anchor="end"))
     for i, d in enumerate(days):
         x0 = LEFT + i * slot
@@ -103,6 +104,8 @@ def activity_svg(currency: str, days: Sequence[Day], *, chart_id: str) -> Markup
         parts.append(_bar("failed", d, d.failed, str(d.failed), x0 + slot * 0.25, slot * 0.5, failed_base,
                           _height(d.failed, top_failed, FAILED_HEIGHT)))
     for i in _tick_days(len(days)):
-        parts.append(_text(LEFT + (i + 0.5) * slot, failed_base + 16, days[i].day.strftime("%d %b"), anchor="middle"))
+        last = i == len(days) - 1  # the last date ends at the right edge rather than past it
+        parts.append(_text(WIDTH - RIGHT if last else LEFT + (i + 0.5) * slot, failed_base + 16,
+                           days[i].day.strftime("%d %b"), anchor="end" if last else "middle"))
     parts.append("</svg>")
     return Markup("".join(parts))
