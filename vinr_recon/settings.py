@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     alert_email_from: str = "vinr-recon@localhost"
     alert_default_recipient: str | None = None
     alert_webhook_url: SecretStr | None = None
+    # Time of day (UTC, HH:MM) of each account manager's digest email; unset or blank: no digest.
+    alert_digest_at: str | None = Field(None, pattern=r"^(([01]\d|2[0-3]):[0-5]\d)?$")
     fulfilment_url: str | None = None
     fulfilment_secret: SecretStr | None = None
     log_level: str = "INFO"

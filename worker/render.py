@@ -142,6 +142,70 @@ def _differences(found: list[dict[str, Any]]) -> str:
     return f"{'; '.join(parts)} ({outcome})"
 
 
+@dataclass(frozen=True)
+class DigestEmail(Alert):
+    """An account manager's daily digest: its text is sections of invoices, not labelled fields."""
+
+    body: str = ""
+
+    def text(self) -> str:
+        return self.body + "\n-- vinr-recon\n"
+
+
+_SECTION_TITLES = {
+    "payment_failed": "Payment failed",
+    "overdue": "Overdue",
+    "uncollectible": "Uncollectible (written off, still owed)",
+}
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' * (n != 1)}"
+
+
+def _digest_line(invoice: dict[str, Any]) -> list[str]:
+    """One invoice of a digest: what it is and whose, what is due and why it is listed, its link."""
+    name = invoice.get("customerName") or invoice.get("customerEmail")
+    customer_id = invoice.get("customer")
+    who = f"{name} ({customer_id})" if name and customer_id else name or customer_id or "unknown customer"
+    due = format_money(invoice["amountDue"], invoice["currency"])
+    facts = [f"{due} written off" if invoice["section"] == "uncollectible" else f"{due} due"]
+    if invoice.get("attemptCount"):
+        facts.append(_plural(invoice["attemptCount"], "failed attempt"))
+    if invoice.get("daysOverdue"):
+        facts.append(f"{_plural(invoice['daysOverdue'], 'day')} overdue")
+    lines = [f"  {invoice.get('number') or invoice['invoiceId']}, {who}", f"    {', '.join(facts)}"]
+    if invoice.get("link"):
+        lines.append(f"    {invoice['link']}")
+    return lines
+
+
+def digest(payload: dict[str, Any]) -> DigestEmail:
+    """An account manager's invoices to chase on `payload["day"]`, by section (ledger.digest)."""
+    count, day = payload["count"], payload["day"]
+    totals = ", ".join(format_money(t["amountDue"], t["currency"]) for t in payload.get("totals", []))
+    listed = payload.get("invoices", [])
+    lines = [f"{_plural(count, 'invoice')} of your customers to chase on {day} (as of {payload['asOf']}).", ""]
+    for section, title in _SECTION_TITLES.items():
+        invoices = [i for i in listed if i["section"] == section]
+        if invoices:
+            lines.append(f"{title} ({len(invoices)})")
+            for invoice in invoices:
+                lines += _digest_line(invoice) + [""]
+    lines.append(f"Owed in all: {totals or 'nothing'}.")
+    if count > len(listed):
+        lines.append(f"{count - len(listed)} more are on your list than this email shows.")
+    if payload.get("dashboard"):
+        lines.append(f"Your whole list: {payload['dashboard']}")
+    return DigestEmail(
+        subject=f"{_plural(count, 'invoice')} to chase on {day}: {totals} owed",
+        intro=lines[0],
+        fields=(("Invoices", str(count)), ("Owed", totals)),
+        link=payload.get("dashboard"),
+        body="\n".join(lines) + "\n",
+    )
+
+
 def render(kind: str, payload: dict[str, Any], customer: dict[str, Any] | None = None) -> Alert:
     if kind == "payment_failed":
         return payment_failed(payload, customer)
@@ -149,6 +213,8 @@ def render(kind: str, payload: dict[str, Any], customer: dict[str, Any] | None =
         return uncollectible(payload, customer)
     if kind == "drift":
         return drift(payload)
+    if kind == "digest":
+        return digest(payload)
     raise ValueError(f"no alert for notices of kind {kind!r}")
 
 

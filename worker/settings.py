@@ -23,6 +23,7 @@ from vinr_recon.jobs import APPLY_EVENT, job_key, refused_key
 from vinr_recon.redis_connect import arq_redis_settings
 from vinr_recon.settings import Settings
 from worker.defaults import ARQ_MAX_TRIES, BATCH_LINGER, JOB_TIMEOUT, KEEP_RESULT, MAX_JOBS, POLL_DELAY, TRIES
+from worker.digest import digest_crons
 from worker.jobs import RetryPolicy, apply_event
 from worker.nightly import nightly_cron
 from worker.notices import NOTICE_RETRY, Notifier, notice_crons, notice_functions
@@ -151,7 +152,7 @@ def worker_settings(
         log_results=False,
         burst=burst,
         # RECONCILE_AT is UTC whatever the machine's zone.
-        cron_jobs=nightly_cron(settings) + notice_crons(settings),
+        cron_jobs=nightly_cron(settings) + notice_crons(settings) + digest_crons(settings),
         timezone=UTC,
     )
 
