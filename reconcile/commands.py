@@ -60,7 +60,7 @@ def run(args, settings) -> int:
             json.dump(document, sys.stdout, indent=2)
             sys.stdout.write("\n")
         else:
-            print_summary(console, report, csv_path=args.report)
+            print_summary(Console(), report, csv_path=args.report)  # the report on stdout, the rest on stderr
         return 0 if report.matches else 1
 
     return asyncio.run(main())

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import sys
 from collections.abc import Iterator
 
 from rich.console import Console
@@ -17,14 +19,25 @@ from reconcile.run import RunReport
 
 @contextlib.contextmanager
 def progress_bar(console: Console, enabled: bool) -> Iterator:
-    """Yield a callback counting invoices checked; a live bar only on a terminal."""
+    """Yield a callback counting invoices checked; a live bar only on a terminal. While it
+    shows, log lines go through the bar's console, which prints them above it rather than
+    gluing them onto it."""
     if not enabled:
         yield lambda n: None
         return
     columns = (SpinnerColumn(), TextColumn("reconciling: {task.completed} invoices checked"), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("reconcile", total=None)
-        yield lambda n: progress.advance(task, n)
+    with Progress(*columns, console=console, transient=True, redirect_stderr=True) as progress:
+        # The handlers hold the stderr they were given; rich's redirect replaced sys.stderr.
+        handlers = [h for h in logging.getLogger().handlers
+                    if isinstance(h, logging.StreamHandler) and h.stream is sys.__stderr__]
+        for handler in handlers:
+            handler.setStream(sys.stderr)
+        try:
+            task = progress.add_task("reconcile", total=None)
+            yield lambda n: progress.advance(task, n)
+        finally:
+            for handler in handlers:
+                handler.setStream(sys.__stderr__)
 
 
 async def write_outputs(settings, report: RunReport, csv_path: str | None) -> dict:
@@ -43,8 +56,8 @@ async def write_outputs(settings, report: RunReport, csv_path: str | None) -> di
 
 def print_summary(console: Console, report: RunReport, csv_path: str | None) -> None:
     table = Table(title=f"Reconciliation run {report.run_id}" + (" (dry run)" if report.dry_run else ""))
-    table.add_column("")
-    table.add_column("", justify="right")
+    table.add_column("Measure")
+    table.add_column("Value", justify="right")
     table.add_row("status", report.status)
     table.add_row("invoices checked", str(report.invoices_checked))
     table.add_row("events backfilled", str(report.events_backfilled))
