@@ -57,9 +57,11 @@ def _metadata(value: Any) -> dict[str, str]:
     return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
 
 
-def customer_row(answer: dict[str, Any], now: datetime) -> dict[str, Any] | None:
+def customer_row(answer: Any, now: datetime) -> dict[str, Any] | None:
     """The row (by the table's column names) for VINR's customer object `answer`; None for an
     answer that is no customer."""
+    if not isinstance(answer, dict):
+        return None
     customer_id = answer.get("id")
     if not isinstance(customer_id, str) or not 0 < len(customer_id) <= MAX_ID or not customer_id.isprintable():
         return None
