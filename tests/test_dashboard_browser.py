@@ -2,9 +2,11 @@
 download), against the receiver app under uvicorn, a migrated SQLite ledger and the real Redis.
 
 Signs in, finds the seed guide's invoice by its number, opens it, downloads the latest run's CSV,
-replays a dead letter and sees the worker (burst mode, in a thread) apply it; signed out, every
-page sends the browser to the sign-in. Saves overview.png and invoice.png in the test's folder, or,
-with SCREENSHOTS_DIR set (`make screenshots`), there: `make test` leaves the work tree as it was.
+replays a dead letter and sees the worker (burst mode, in a thread) apply it; reads the receivables
+aging, follows a bucket to its invoices and an account manager to their worklist; signed out, every
+page sends the browser to the sign-in. Saves overview.png, invoice.png, aging.png and manager.png in
+the test's folder, or, with SCREENSHOTS_DIR set (`make screenshots`), there: `make test` leaves the
+work tree as it was.
 """
 
 from __future__ import annotations
@@ -12,16 +14,19 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from arq.connections import RedisSettings, create_pool
+from sqlalchemy import insert
 
 from conftest import API_TOKEN, _in_thread, copy_of
 from lifecycles import drain
 from dashboard_support import DEAD_INVOICE, GUIDE_ID, GUIDE_NUMBER, forget_replays, seed
 from api_support import served_in_thread
 from ledger.db import create_engine
+from ledger.tables import Customer, InvoicePosition
 from receiver.app import create_app
 from receiver_support import forget_queue
 
@@ -37,6 +42,38 @@ if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
 
 pytestmark = pytest.mark.slow
 
+DANA, SAM = "dana@merchant.example", "sam@merchant.example"
+# Invoices for the aging: (number, customer, manager of the invoice, currency, amount due,
+# days past due or None for no due date, status).
+AGED = [
+    ("INV-2026-000201", "cus_globex", None, "EUR", 1_250_000, -12, "open"),
+    ("INV-2026-000202", "cus_globex", None, "EUR", 480_000, 9, "open"),
+    ("INV-2026-000203", "cus_globex", None, "EUR", 315_050, 44, "open"),
+    ("INV-2026-000204", "cus_globex", None, "USD", 99_900, 67, "open"),
+    ("INV-2026-000205", "cus_globex", None, "EUR", 760_000, 131, "uncollectible"),
+    ("INV-2026-000206", "cus_initech", SAM, "EUR", 220_000, 3, "open"),
+    ("INV-2026-000207", "cus_initech", SAM, "EUR", 1_020_000, 95, "open"),
+    ("INV-2026-000208", "cus_initech", SAM, "JPY", 184_000, 28, "open"),
+    ("INV-2026-000209", "cus_initech", SAM, "USD", 45_000, -20, "open"),
+]
+
+
+async def seed_aging(engine) -> None:
+    """Customers with names and managers, and invoices due at set days before today."""
+    now = datetime.now(UTC)
+    async with engine.begin() as conn:
+        await conn.execute(insert(Customer.__table__), [
+            dict(id="cus_globex", name="Globex Corporation", email="ap@globex.example", account_manager=DANA,
+                 metadata={"accountManager": DANA}, refreshed_at=now),
+            dict(id="cus_initech", name="Initech", email="billing@initech.example", account_manager=None,
+                 metadata={}, refreshed_at=now)])
+        await conn.execute(insert(InvoicePosition.__table__), [
+            dict(invoice_id=f"in_aged_{n}", customer=customer, number=number, status=status, currency=currency,
+                 total=due, amount_paid=0, amount_due=due, account_manager=manager, version=1,
+                 created=int((now - timedelta(days=200)).timestamp()),
+                 due_date=int((now - timedelta(days=days)).timestamp()))
+            for n, (number, customer, manager, currency, due, days, status) in enumerate(AGED)])
+
 
 @pytest.fixture
 def dashboard_settings(settings, sqlite_template, tmp_path):
@@ -46,7 +83,9 @@ def dashboard_settings(settings, sqlite_template, tmp_path):
     async def seeded():
         engine = create_engine(chosen.database_url)
         try:
-            return await seed(engine)
+            ids = await seed(engine)
+            await seed_aging(engine)
+            return ids
         finally:
             await engine.dispose()
 
@@ -86,7 +125,8 @@ def test_the_dashboard_in_chromium(dashboard_settings, browser, tmp_path):
 
         # Signed out, each page sends the browser to the sign-in.
         for path in ["/dashboard/", "/dashboard/invoices", f"/dashboard/invoices/{GUIDE_ID}", "/dashboard/runs",
-                     f"/dashboard/runs/{ids['run']}", "/dashboard/dead-letters"]:
+                     f"/dashboard/runs/{ids['run']}", "/dashboard/dead-letters", "/dashboard/aging",
+                     f"/dashboard/managers/{DANA}"]:
             page.goto(path)
             assert page.url.startswith(f"{base_url}/dashboard/signin?next="), path
             assert page.get_by_role("heading", name="Sign in").is_visible()
@@ -150,6 +190,38 @@ def test_the_dashboard_in_chromium(dashboard_settings, browser, tmp_path):
         # Its entry names the event (the received event of a dead letter carries no invoice id).
         assert dead_event in page.locator("#entries").inner_text()
         assert "EUR 70.00" in page.locator("#facts").inner_text()
+
+        # The receivables aging: per currency, each bucket a link to its invoices.
+        page.get_by_role("link", name="Aging", exact=True).click()
+        page.wait_for_url(f"{base_url}/dashboard/aging")
+        assert page.get_by_role("heading", name="Receivables aging").is_visible()
+        eur = page.locator("#aging tbody tr", has_text="EUR")
+        assert eur.locator('[data-bucket="days1to30"]').inner_text() == "EUR 7,000.00"  # 4,800 + 2,200
+        assert eur.locator('[data-bucket="over90"]').inner_text() == "EUR 17,800.00"   # 7,600 + 10,200
+        dana = page.locator("#managers tbody tr", has_text=DANA).filter(has_text="EUR")
+        assert dana.locator('[data-bucket="days31to60"]').inner_text() == "EUR 3,150.50"
+        page.screenshot(path=str(SCREENSHOTS / "aging.png"), full_page=True)
+
+        eur.locator('[data-bucket="over90"]').get_by_role("link").click()
+        page.wait_for_url(f"{base_url}/dashboard/invoices?*")
+        assert "over 90 days past due" in page.locator("#narrowing").inner_text().lower()
+        listed = page.locator("#invoices tbody").inner_text()
+        assert "INV-2026-000205" in listed and "INV-2026-000207" in listed and "INV-2026-000203" not in listed
+        assert page.locator("#invoices tbody tr").count() == 2
+
+        # An account manager's page: what they are owed, and what to chase, longest overdue first.
+        page.go_back()
+        page.get_by_role("link", name=DANA).first.click()
+        page.wait_for_url(f"{base_url}/dashboard/managers/*")
+        assert page.get_by_role("heading", name=f"Worklist of {DANA}").is_visible()
+        rows = page.locator("#worklist tbody tr")
+        assert [rows.nth(i).locator("td").first.inner_text() for i in range(rows.count())] == [
+            "INV-2026-000205", "INV-2026-000204", "INV-2026-000203", "INV-2026-000202"]
+        assert "Globex Corporation" in rows.first.inner_text() and "uncollectible" in rows.first.inner_text()
+        assert "EUR 7,600.00" in rows.first.inner_text()
+        page.screenshot(path=str(SCREENSHOTS / "manager.png"), full_page=True)
+        rows.first.get_by_role("link").click()
+        page.wait_for_url(f"{base_url}/dashboard/invoices/in_aged_4")
 
         # Signed out again, the pages are closed.
         page.get_by_role("button", name="Sign out").click()
