@@ -28,6 +28,7 @@ import shutil
 import socket
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -277,6 +278,7 @@ def main() -> int:
                 write_sqlite(path, rows)
                 print(f"\nSQLite: written in {time.perf_counter() - started:.1f} s ({path.stat().st_size / 2**20:.0f} MiB)")
                 measure(f"sqlite:///{path}", ids, args.repeat)
+                measure_export(f"sqlite:///{path}", ids)
             finally:
                 if args.keep:
                     print(f"kept {folder}")
@@ -291,9 +293,78 @@ def main() -> int:
                 asyncio.run(write_postgres(url, rows))
                 print(f"\nPostgreSQL: written and vacuumed in {time.perf_counter() - started:.1f} s")
                 measure(url, ids, args.repeat)
+                measure_export(url, ids)
             finally:
                 asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     return 0
+
+
+# --- the journal export (issue 20): 340,000 postings streamed, time and peak memory ------------
+
+
+def _export_run(database_url: str, start, end) -> tuple[float, int, int]:
+    """`vinr-recon export journal` as its own process: seconds, bytes written, its peak RSS (KiB)."""
+    command = [str(Path(sys.executable).with_name("vinr-recon")), "export", "journal", "--from", str(start),
+               "--to", str(end)]
+    env = {"PATH": os.environ["PATH"], "DATABASE_URL": database_url, "LOG_LEVEL": "WARNING"}
+    with tempfile.TemporaryFile() as out:
+        t = time.perf_counter()
+        child = subprocess.Popen(command, stdout=out, env=env)
+        _, status, usage = os.wait4(child.pid, 0)
+        elapsed = time.perf_counter() - t
+        child.returncode = os.waitstatus_to_exitcode(status)
+        assert child.returncode == 0, f"export exited {child.returncode}"
+        size = out.seek(0, os.SEEK_END)
+    return elapsed, size, usage.ru_maxrss  # KiB on Linux
+
+
+def measure_export(database_url: str, ids: dict) -> None:
+    """The whole ledger's journal (every posting) and one tenth of it, through the command and the
+    API: a peak memory that does not grow with the rows is the sign of a stream."""
+    today = datetime.now(UTC).date()
+    first = today - timedelta(days=402)  # fill() starts 400 days back
+    tenth = today - timedelta(days=40)
+    print(f"\n{'journal export':<44}{'postings':>10}{'seconds':>9}{'MiB':>7}{'rows/s':>10}{'peak RSS MiB':>14}")
+    for label, start in (("command, every posting", first), ("command, the last 40 days", tenth)):
+        elapsed, size, peak = _export_run(database_url, start, today)
+        rows = _csv_rows(database_url, start) if start != first else ids["rows"]["postings"]
+        print(f"{label:<44}{rows:>10,}{elapsed:>9.2f}{size / 2**20:>7.1f}{rows / elapsed:>10,.0f}{peak / 1024:>14.0f}")
+    settings = Settings(_env_file=None, vinr_webhook_secret=SecretStr("whsec_bench_" + "k" * 24),
+                        ledger_api_token=SecretStr(TOKEN), database_url=database_url,
+                        queue_name="arq:queue:bench-dashboard")
+    with Server(create_app(settings)) as url, httpx.Client(base_url=url, timeout=120) as client:
+        t = time.perf_counter()
+        size = lines = 0
+        with client.stream("GET", "/api/journal.csv", params={"from": str(first), "to": str(today)},
+                           headers={"authorization": f"Bearer {TOKEN}"}) as response:
+            assert response.status_code == 200, response.status_code
+            first_byte = None
+            for chunk in response.iter_bytes():
+                first_byte = first_byte or time.perf_counter() - t
+                size += len(chunk)
+                lines += chunk.count(b"\n")
+        elapsed = time.perf_counter() - t
+    print(f"{'GET /api/journal.csv, every posting':<44}{lines - 1:>10,}{elapsed:>9.2f}{size / 2**20:>7.1f}"
+          f"{(lines - 1) / elapsed:>10,.0f}{'':>14}  first byte after {first_byte * 1000:.0f} ms")
+
+
+def _csv_rows(database_url: str, start) -> int:
+    """How many postings the export from `start` holds, counted by the database."""
+    async def count() -> int:
+        from sqlalchemy import func, select
+
+        from ledger.db import create_engine
+        from ledger.journal import day_start, entries, postings
+        engine = create_engine(database_url, writer=False)
+        try:
+            async with engine.connect() as conn:
+                return await conn.scalar(select(func.count()).select_from(
+                    postings.join(entries, entries.c.id == postings.c.entry_id))
+                    .where(entries.c.effective_at >= day_start(start)))
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(count())
 
 
 async def _admin(sql: str) -> None:
