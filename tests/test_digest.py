@@ -19,7 +19,7 @@ from datetime import UTC, date, datetime, time, timedelta
 
 import pytest
 from arq.connections import RedisSettings, create_pool
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 from sqlalchemy import select
 
 from ledger import digest as facts
@@ -27,6 +27,7 @@ from ledger.outbox import outbox
 from ledger.tables import Customer
 from lifecycles import Event, drain, enqueue, snapshot
 from notify_support import SmtpSink, smtp_certificate
+from vinr_recon.settings import Settings
 from worker import render
 from worker.digest import digest_crons, due_day, notice_key, payload
 
@@ -108,7 +109,7 @@ def test_the_email_lists_each_invoice_with_amounts_for_people_and_links():
     assert "Overdue (1)\n  INV-2026-007, billing@acme.example (cust_acme)\n    JPY 5,000 due, 3 days overdue\n" in text
     assert "EUR 500.00 written off" in text
     assert text.index("Payment failed") < text.index("Overdue") < text.index("Uncollectible")
-    assert f"Your whole list: {PUBLIC_URL}/dashboard/managers/anna.manager%40merchant.example" in text
+    assert f"Your whole list: {PUBLIC_URL}/dashboard/managers/anna.manager@merchant.example" in text
 
 
 def test_without_public_url_the_email_has_no_links_and_says_what_it_leaves_out():
@@ -116,6 +117,21 @@ def test_without_public_url_the_email_has_no_links_and_says_what_it_leaves_out()
     text = render.render("digest", payload(listed, at(DAY, 8), None)).text()
     assert "http" not in text and "KWD 1.234 due, 1 failed attempt\n" in text
     assert "100 more are on your list than this email shows." in text
+
+
+@pytest.mark.parametrize("value", ["8:00", "24:00", "08:60", "0800", "08:00 UTC"])
+def test_a_digest_time_that_is_no_time_of_day_is_refused(settings, value):
+    with pytest.raises(ValidationError, match="alert_digest_at"):
+        Settings(_env_file=None, alert_digest_at=value)
+
+
+def test_the_digest_is_scheduled_only_when_its_time_and_smtp_are_set(settings):
+    assert digest_crons(settings) == []  # off by default
+    assert digest_crons(settings.model_copy(update={"alert_digest_at": " "})) == []
+    assert digest_crons(settings.model_copy(update={"alert_digest_at": "07:30"})) == []  # no SMTP_URL: nothing to send with
+    (job,) = digest_crons(settings.model_copy(update={"alert_digest_at": "07:30", "smtp_url": SecretStr("smtp://h:25")}))
+    assert (job.hour, job.minute, job.run_at_startup) == (7, 30, True)
+    assert job.name == f"stage_digests:{settings.queue_name}"  # arq's run ids are global to a Redis
 
 
 # --- Through the ledger, the worker and SMTP -----------------------------------------------

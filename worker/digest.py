@@ -80,7 +80,7 @@ def invoice_link(public_origin: str | None, invoice_id: str) -> str | None:
 
 def worklist_link(public_origin: str | None, manager: str) -> str | None:
     """The manager's page in the dashboard (their whole list, aging included)."""
-    return f"{public_origin}/dashboard/managers/{quote(manager, safe='')}" if public_origin else None
+    return f"{public_origin}/dashboard/managers/{quote(manager, safe='@')}" if public_origin else None
 
 
 def payload(worklist: facts.Worklist, now: datetime, public_origin: str | None) -> dict[str, Any]:
