@@ -6,8 +6,15 @@ live scenario (`--live`): reconciliation running again and again while VINR's st
 
 from __future__ import annotations
 
+import asyncio
+import csv
 import importlib.util
+import io
+import os
+import subprocess
 import sys
+from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -27,15 +34,44 @@ def _load_chaos():
 chaos = _load_chaos()
 
 
+def export_month(database_url: str) -> str:
+    """`vinr-recon export journal` of the last 30 days (today included), as a real process."""
+    today = datetime.now(UTC).date()
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("vinr-recon")), "export", "journal",
+         "--from", str(today - timedelta(days=29)), "--to", str(today)],
+        env={"PATH": os.environ["PATH"], "DATABASE_URL": database_url}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+class ChaosThenExport(chaos.Chaos):
+    """The chaos run, exporting a month of its ledger's journal before its database is dropped."""
+
+    async def measure(self, client) -> None:
+        await super().measure(client)
+        self.journal = await asyncio.to_thread(export_month, self.database_url)
+
+
 def test_chaos_run_ci_size(tmp_path):
     cfg = chaos.ChaosConfig(invoices=200, workers=2, seed=9, worker_kills=1, redis_restarts=1, job_timeout=10.0,
                             settle_timeout=120.0)
-    harness = chaos.Chaos(cfg, tmp_path)
+    harness = ChaosThenExport(cfg, tmp_path)
     try:
         figures = harness.execute()
     except chaos.DemoFailure as exc:
         pytest.fail(f"{exc}\n{chaos.logs(harness)}")
     print(figures.table())
+    # Issue 20: a month's journal, as finance loads it, balances to zero in every currency, and
+    # each of its entries does.
+    rows = list(csv.DictReader(io.StringIO(harness.journal)))
+    per_currency, per_entry = Counter(), Counter()
+    for row in rows:
+        moved = int(row["debit"]) - int(row["credit"])
+        per_currency[row["currency"]] += moved
+        per_entry[row["entry_id"], row["currency"]] += moved
+    assert len(rows) > 400 and per_currency and not any(per_currency.values()), per_currency
+    assert not any(per_entry.values())
     assert figures.passed, f"{figures.table()}\n{chaos.logs(harness)}"
     assert len(figures.chaos) == 2 and figures.trial_balance
     assert figures.acknowledged and figures.backfilled and figures.notices["callbacks"]["expected"]
