@@ -186,6 +186,20 @@ def manager_of(default: str | None):
                          literal(default or UNASSIGNED))
 
 
+def managed_by(manager: str, default: str | None):
+    """SQL: `manager_of(default) == manager`, spelt so that the indexes on the invoice's and the
+    customer's account_manager can find the invoices (the fallback to the default cannot)."""
+    own = func.nullif(positions.c.account_manager, "")
+    customers_of = select(customers.c.id).where(customers.c.account_manager == manager)
+    managed = select(customers.c.id).where(func.nullif(customers.c.account_manager, "").is_not(None))
+    either = [positions.c.account_manager == manager,
+              and_(own.is_(None), positions.c.customer.in_(customers_of))]
+    if manager == (default or UNASSIGNED):
+        either.append(and_(own.is_(None), or_(positions.c.customer.is_(None),
+                                              positions.c.customer.not_in(managed))))
+    return or_(*either) if manager else literal(False)
+
+
 def _bucket_sql(as_of: date):
     due = positions.c.due_date
     whens = [(due.is_(None), KEYS[0])] + [(due >= edge, key) for edge, key in edges(as_of)]
@@ -223,7 +237,7 @@ def invoice_filter(as_of: date, default_manager: str | None, key: str | None = N
     if currency:
         where.append(positions.c.currency == currency)
     if manager:
-        where.append(manager_of(default_manager) == manager)
+        where.append(managed_by(manager, default_manager))
     return and_(*where) if where else None
 
 
@@ -233,7 +247,7 @@ async def aging(conn: AsyncConnection, as_of: date, default_manager: str | None,
     who = manager_of(default_manager)
     owed = (select(positions.c.currency, who.label("manager"), _bucket_sql(as_of).label("bucket"),
                    positions.c.amount_due)
-            .where(owing(as_of), *([who == manager] if manager is not None else []))
+            .where(owing(as_of), *([managed_by(manager, default_manager)] if manager is not None else []))
             .subquery("owed"))
     # Grouped outside, so that each invoice's manager and bucket are computed once.
     rows = await conn.execute(
@@ -256,9 +270,8 @@ async def worklist(conn: AsyncConnection, manager: str, as_of: date, default_man
     longest overdue first. Returns up to `limit` of them and how many there are."""
     today = day_start(as_of)
     failed = _failed_payment().label("failed")
-    where = and_(owing(as_of), manager_of(default_manager) == manager,
+    where = and_(owing(as_of), managed_by(manager, default_manager),
                  or_(positions.c.status == "uncollectible", positions.c.due_date < today, _failed_payment()))
-    count = await conn.scalar(select(func.count()).select_from(positions).where(where))
     rows = (await conn.execute(
         select(positions.c.invoice_id, positions.c.number, positions.c.customer, positions.c.status,
                positions.c.currency, positions.c.amount_due, positions.c.due_date, positions.c.attempt_count,
@@ -269,6 +282,8 @@ async def worklist(conn: AsyncConnection, manager: str, as_of: date, default_man
                   positions.c.invoice_id)
         .limit(limit)
     )).all()
+    count = len(rows) if len(rows) < limit else await conn.scalar(
+        select(func.count()).select_from(positions).where(where))
     return [_work(row, as_of) for row in rows], count
 
 

@@ -118,12 +118,17 @@ async def test_the_query_buckets_as_the_pure_function_does(ledger_engine):
 
     async with ledger_engine.connect() as conn:
         figures = await aging(conn, AS_OF, "finance@x")
-        mine = await aging(conn, AS_OF, "finance@x", manager="am2@x")
+        each = {m: await aging(conn, AS_OF, "finance@x", manager=m) for m in ("am1@x", "am2@x", "finance@x", "")}
     got = {(r.currency, r.manager, k): (r.amounts[k], r.counts[k]) for r in figures.managers for k in KEYS
            if r.counts[k]}
     assert got == expected
-    assert [r.manager for r in mine.managers] == ["am2@x"] * len(mine.managers)
-    assert sum(r.total for r in mine.currencies) == sum(a for (_, m, _), (a, _) in expected.items() if m == "am2@x")
+    # One manager's figures (their own invoices, their customers', the default's) are their rows.
+    for manager in ("am1@x", "am2@x", "finance@x"):
+        mine = each[manager]
+        assert [r.manager for r in mine.managers] == [manager] * len(mine.managers) and mine.managers
+        assert {(r.currency, r.manager, k): (r.amounts[k], r.counts[k]) for r in mine.managers for k in KEYS
+                if r.counts[k]} == {key: v for key, v in expected.items() if key[1] == manager}
+    assert each[""].currencies == []
 
 
 async def test_without_a_default_the_manager_is_unassigned(ledger_engine):
