@@ -11,6 +11,11 @@ bulk into a freshly migrated database: a SQLite file in a temporary folder (plai
 ANALYZE, which nothing runs on a live SQLite ledger either), a private PostgreSQL database
 (COPY, then VACUUM ANALYZE, as autovacuum would have; dropped at the end).
 
+Invoices carry due dates (30 days after they were made, none for a tenth) and account managers
+(a third their own, the rest their customer's, half of the 1,000 customers naming one), so the
+aging pages, the API's /api/aging and a manager's worklist are measured too, and the aging's
+statements on their own (`measure_aging`: wall and CPU time, which a busy machine inflates less).
+
 Then the receiver app runs under uvicorn on loopback, the bench signs in, and each page is
 requested once to warm up and `--repeat` times more; the table shows the median and the worst
 time per page, against the 200 ms target. Exit status 0 whatever the figures (a bench, not a test).
@@ -53,6 +58,20 @@ TARGET_MS = 200.0
 PG_ADMIN_URL = os.environ.get("PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
 CUSTOMERS = 1000
 CURRENCIES = ["EUR"] * 16 + ["USD"] * 3 + ["JPY"]
+MANAGERS = [f"am{k}@merchant.example" for k in range(10)]
+
+
+def aging_facts(rng: random.Random, created: int) -> tuple[int | None, str | None]:
+    """An invoice's due date (30 days after it was made; none for a tenth, charged automatically)
+    and its own account manager (a third name one; the others fall back to the customer's)."""
+    due_date = None if rng.random() < 0.1 else created + 30 * 86400
+    return due_date, rng.choice(MANAGERS) if rng.random() < 0.33 else None
+
+
+def customer_rows(now: datetime) -> list[tuple]:
+    """The customers cache: half of them name an account manager."""
+    return [(f"cus_{c:05d}", f"Customer {c}", f"billing+{c}@example.test",
+             MANAGERS[c % len(MANAGERS)] if c % 2 else None, "{}", now) for c in range(CUSTOMERS)]
 
 
 def _iso(moment: datetime) -> str:
@@ -93,7 +112,7 @@ def fill(invoices: int, seed: int = 7) -> tuple[dict[str, list[tuple]], dict]:
         due = total if status in ("open", "uncollectible") else 0
         positions.append((invoice_id, f"cus_{n % CUSTOMERS:05d}", f"INV-2026-{n:06d}", status, currency, total,
                           paid, due, total, total if status == "uncollectible" else 0, 0, 0, 2, created + 120,
-                          created + 120 if status == "paid" else None, created, at))
+                          created + 120 if status == "paid" else None, created, at, *aging_facts(rng, created)))
         event(f"evt_{n:08d}_f", "invoice.finalized", invoice_id, created + 60, at)
         entry(invoice_id, "finalize", currency, f"evt_{n:08d}_f", at,
               [("accounts_receivable", "debit", total), ("revenue", "credit", total)])
@@ -123,6 +142,7 @@ def fill(invoices: int, seed: int = 7) -> tuple[dict[str, list[tuple]], dict]:
              invoices, 0, 2000, invoices // 100, json.dumps({"status_mismatch": 2000}), None) for r in range(60)]
     run_id = len(runs)
     rows = {
+        "customers": customer_rows(now),
         "invoice_positions": positions, "journal_entries": entries, "postings": postings, "received_events": events,
         "reconciliation_runs": runs,
         "reconciliation_findings": [(run_id, f"in_{rng.randrange(invoices):08d}", "status_mismatch", "status", "open",
@@ -134,7 +154,7 @@ def fill(invoices: int, seed: int = 7) -> tuple[dict[str, list[tuple]], dict]:
     }
     busy = max(range(CUSTOMERS), key=lambda c: 0)  # any customer: 100 invoices each
     return rows, {"invoice": f"in_{invoices // 2:08d}", "number": f"INV-2026-{invoices // 3:06d}",
-                  "customer": f"cus_{busy:05d}", "run": run_id, "deep_page": max(1, invoices // 50 - 1),
+                  "customer": f"cus_{busy:05d}", "run": run_id, "manager": MANAGERS[3], "deep_page": max(1, invoices // 50 - 1),
                   "rows": {"invoices": len(positions), "entries": len(entries), "postings": len(postings),
                            "events": len(events)}}
 
@@ -142,7 +162,8 @@ def fill(invoices: int, seed: int = 7) -> tuple[dict[str, list[tuple]], dict]:
 COLUMNS = {
     "invoice_positions": ("invoice_id", "customer", "number", "status", "currency", "total", "amount_paid",
                           "amount_due", "recognized", "written_off", "credited", "attempt_count", "version",
-                          "last_event_at", "paid_at", "created", "updated_at"),
+                          "last_event_at", "paid_at", "created", "updated_at", "due_date", "account_manager"),
+    "customers": ("id", "name", "email", "account_manager", "metadata", "refreshed_at"),
     "journal_entries": ("id", "idempotency_key", "kind", "invoice_id", "currency", "source", "event_id", "run_id",
                         "effective_at", "recorded_at"),
     "postings": ("id", "entry_id", "account", "direction", "amount", "currency"),
@@ -219,6 +240,12 @@ PAGES = [
     ("run {run} (2,000 findings, 500 shown)", "/dashboard/runs/{run}"),
     ("run CSV (2,000 rows)", "/dashboard/runs/{run}/findings.csv"),
     ("dead letters (100)", "/dashboard/dead-letters"),
+    ("aging, today", "/dashboard/aging"),
+    ("aging, as of 90 days ago", "/dashboard/aging?asOf={as_of_past}"),
+    ("invoices of an aging bucket (EUR, 31-60)", "/dashboard/invoices?aging=days31to60&currency=EUR"),
+    ("account manager's page (worklist)", "/dashboard/managers/{manager}"),
+    ("GET /api/aging", "/api/aging"),
+    ("GET /api/aging?manager=", "/api/aging?manager={manager}"),
     ("sign-in form", "/dashboard/signin"),
 ]
 
@@ -229,7 +256,10 @@ def measure(database_url: str, ids: dict, repeat: int) -> float:
                         ledger_api_token=SecretStr(TOKEN), database_url=database_url,
                         queue_name="arq:queue:bench-dashboard")
     worst = 0.0
-    with Server(create_app(settings)) as url, httpx.Client(base_url=url, timeout=30) as client:
+    ids = {**ids, "as_of_past": (datetime.now(UTC) - timedelta(days=90)).date().isoformat()}
+    # The bearer token is for /api/aging; the dashboard pages go by the session cookie.
+    with Server(create_app(settings)) as url, httpx.Client(base_url=url, timeout=30, headers={
+            "authorization": f"Bearer {TOKEN}"}) as client:
         client.get("/dashboard/signin")
         signed = client.post("/dashboard/signin", data={"token": TOKEN, "next": "/dashboard/"})
         assert signed.status_code == 303, signed.text
@@ -252,6 +282,38 @@ def measure(database_url: str, ids: dict, repeat: int) -> float:
     print(f"\nslowest median: {worst:.1f} ms ({'every page under' if worst < TARGET_MS else 'over'} "
           f"{TARGET_MS:.0f} ms)")
     return worst
+
+
+def measure_aging(database_url: str, ids: dict, repeat: int) -> None:
+    """ledger.aging's statements without HTTP: median wall and process CPU time over `repeat` runs
+    after a warm-up (on SQLite the CPU is this process's; on PostgreSQL most of it is the server's)."""
+    from ledger.aging import aging, worklist
+    from ledger.db import create_engine
+
+    today = datetime.now(UTC).date()
+    manager = ids["manager"]
+
+    async def run() -> None:
+        engine = create_engine(database_url)
+        try:
+            async with engine.connect() as conn:
+                print(f"\n{'aging statement':<44}{'wall ms':>11}{'CPU ms':>9}  rows")
+                for name, call in [("aging, everyone", lambda: aging(conn, today, None)),
+                                   ("aging, one manager", lambda: aging(conn, today, None, manager=manager)),
+                                   ("worklist, one manager", lambda: worklist(conn, manager, today, None))]:
+                    walls, cpus = [], []
+                    for i in range(repeat + 1):
+                        wall, cpu = time.perf_counter(), time.process_time()
+                        result = await call()
+                        if i:
+                            walls.append((time.perf_counter() - wall) * 1000)
+                            cpus.append((time.process_time() - cpu) * 1000)
+                    rows = len(result[0]) if isinstance(result, tuple) else len(result.managers)
+                    print(f"{name:<44}{statistics.median(walls):>11.1f}{statistics.median(cpus):>9.1f}  {rows}")
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
 
 
 def main() -> int:
@@ -278,6 +340,7 @@ def main() -> int:
                 write_sqlite(path, rows)
                 print(f"\nSQLite: written in {time.perf_counter() - started:.1f} s ({path.stat().st_size / 2**20:.0f} MiB)")
                 measure(f"sqlite:///{path}", ids, args.repeat)
+                measure_aging(f"sqlite:///{path}", ids, args.repeat)
                 measure_export(f"sqlite:///{path}", ids)
             finally:
                 if args.keep:
@@ -293,6 +356,7 @@ def main() -> int:
                 asyncio.run(write_postgres(url, rows))
                 print(f"\nPostgreSQL: written and vacuumed in {time.perf_counter() - started:.1f} s")
                 measure(url, ids, args.repeat)
+                measure_aging(url, ids, args.repeat)
                 measure_export(url, ids)
             finally:
                 asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
