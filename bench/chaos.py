@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/chaos.py [--invoices 2000] [--workers 2] [--seed 1] [--keep]
     .venv/bin/python bench/chaos.py --live [--live-seconds 120] [--reconcile-pause 1]
+    sudo .venv/bin/python bench/chaos.py --hosts [--min-replicas 1] [--partition-seconds 10] [--invoices 2000]
 
 The sandbox (`vinr-recon sandbox`) takes N invoices through full lifecycles (paid; partial then
 paid; declined then paid; declined and left open; void, some after a partial payment;
@@ -115,6 +116,9 @@ from vinr_recon.demo.services import Mailbox, free_port, start_private_redis  # 
 from vinr_recon.demo.story import CARD_3DS, CARD_DECLINED, CARD_OK, StoryError, Vinr  # noqa: E402
 from vinr_recon.settings import Settings  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "tests"))
+from hosts import Network  # noqa: E402  (test hosts: network namespaces, for --hosts)
+
 PG_ADMIN_URL = os.environ.get("CHAOS_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
 FINANCE = "finance@merchant.example"
 LIFECYCLES = {  # name: weight
@@ -150,6 +154,10 @@ class ChaosConfig:
     live_seconds: float = 120.0
     reconcile_pause: float = 1.0
     list_latency: float = 0.5  # live: an invoice list page arrives this long after VINR read it
+    # Across hosts (issue 22, `--hosts`, HostsChaos): each service on a network namespace of its own.
+    hosts: bool = False
+    min_replicas: int = 1  # REDIS_MIN_REPLICAS of the receivers
+    partition_seconds: float = 10.0  # a worker host cut off from the database this long
 
 
 @dataclass
@@ -204,6 +212,10 @@ class Figures:
     unexpected_exits: list[str] = field(default_factory=list)
     phases: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    # Across hosts: where each service ran, and the ledger before reconciliation (HostsChaos).
+    hosts: dict[str, str] = field(default_factory=dict)
+    before_reconcile: dict[str, Any] = field(default_factory=dict)
+    lost_allowed: bool = False  # REDIS_MIN_REPLICAS=0: what a failover loses is measured, not a failure
 
     @property
     def notices_ok(self) -> bool:
@@ -214,7 +226,8 @@ class Figures:
         return (not self.mismatched and not self.double_postings and not self.extra_entries
                 and not self.unbalanced_entries and all(v == 0 for v in self.trial_balance.values())
                 and all(ledger == vinr for ledger, vinr, _ in self.credit.values())
-                and self.notices_ok and bool(self.notices) and not self.acknowledged_lost
+                and self.notices_ok and bool(self.notices) and (self.lost_allowed or not self.acknowledged_lost)
+                and not self.before_reconcile.get("failures")
                 and not self.never_recorded and self.dead_lettered == 0
                 and not self.regressions and not self.run_failures)
 
@@ -233,6 +246,7 @@ class Figures:
                     out.append(f"{channel} {what}: {len(n[what])}: {sorted(map(str, n[what]))[:5]}")
         if self.dead_lettered:
             out.append(f"dead-lettered: {self.dead_lettered}")
+        out += [f"before reconciliation: {f}" for f in self.before_reconcile.get("failures", [])]
         if self.unbalanced_entries:
             out.append(f"unbalanced entries: {self.unbalanced_entries}")
         for currency, value in self.trial_balance.items():
@@ -241,7 +255,8 @@ class Figures:
         return out
 
     def table(self) -> str:
-        rows: list[tuple[str, str]] = [
+        rows: list[tuple[str, str]] = [("hosts", ", ".join(f"{k} {v}" for k, v in self.hosts.items()))] if self.hosts else []
+        rows += [
             ("invoices (lifecycles)", f"{self.invoices} ({', '.join(f'{k} {v}' for k, v in sorted(self.lifecycles.items()))})"),
             ("chaos", "; ".join(self.chaos) or "none"),
             ("workers that exited on their own (e.g. Redis gone)", f"{len(self.unexpected_exits)} (restarted){': ' if self.unexpected_exits else ''}"
@@ -252,6 +267,7 @@ class Figures:
             ("  refused or failed", ", ".join(f"{k}: {v}" for k, v in sorted(self.refused.items())) or "0"),
             ("events applied from webhooks", f"{self.applied_webhook} ({', '.join(f'{k} {v}' for k, v in sorted(self.outcomes.items()))})"),
             ("events backfilled by reconciliation", str(self.backfilled)),
+            *([("before reconciliation", self.before_reconcile["summary"])] if self.before_reconcile else []),
             ("acknowledged events lost", str(len(self.acknowledged_lost))),
             ("events never recorded", str(len(self.never_recorded))),
             ("dead-lettered", str(self.dead_lettered)),
@@ -405,6 +421,7 @@ class Chaos:
         self.vinr_done_at = 0.0
         self.drive_started = 0.0
         self.final_by_run: set[str] = set()  # invoices a reconciliation moved to paid or void
+        self.written_off: set[str] = set()  # invoices the ledger wrote off, and whose alert no backfill resolved
 
     # services
 
@@ -434,6 +451,10 @@ class Chaos:
 
     def start_worker(self, n: int) -> None:
         self.workers[n] = self.procs.start(f"worker-{n}", vinr_recon("worker", "--job-timeout", str(self.cfg.job_timeout)))
+
+    def ops(self, argv: list[str]) -> list[str]:
+        """Where a one-off command (`vinr-recon reconcile`) runs: here, on this machine."""
+        return argv
 
     # chaos
 
@@ -504,7 +525,7 @@ class Chaos:
                 self.figures.chaos.append(f"Redis restarted at {at} (down {down:.1f} s)")
 
     async def run(self) -> Figures:
-        cfg, fig = self.cfg, self.figures
+        fig = self.figures
         started = time.monotonic()
         mark = started
 
@@ -514,6 +535,15 @@ class Chaos:
             fig.phases[name] = now - mark
             mark = now
 
+        base, api_key = await self.start_services()
+        phase("start")
+        await self.drive_and_check(base, api_key, phase)
+        fig.seconds = time.monotonic() - started
+        return fig
+
+    async def start_services(self) -> tuple[str, str]:
+        """Start everything the run needs; VINR's API base and key."""
+        cfg = self.cfg
         self.mailbox.start()
         await self.start_redis()
         await self.create_database()
@@ -555,8 +585,10 @@ class Chaos:
             await self._wait("the receiver", ready)
         for child in self.workers.values():
             await self._wait(child.name, lambda c=child: "worker started" in c.log.read_text(errors="replace"))
-        phase("start")
+        return base, api_key
 
+    async def drive_and_check(self, base: str, api_key: str, phase) -> None:
+        cfg = self.cfg
         limits = httpx.Limits(max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency)
         client = httpx.AsyncClient(base_url=base, headers={"X-Api-Key": api_key}, timeout=30, limits=limits)
         try:
@@ -573,8 +605,6 @@ class Chaos:
             phase("measure")
         finally:
             await client.aclose()
-        fig.seconds = time.monotonic() - started
-        return fig
 
     def execute(self) -> Figures:
         """The whole run; everything it started is stopped and its database dropped, whatever
@@ -716,7 +746,7 @@ class Chaos:
         with its findings), and when it started and ended (time.monotonic())."""
         started = time.monotonic()
         for _ in range(60):
-            code, stdout = await asyncio.to_thread(self.procs.run, "reconcile", vinr_recon("reconcile", "--json"), 600)
+            code, stdout = await asyncio.to_thread(self.procs.run, "reconcile", self.ops(vinr_recon("reconcile", "--json")), 600)
             if code != 3:  # 3: another run held the lock
                 break
             await asyncio.sleep(0.5)
@@ -801,7 +831,8 @@ class Chaos:
                                        "FROM journal_entries ORDER BY id")
             postings = await conn.fetch("SELECT entry_id, account, direction, amount, currency FROM postings")
             positions = {r["invoice_id"]: r for r in await conn.fetch("SELECT * FROM invoice_positions")}
-            fig.outbox = Counter(f"{r['kind']}/{r['status']}" for r in await conn.fetch("SELECT kind, status FROM outbox"))
+            outbox = await conn.fetch("SELECT key, kind, status FROM outbox")
+            fig.outbox = Counter(f"{r['kind']}/{r['status']}" for r in outbox)
         finally:
             await conn.close()
 
@@ -890,6 +921,11 @@ class Chaos:
             if count > allowed:
                 fig.extra_entries.append(f"{inv_id}: {count} {kind} entries, lifecycle allows {allowed}")
 
+        # Issue 20: an invoice's first move to uncollectible (a write-off entry) owes one alert per
+        # channel, unless a backfill held it and then found the invoice paid or void ('resolved').
+        resolved = {r["key"] for r in outbox if r["status"] == "resolved"}
+        self.written_off = {e["invoice_id"] for e in entries if e["kind"] == "write_off"
+                            and f"uncollectible:{e['invoice_id']}:email" not in resolved}
         self.measure_notices(events, by_id, received, invoices, staged)
 
     def jobs_run(self, event_ids: set[str]) -> set[str]:
@@ -991,6 +1027,7 @@ class Chaos:
         fig.alerts_order_dependent = order_dependent
         done = [summary(r) for r in fig.runs] if self.cfg.live else [fig.reconcile]
         expected_runs = {("run", r["id"]) for r in done if r.get("id") is not None and drifted(r)}
+        written_off = {("uncollectible", i) for i in self.written_off if i in ours}
 
         # Each arrival as (what it is about, when, what makes two arrivals the same copy).
         emails = [Arrival(alert_key(mail.subject, mail.body, plain=True), mail.at, mail.message_id or mail.body)
@@ -1006,13 +1043,376 @@ class Chaos:
             callbacks.append(Arrival(key, cb.at, key))
             unverified += cb.signature != "verified"
         expected_callbacks = {f"paid:{i}:fulfilment" for i in ours if invoices.get(i, {}).get("status") == "paid"}
-        fig.notices["emails"] = tally(emails, expected_alerts["email"] | expected_runs, self.crashes,
-                                      f"{len(expected_alerts['email'])} payment_failed + {len(expected_runs)} drift")
-        fig.notices["chat messages"] = tally(chats, expected_alerts["chat"] | expected_runs, self.crashes,
-                                             f"{len(expected_alerts['chat'])} payment_failed + {len(expected_runs)} drift")
+        fig.notices["emails"] = tally(emails, expected_alerts["email"] | expected_runs | written_off, self.crashes,
+                                      f"{len(expected_alerts['email'])} payment_failed + {len(expected_runs)} drift"
+                                      f" + {len(written_off)} uncollectible")
+        fig.notices["chat messages"] = tally(chats, expected_alerts["chat"] | expected_runs | written_off, self.crashes,
+                                             f"{len(expected_alerts['chat'])} payment_failed + {len(expected_runs)} drift"
+                                             f" + {len(written_off)} uncollectible")
         fig.notices["callbacks"] = tally(callbacks, expected_callbacks, self.crashes, f"{unverified} not verified")
         if unverified:
             fig.notices["callbacks"]["unexpected"].append(f"{unverified} with a bad signature")
+
+
+# --- across hosts (issue 22) ---------------------------------------------------------------
+
+SENTINEL_MASTER = "mymaster"
+REDIS_PORT, SENTINEL_PORT, PG_PORT, PGBOUNCER_PORT, RECEIVER_PORT, SANDBOX_PORT, LB_PORT = (
+    6379, 26379, 5432, 6432, 8000, 8111, 8080)
+# Sentinel sees a primary down after 1 s without an answer and promotes within a few seconds.
+DOWN_AFTER_MS, FAILOVER_TIMEOUT_MS = 1000, 5000
+
+
+class HostsChaos(Chaos):
+    """The chaos run across hosts (`--hosts`): each service on a network namespace of its own
+    (tests/hosts.py): a Redis primary, its replica and three Sentinels; PostgreSQL and PgBouncer
+    (transaction pooling) in front of it; VINR's sandbox; a round-robin TCP forwarder in front of
+    two receivers, so VINR's deliveries alternate between them; two workers; an `ops` host for
+    `vinr-recon db upgrade` and `reconcile`. Every service process reaches Redis through the
+    Sentinels (REDIS_SENTINELS) and the ledger through PgBouncer.
+
+    The chaos, at shares of the driving: SIGKILL a worker (started again), SIGKILL the Redis
+    primary (Sentinel promotes the replica; the old primary comes back as the new one's replica,
+    as a process manager would restart it), cut a worker host off from PgBouncer and PostgreSQL
+    for `partition_seconds`, restart PostgreSQL (a fast shutdown, then a start).
+
+    Checked before reconciliation: every acknowledged event was applied from its webhook, no
+    entry beyond its lifecycle, every entry balanced; then everything the single-host run checks.
+    With REDIS_MIN_REPLICAS=0 the acknowledged events lost are measured, not a failure."""
+
+    def __init__(self, cfg: ChaosConfig, folder: Path):
+        super().__init__(cfg, folder)
+        self.net = None  # tests/hosts.py Network, while the run lasts
+        self.redis_nodes: dict[str, Child] = {}
+        self.primary = "redis-a"  # the node the Sentinels name (as far as this run knows)
+        self.pg: Child | None = None
+        self.figures.lost_allowed = cfg.min_replicas == 0
+
+    # where things are
+
+    def host(self, name: str):
+        return self.net.hosts[name]
+
+    @property
+    def redis_url(self) -> str:
+        """The current primary's (the harness counts the queue there)."""
+        return f"redis://{self.host(self.primary).ip}:{REDIS_PORT}/0" if self.net else ""
+
+    @redis_url.setter
+    def redis_url(self, value: str) -> None:
+        pass  # the base class's; the primary is whatever the Sentinels name
+
+    def ops(self, argv: list[str]) -> list[str]:
+        return self.host("ops").command(argv)
+
+    def execute(self) -> Figures:
+        # PostgreSQL and PgBouncer run as `postgres`, who cannot enter the run's folder (0700).
+        self.service_folder = Path(tempfile.mkdtemp(prefix="vinr-recon-hosts-pg-"))
+        self.service_folder.chmod(0o755)
+        with Network() as net:
+            self.net = net
+            try:
+                return super().execute()
+            finally:
+                self.procs.stop_all()  # before the namespaces go (Network's clean-up kills what is left)
+                shutil.rmtree(self.service_folder, ignore_errors=True)
+
+    # services
+
+    async def create_database(self) -> None:
+        admin = f"postgresql://postgres@{self.host('pg').ip}:{PG_PORT}/postgres"
+        conn = await asyncpg.connect(admin)
+        try:
+            await conn.execute(f'CREATE DATABASE "{self.database}"')
+        finally:
+            await conn.close()
+        self.database_url = f"postgresql://postgres@{self.host('pg').ip}:{PG_PORT}/{self.database}"
+
+    async def drop_database(self) -> None:
+        pass  # the whole cluster was the run's own, in its folder
+
+    def start_redis_node(self, name: str, replica_of: str | None = None) -> Child:
+        argv = ["redis-server", "--port", str(REDIS_PORT), "--bind", self.host(name).ip, "--save", "",
+                "--appendonly", "no", "--protected-mode", "no", "--repl-diskless-sync-delay", "0"]
+        if replica_of:
+            argv += ["--replicaof", self.host(replica_of).ip, str(REDIS_PORT)]
+        self.redis_nodes[name] = child = self.procs.start(name, self.host(name).command(argv))
+        return child
+
+    def start_sentinel(self, n: int) -> Child:
+        name = f"sentinel-{n}"
+        conf = self.folder / f"{name}.conf"  # Sentinel rewrites its file: one each
+        conf.write_text(
+            f"port {SENTINEL_PORT}\nbind {self.host(name).ip}\ndaemonize no\nprotected-mode no\ndir {self.folder}\n"
+            f"sentinel monitor {SENTINEL_MASTER} {self.host('redis-a').ip} {REDIS_PORT} 2\n"
+            f"sentinel down-after-milliseconds {SENTINEL_MASTER} {DOWN_AFTER_MS}\n"
+            f"sentinel failover-timeout {SENTINEL_MASTER} {FAILOVER_TIMEOUT_MS}\n")
+        return self.procs.start(name, self.host(name).command(["redis-server", str(conf), "--sentinel"]))
+
+    def sentinel_views(self) -> list[str | None]:
+        """The primary each Sentinel names (its host's IP), None for one that does not answer."""
+        import redis as sync_redis
+
+        views = []
+        for n in (1, 2, 3):
+            client = sync_redis.Redis(host=self.host(f"sentinel-{n}").ip, port=SENTINEL_PORT, socket_timeout=0.5,
+                                      socket_connect_timeout=0.5)
+            try:
+                address = client.sentinel_get_master_addr_by_name(SENTINEL_MASTER)[0]
+                views.append(address.decode() if isinstance(address, bytes) else address)
+            except Exception:
+                views.append(None)
+            finally:
+                client.close()
+        return views
+
+    def sentinels_ready(self) -> bool:
+        import redis as sync_redis
+
+        for n in (1, 2, 3):
+            client = sync_redis.Redis(host=self.host(f"sentinel-{n}").ip, port=SENTINEL_PORT, socket_timeout=0.5)
+            try:
+                state = client.sentinel_master(SENTINEL_MASTER)
+                if state["num-slaves"] < 1 or state["num-other-sentinels"] < 2:
+                    return False
+            except Exception:
+                return False
+            finally:
+                client.close()
+        return True
+
+    async def start_postgres(self) -> None:
+        from pg_support import PG_BIN
+
+        ip = self.host("pg").ip
+        options = ["-p", str(PG_PORT), "-c", f"listen_addresses={ip}", "-c", "unix_socket_directories=",
+                   "-c", "fsync=off", "-c", "max_connections=200"]
+        self.pg = self.procs.start("postgres", self.host("pg").command(
+            ["runuser", "-u", "postgres", "--", str(PG_BIN / "postgres"), "-D", str(self.pg_data), *options]))
+        async def accepting() -> bool:
+            try:
+                await (await asyncpg.connect(f"postgresql://postgres@{ip}:{PG_PORT}/postgres", timeout=1)).close()
+                return True
+            except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+                return False  # not listening yet, or "the database system is starting up"
+        await self._wait("PostgreSQL", accepting)
+
+    def write_pgbouncer_config(self, folder: Path) -> Path:
+        from pg_support import owned_by_service_user
+
+        folder.mkdir(parents=True, exist_ok=True)
+        owned_by_service_user(folder)
+        (folder / "users.txt").write_text('"postgres" ""\n')
+        ini = folder / "pgbouncer.ini"
+        ini.write_text(f"""[databases]
+* = host={self.host('pg').ip} port={PG_PORT}
+
+[pgbouncer]
+listen_addr = {self.host('pgbouncer').ip}
+listen_port = {PGBOUNCER_PORT}
+unix_socket_dir =
+auth_type = trust
+auth_file = {folder / 'users.txt'}
+pool_mode = transaction
+default_pool_size = 20
+max_client_conn = 500
+ignore_startup_parameters = extra_float_digits
+query_wait_timeout = 5
+server_connect_timeout = 2
+server_login_retry = 1
+""")
+        return ini
+
+    async def start_services(self) -> tuple[str, str]:
+        cfg, net = self.cfg, self.net
+        for name in ("redis-a", "redis-b", "sentinel-1", "sentinel-2", "sentinel-3", "pg", "pgbouncer", "sandbox",
+                     "lb", "receiver-1", "receiver-2", *(f"worker-{n}" for n in range(1, cfg.workers + 1)), "ops"):
+            net.add(name)
+        self.figures.hosts = {h.name: h.ip for h in net.hosts.values()}
+        self.mailbox = Mailbox(fulfilment_secret=self.mailbox.fulfilment_secret, host=net.gateway)
+        self.mailbox.start()
+
+        # Redis: a primary, its replica, three Sentinels
+        self.start_redis_node("redis-a")
+        await self._wait("the Redis primary", lambda: _listening(self.host("redis-a").ip, REDIS_PORT))
+        self.start_redis_node("redis-b", replica_of="redis-a")
+        for n in (1, 2, 3):
+            self.start_sentinel(n)
+        await self._wait("the Sentinels (who know the replica and each other)", self.sentinels_ready, 30)
+
+        # PostgreSQL, then PgBouncer in front of it
+        from pg_support import PrivatePostgres  # tests/: the private cluster's initdb
+
+        server = PrivatePostgres(self.service_folder / "pg")
+        server.init()
+        self.pg_data = server.data
+        with open(self.pg_data / "pg_hba.conf", "a") as hba:
+            hba.write(f"host all all {net.subnet}.0/24 trust\n")
+        await self.start_postgres()
+        await self.create_database()
+        ini = self.write_pgbouncer_config(self.service_folder / "pgbouncer")
+        self.procs.start("pgbouncer", self.host("pgbouncer").command(["runuser", "-u", "postgres", "--", "pgbouncer", str(ini)]))
+        await self._wait("PgBouncer", lambda: _listening(self.host("pgbouncer").ip, PGBOUNCER_PORT))
+
+        sandbox_ip = self.host("sandbox").ip
+        base = f"http://{sandbox_ip}:{SANDBOX_PORT}/v1"
+        lb = f"http://{self.host('lb').ip}:{LB_PORT}"
+        secret, api_key = "whsec_chaos_" + token_hex(16), "vinr_test_" + token_hex(16)
+        pooled = (f"postgresql://postgres@{self.host('pgbouncer').ip}:{PGBOUNCER_PORT}/{self.database}"
+                  "?pgbouncer=transaction")
+        values = {
+            "VINR_WEBHOOK_SECRET": secret, "VINR_API_KEY": api_key, "VINR_API_BASE": base,
+            "REDIS_URL": f"redis://{self.host('redis-a').ip}:{REDIS_PORT}/0",  # its database number; the address is the Sentinels'
+            "REDIS_SENTINELS": ",".join(f"{self.host(f'sentinel-{n}').ip}:{SENTINEL_PORT}" for n in (1, 2, 3)),
+            "REDIS_SENTINEL_MASTER": SENTINEL_MASTER, "REDIS_MIN_REPLICAS": str(cfg.min_replicas),
+            "QUEUE_NAME": self.queue, "DATABASE_URL": self.database_url,
+            "LEDGER_API_TOKEN": token_hex(16), "LOG_LEVEL": cfg.log_level,
+            "SMTP_URL": self.mailbox.smtp_url, "ALERT_WEBHOOK_URL": self.mailbox.chat_url,
+            "ALERT_DEFAULT_RECIPIENT": FINANCE, "ALERT_EMAIL_FROM": "vinr-recon@merchant.example",
+            "FULFILMENT_URL": self.mailbox.fulfilment_url, "FULFILMENT_SECRET": self.mailbox.fulfilment_secret,
+            "RECONCILE_AT": "23:59",
+        }
+        # The schema straight on PostgreSQL; every service through PgBouncer.
+        self.procs.env = _children_env(set(Settings.model_fields), values)
+        code, _ = await asyncio.to_thread(self.procs.run, "db-upgrade", self.ops(vinr_recon("db", "upgrade")), 120)
+        if code != 0:
+            raise DemoFailure(f"`vinr-recon db upgrade` exited with status {code}")
+        self.procs.env = _children_env(set(Settings.model_fields), {**values, "DATABASE_URL": pooled})
+
+        sandbox = self.procs.start("sandbox", self.host("sandbox").command(vinr_recon(
+            "sandbox", "--host", sandbox_ip, "--port", str(SANDBOX_PORT), "--api-key", api_key,
+            "--webhook-url", f"{lb}/webhooks/vinr", "--webhook-secret", secret,
+            "--rate-limit", "0", "--time-scale", "0.001", "--seed", str(cfg.seed),
+            "--duplicate-rate", str(cfg.duplicate_rate), "--duplicate-count", "1",
+            "--reorder-delay", str(cfg.reorder_delay), "--drop-rate", str(cfg.drop_rate),
+            "--old-shape-rate", str(cfg.old_shape_rate), "--snake-case-rate", str(cfg.snake_case_rate))))
+        receivers = []
+        for n in (1, 2):
+            ip = self.host(f"receiver-{n}").ip
+            self.procs.start(f"receiver-{n}", self.host(f"receiver-{n}").command(
+                vinr_recon("serve", "--host", ip, "--port", str(RECEIVER_PORT))))
+            receivers.append(f"{ip}:{RECEIVER_PORT}")
+        self.procs.start("lb", self.host("lb").command(
+            [sys.executable, str(ROOT / "tests" / "hosts.py"), "forward", f"{self.host('lb').ip}:{LB_PORT}", *receivers]))
+        for n in range(1, cfg.workers + 1):
+            self.start_worker(n)
+        await self._wait("the sandbox", lambda: f"VINR sandbox API: {base}" in sandbox.log.read_text(errors="replace"))
+        async with httpx.AsyncClient(timeout=5) as probe:
+            for receiver in receivers:
+                async def ready(url=f"http://{receiver}/readyz") -> bool:
+                    try:
+                        return (await probe.get(url)).status_code == 200
+                    except httpx.HTTPError:
+                        return False
+                await self._wait(f"the receiver at {receiver}", ready)
+        for child in self.workers.values():
+            await self._wait(child.name, lambda c=child: "worker started" in c.log.read_text(errors="replace"))
+        return base, api_key
+
+    def start_worker(self, n: int) -> None:
+        self.workers[n] = self.procs.start(f"worker-{n}", self.host(f"worker-{n}").command(
+            vinr_recon("worker", "--job-timeout", str(self.cfg.job_timeout))))
+
+    # chaos
+
+    async def kill_redis_primary(self) -> str:
+        """SIGKILL the primary; once the Sentinels name the replica, start the old one again as
+        the new primary's replica (so a write can reach a replica again)."""
+        victim = self.primary
+        other = "redis-b" if victim == "redis-a" else "redis-a"
+        child = self.redis_nodes[victim]
+        self.killed.add(child.popen.pid)
+        self.crashes.append(time.monotonic())
+        started = time.monotonic()
+        os.killpg(child.popen.pid, signal.SIGKILL)
+        await asyncio.to_thread(child.popen.wait, 10)
+        promoted_ip = self.host(other).ip
+        await self._wait("Sentinel's promotion of the replica",
+                         lambda: all(v == promoted_ip for v in self.sentinel_views()), 30)
+        promoted = time.monotonic() - started
+        self.primary = other
+        self.start_redis_node(victim, replica_of=other)
+        return f"SIGKILL Redis primary {victim}: Sentinel promoted {other} after {promoted:.1f} s, {victim} back as its replica"
+
+    async def restart_postgres(self) -> str:
+        child = self.pg
+        self.killed.add(child.popen.pid)
+        self.crashes.append(time.monotonic())
+        started = time.monotonic()
+        os.killpg(child.popen.pid, signal.SIGINT)  # PostgreSQL's fast shutdown: every session cut
+        await asyncio.to_thread(child.popen.wait, 30)
+        await self.start_postgres()
+        return f"PostgreSQL restarted (down {time.monotonic() - started:.1f} s)"
+
+    async def partition_worker(self, n: int) -> str:
+        host = self.host(f"worker-{n}")
+        self.crashes.append(time.monotonic())
+        host.partition(peers=[self.host("pgbouncer"), self.host("pg")])
+        try:
+            await asyncio.sleep(self.cfg.partition_seconds)
+        finally:
+            host.heal()
+        return f"worker-{n}'s host cut off from PgBouncer and PostgreSQL for {self.cfg.partition_seconds:g} s"
+
+    async def chaos_acts(self, progress: list[int], total: int) -> None:
+        """Each act at its share of the driving, whether or not the one before has ended (the
+        partition lasts `partition_seconds`, a failover a few)."""
+        async def act(share: float, name: str) -> None:
+            while progress[0] < share * total:
+                await asyncio.sleep(0.02)
+            at = f"at {progress[0] / total:.0%} of the driving"
+            if name == "worker":
+                self.kill_worker(1)
+                what = "SIGKILL worker-1 (started again)"
+            elif name == "redis":
+                what = await self.kill_redis_primary()
+            elif name == "partition":
+                what = await self.partition_worker(self.cfg.workers)
+            else:
+                what = await self.restart_postgres()
+            self.figures.chaos.append(f"{what} {at}")
+
+        await asyncio.gather(act(0.1, "worker"), act(0.25, "redis"), act(0.4, "partition"), act(0.6, "postgres"))
+
+    # before reconciliation
+
+    async def reconcile(self) -> None:
+        """First the ledger as the webhooks alone left it, then the run."""
+        saved, self.figures = self.figures, Figures(invoices=self.cfg.invoices)
+        try:
+            await self.measure(self._api)
+            before = self.figures
+        finally:
+            self.figures = saved
+        failures = []
+        if before.acknowledged_lost and not saved.lost_allowed:
+            failures.append(f"{len(before.acknowledged_lost)} acknowledged events not applied from their webhook, "
+                            f"e.g. {before.acknowledged_lost[:3]}")
+        if before.extra_entries:
+            failures.append(f"{len(before.extra_entries)} entries beyond the lifecycle: {before.extra_entries[:3]}")
+        if before.unbalanced_entries or any(before.trial_balance.values()):
+            failures.append(f"{before.unbalanced_entries} unbalanced entries, trial balance {before.trial_balance}")
+        saved.before_reconcile = {
+            "acknowledged_lost": len(before.acknowledged_lost), "failures": failures,
+            "summary": (f"{before.events_acknowledged} events acknowledged, {len(before.acknowledged_lost)} of them not "
+                        f"applied from their webhook (lost), {len(before.extra_entries)} entries beyond the lifecycle, "
+                        f"{len(before.mismatched)} invoices behind VINR (their webhooks dropped on purpose)"),
+        }
+        await super().reconcile()
+
+    async def settle(self, client: httpx.AsyncClient) -> None:
+        self._api = client
+        await super().settle(client)
+
+
+def _listening(host: str, port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection((host, port), timeout=0.3).close()
+        return True
+    except OSError:
+        return False
 
 
 def summary(run: dict[str, Any]) -> dict[str, Any]:
@@ -1110,7 +1510,12 @@ DRIFT_RUN = re.compile(r"Reconciliation run (\d+)")
 
 
 def alert_key(subject: str, text: str, *, plain: bool) -> tuple:
-    """What an alert is about: (invoice id, attempt count) for a payment failure, ("run", id) for drift."""
+    """What an alert is about: (invoice id, attempt count) for a payment failure, ("run", id) for
+    drift, ("uncollectible", invoice id) for a write-off."""
+    subject = subject.strip()
+    if subject.startswith("Uncollectible"):
+        inv = ALERT_INVOICE.search(text)
+        return ("uncollectible", inv.group(1) if inv else None)
     if subject.startswith("Payment failed"):
         inv, attempts = ALERT_INVOICE.search(text), ALERT_ATTEMPTS.search(text)
         return (inv.group(1) if inv else None, int(attempts.group(1)) if attempts else None)
@@ -1184,6 +1589,13 @@ def main() -> int:
     parser.add_argument("--reconcile-pause", type=float, default=1.0, help="seconds between two live runs")
     parser.add_argument("--list-latency", type=float, default=0.5,
                         help="live: seconds an invoice list page takes to arrive after the sandbox read it")
+    parser.add_argument("--hosts", action="store_true",
+                        help="across hosts (issue 22, as root): every service on a network namespace of its own, "
+                             "Redis with a replica and three Sentinels, PgBouncer, two receivers; a Redis primary "
+                             "SIGKILLed, a worker host cut off from the database, PostgreSQL restarted")
+    parser.add_argument("--min-replicas", type=int, default=1, help="--hosts: the receivers' REDIS_MIN_REPLICAS")
+    parser.add_argument("--partition-seconds", type=float, default=10.0,
+                        help="--hosts: how long a worker host is cut off from the database")
     parser.add_argument("--keep", action="store_true", help="keep the logs (the database is dropped anyway)")
     args = parser.parse_args()
     if args.workers < 2 and args.worker_kills:
@@ -1192,13 +1604,16 @@ def main() -> int:
     cfg = ChaosConfig(invoices=args.invoices, workers=args.workers, seed=args.seed, worker_kills=args.worker_kills,
                       redis_restarts=redis_restarts, job_timeout=args.job_timeout, log_level=args.log_level,
                       settle_timeout=args.settle_timeout, live=args.live, live_seconds=args.live_seconds,
-                      reconcile_pause=args.reconcile_pause, list_latency=args.list_latency, keep=args.keep)
+                      reconcile_pause=args.reconcile_pause, list_latency=args.list_latency, keep=args.keep,
+                      hosts=args.hosts, min_replicas=args.min_replicas, partition_seconds=args.partition_seconds)
+    if args.hosts and args.live:
+        parser.error("--hosts runs the usual scenario, not --live")
     folder = Path(tempfile.mkdtemp(prefix="vinr-recon-chaos-"))
-    chaos = Chaos(cfg, folder)
+    chaos = HostsChaos(cfg, folder) if args.hosts else Chaos(cfg, folder)
     try:
         figures = chaos.execute()
     except (DemoFailure, httpx.HTTPError) as exc:
-        print(f"chaos run failed: {exc or repr(exc)}\n{logs(chaos)}\nlogs in {folder}", file=sys.stderr)
+        print(f"chaos run failed: {str(exc) or repr(exc)}\n{logs(chaos)}\nlogs in {folder}", file=sys.stderr)
         return 1
     print(figures.table())
     if args.keep or not figures.passed:
