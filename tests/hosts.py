@@ -177,18 +177,18 @@ class Network:
 
     def _take_slot(self) -> None:
         LOCKS.mkdir(parents=True, exist_ok=True)
-        used = ip("-o", "-4", "addr", "show").stdout
         for k in range(1, 255):
-            if f" {SUBNET.format(k=k)}." in used:
-                continue  # someone else's network (or a live run's)
             lock = open(LOCKS / f"{k}.lock", "w")
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 lock.close()
-                continue
+                continue  # a live run's
+            cleanup(f"vr{k}")  # nobody holds the lock: whatever has the slot's names is a dead run's
+            if f" {SUBNET.format(k=k)}." in ip("-o", "-4", "addr", "show").stdout:
+                lock.close()
+                continue  # the subnet is someone else's
             self.k, self._lock = k, lock
-            cleanup(self.prefix)  # nobody held the lock: whatever has our names is a dead run's
             return
         raise RuntimeError("no free slot for a test network (10.213.1-254.0/24 all taken)")
 
