@@ -5,8 +5,10 @@
 In one run: a private redis-server, then each server in its own uvicorn process pinned to
 core 0 (`taskset -c 0`), loaded from core 1 by wrk (if installed; a Python load generator
 otherwise) with signed ~1 KB events, each with its own id. Prints req/s, p50 and p99 for the
-bare handler, the receiver, and the receiver without coalescing (one round trip per request),
-then a fixed-rate run at --rate req/s against the receiver (a Python open-loop generator).
+bare handler, the receiver, the receiver without coalescing (one round trip per request) and the
+receiver with REDIS_MIN_REPLICAS=1 (each batch's WAIT answered by a local replica of the private
+redis-server), then a fixed-rate run at --rate req/s against the receiver (a Python open-loop
+generator).
 
 The servers run side by side (only one is loaded at a time) and take turns, --rounds times, so
 that a slow spell of a shared machine falls on all of them alike; medians are reported, and
@@ -125,6 +127,21 @@ def wait_for_port(port: int, timeout: float = 20.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
+
+
+def wait_for_replica(port: int, timeout: float = 20.0) -> None:
+    """Until the redis-server on `port` has a replica online (it answers WAIT)."""
+    import redis
+
+    client = redis.Redis(port=port)
+    try:
+        deadline = time.monotonic() + timeout
+        while client.info("replication").get("slave0", {}).get("state") != "online":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no replica online after {timeout} s")
+            time.sleep(0.1)
+    finally:
+        client.close()
 
 
 @contextmanager
@@ -358,28 +375,36 @@ def main() -> int:
     python, me = sys.executable, str(Path(__file__).resolve())
     pin = ["taskset", "-c", SERVER_CORE]
     workdir = Path(tempfile.mkdtemp(prefix="bench-receiver-"))
-    redis_port = free_port()
+    redis_port, replica_port = free_port(), free_port()
     env = {
         **os.environ, "VINR_WEBHOOK_SECRET": SECRET, "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
         "QUEUE_NAME": "arq:queue:bench", "DATABASE_URL": f"sqlite:///{workdir / 'ledger.db'}", "LOG_LEVEL": "INFO",
     }
+    receiver = [*pin, str(Path(python).parent / "vinr-recon"), "serve", "--port"]
+    # Each server's command line and what its environment adds.
     commands = {
-        "bare Starlette": [*pin, python, me, "--serve", "bare", "--port"],
-        "receiver": [*pin, str(Path(python).parent / "vinr-recon"), "serve", "--port"],
-        "receiver, no coalescing": [*pin, python, me, "--serve", "uncoalesced", "--port"],
+        "bare Starlette": ([*pin, python, me, "--serve", "bare", "--port"], {}),
+        "receiver": (receiver, {}),
+        "receiver, no coalescing": ([*pin, python, me, "--serve", "uncoalesced", "--port"], {}),
+        "receiver, 1 replica (WAIT)": (receiver, {"REDIS_MIN_REPLICAS": "1"}),
     }
     redis_argv = ["taskset", "-c", LOAD_CORE, "redis-server", "--port", str(redis_port), "--save", "",
                   "--appendonly", "no", "--daemonize", "no"]
+    replica_argv = ["taskset", "-c", LOAD_CORE, "redis-server", "--port", str(replica_port), "--save", "",
+                    "--appendonly", "no", "--daemonize", "no", "--replicaof", "127.0.0.1", str(redis_port)]
     print(f"load: {'wrk' if shutil.which('wrk') else 'python'}, {args.connections} connections; "
           f"{args.rounds} rounds of {args.duration} s per server, taking turns; servers on core {SERVER_CORE}, "
           f"load and redis on core {LOAD_CORE}")
     rounds: dict[str, list[dict]] = {name: [] for name in commands}
     with ExitStack() as stack:
         stack.enter_context(process(redis_argv, redis_port))
+        stack.enter_context(process(replica_argv, replica_port))
+        wait_for_replica(redis_port)
         servers = {}
-        for n, (name, argv) in enumerate(commands.items()):
+        for n, (name, (argv, extra)) in enumerate(commands.items()):
             port = free_port()
-            server = stack.enter_context(process([*argv, str(port)], port, env, log=workdir / f"server{n}.log"))
+            server = stack.enter_context(process([*argv, str(port)], port, {**env, **extra},
+                                                 log=workdir / f"server{n}.log"))
             servers[name] = (server.pid, port)
             load(port, signed_requests(f"w{n}_", 2000, port), 2, args.connections, workdir)  # warm up
         # Turns, so that a slow spell of the machine falls on every server alike.
@@ -414,6 +439,9 @@ def report(rounds: dict[str, list[dict]], fixed: dict | None, args) -> None:
               f"{median(r['p99_ms'] for r in runs):>8.2f}{ratio:>7.2f}{median(r['cpu_us'] for r in runs):>12.0f}"
               f"{cpu_ratio:>11.2f}{sum(r['failed'] for r in runs):>9}")
     ratio = median(r["rps"] / b["rps"] for r, b in zip(rounds["receiver"], bare))
+    replicated = median(r["rps"] / b["rps"] for r, b in zip(rounds["receiver, 1 replica (WAIT)"], bare))
+    print(f"\nreplicated acknowledgement: ratio to the bare handler {ratio:.2f} with REDIS_MIN_REPLICAS=0, "
+          f"{replicated:.2f} with 1 (a local replica)")
     line = f"\ntargets: ratio >= 0.5: {'met' if ratio >= 0.5 else 'NOT met'} ({ratio:.2f})"
     if fixed:
         print(f"\nreceiver at a fixed {args.rate} req/s for {args.rate_duration} s: achieved {fixed['rps']:.0f} req/s, "

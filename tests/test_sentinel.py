@@ -12,11 +12,14 @@ import sys
 
 import httpx
 import pytest
+from arq.connections import create_pool
 
 from conftest import API_TOKEN, WEBHOOK_SECRET, unique
 from receiver_support import event_body, free_port, signed
 from sentinel_support import MASTER, Command, RedisFleet, service_env, wait_for
+from vinr_recon.jobformat import JOB_FORMAT
 from vinr_recon.jobs import event_job_id, job_key
+from vinr_recon.redis_connect import arq_redis_settings, primary_answers, queue_pool, redis_for
 from vinr_recon.settings import ConfigurationError, Settings, check_redis
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
@@ -26,6 +29,17 @@ pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="re
 def fleet(tmp_path):
     """A primary, its replica and three Sentinels, killed at the end whatever happened."""
     nodes = RedisFleet(tmp_path / "redis")
+    try:
+        nodes.start()
+        yield nodes
+    finally:
+        nodes.close()
+
+
+@pytest.fixture(scope="module")
+def calm_fleet(tmp_path_factory):
+    """A fleet no test of this module fails over (shared, so started once)."""
+    nodes = RedisFleet(tmp_path_factory.mktemp("sentinel") / "redis")
     try:
         nodes.start()
         yield nodes
@@ -147,9 +161,28 @@ def test_the_receiver_and_a_worker_follow_a_failover_without_a_restart(fleet, le
     assert receiver.alive() and worker.alive(), receiver.log()[-2000:] + worker.log()[-2000:]
 
 
-def test_a_sentinel_that_names_no_primary_is_redis_failing(fleet, tmp_path, processes):
+async def test_every_kind_of_client_the_settings_give_reaches_the_primary_the_sentinels_name(calm_fleet, settings):
+    settings = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0",  # never used with Sentinels
+                                           "redis_sentinels": calm_fleet.sentinel_list})
+    key = unique("sentinel:probe")
+    client = redis_for(settings)
+    queue = queue_pool(settings, JOB_FORMAT)
+    arq_pool = await create_pool(arq_redis_settings(settings))
+    try:
+        await client.set(key, "1", ex=60)
+        await primary_answers(client)  # what /readyz asks
+        assert await queue.get(key) == await arq_pool.get(key) == b"1"
+        assert calm_fleet.primary.client().get(key) == b"1"  # on the primary itself
+    finally:
+        for each in (client, queue, arq_pool):
+            await each.aclose()  # ours close the Sentinels' connections too: an unclosed one fails the test
+        for sentinel in arq_pool.connection_pool.sentinel_manager.sentinels:
+            await sentinel.aclose()  # arq's pool leaves them open
+
+
+def test_a_sentinel_that_names_no_primary_is_redis_failing(calm_fleet, tmp_path, processes):
     env = service_env(VINR_WEBHOOK_SECRET=WEBHOOK_SECRET, DATABASE_URL=f"sqlite:///{tmp_path / 'ledger.db'}",
-                      REDIS_SENTINELS=fleet.sentinel_list, REDIS_SENTINEL_MASTER="not-watched",
+                      REDIS_SENTINELS=calm_fleet.sentinel_list, REDIS_SENTINEL_MASTER="not-watched",
                       QUEUE_NAME=unique("arq:queue:sentinel"))
     receiver = started(processes, Receiver(tmp_path, env))
     answer = receiver.ready()

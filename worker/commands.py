@@ -63,15 +63,13 @@ def run_replay(args: argparse.Namespace, settings) -> int:
 
 
 async def _replay_notices(settings, ids: list[int] | None) -> int:
-    from arq.connections import create_pool
-
     from vinr_recon.jobformat import JOB_FORMAT
-    from vinr_recon.redis_connect import arq_redis_settings
+    from vinr_recon.redis_connect import queue_pool
     from ledger.db import create_engine
     from worker.notices import replay_notices
 
     engine = create_engine(settings.database_url)
-    redis = await create_pool(arq_redis_settings(settings), default_queue_name=settings.queue_name, **JOB_FORMAT)
+    redis = queue_pool(settings, JOB_FORMAT)
     try:
         queued = await replay_notices(engine, redis, settings.queue_name, ids)
     finally:
@@ -90,15 +88,13 @@ async def _replay_notices(settings, ids: list[int] | None) -> int:
 
 
 async def _replay(settings, events: list[str] | None) -> int:
-    from arq.connections import create_pool
-
     from vinr_recon.jobformat import JOB_FORMAT
-    from vinr_recon.redis_connect import arq_redis_settings
+    from vinr_recon.redis_connect import queue_pool
     from ledger.db import create_engine
     from worker.deadletters import pending, replay
 
     engine = create_engine(settings.database_url, writer=False)
-    redis = await create_pool(arq_redis_settings(settings), default_queue_name=settings.queue_name, **JOB_FORMAT)
+    redis = queue_pool(settings, JOB_FORMAT)
     try:
         async with engine.connect() as conn:
             letters = await pending(conn, events)
