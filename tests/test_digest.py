@@ -32,7 +32,8 @@ from worker import render
 from worker.digest import digest_crons, due_day, notice_key, payload
 
 DAY = date(2026, 12, 2)
-ANNA, BOB, FINANCE = "anna.manager@merchant.example", "bob.manager@merchant.example", "finance@merchant.example"
+ANNA, BOB, CAROL = "anna.manager@merchant.example", "bob.manager@merchant.example", "carol.manager@merchant.example"
+FINANCE = "finance@merchant.example"
 PUBLIC_URL = "https://recon.merchant.example"
 
 
@@ -262,10 +263,13 @@ async def test_two_managers_get_their_invoices_once_a_day_across_a_restart(ledge
     assert "Beta Ltd (cust_beta)" in bob.text and "EUR 123.45 due, 1 failed attempt" in bob.text
     assert [row.status for row in await digest_rows(ledger_engine)] == ["sent"] * 3
 
-    # A new failure for Bob, then the worker restarts the same day: the day's digests were staged.
-    late = Event(f"evt_{tag}_late", "invoice.payment_failed",
-                 invoice(f"inv_{tag}_b3", "open", 4200, customer="cust_beta", attempts=1), ts(at(DAY, 10)))
-    await enqueue(redis, ledger_settings.queue_name, [late])
+    # New failures for Bob and for Carol, who had nothing at the digest time; then the worker
+    # restarts the same day: the day's digests were staged, so neither gets another (nor a late one).
+    late = [Event(f"evt_{tag}_late_b", "invoice.payment_failed",
+                  invoice(f"inv_{tag}_b3", "open", 4200, customer="cust_beta", attempts=1), ts(at(DAY, 10))),
+            Event(f"evt_{tag}_late_c", "invoice.payment_failed",
+                  invoice(f"inv_{tag}_c1", "open", 300, manager=CAROL, attempts=1), ts(at(DAY, 10)))]
+    await enqueue(redis, ledger_settings.queue_name, late)
     await drain(ledger_settings)
     await run_worker(settings, at(DAY, 11))
     assert len(smtp.mails) == 3 and len(await digest_rows(ledger_engine)) == 3
@@ -276,9 +280,11 @@ async def test_two_managers_get_their_invoices_once_a_day_across_a_restart(ledge
     assert len(smtp.mails) == 3
     await run_worker(settings, at(DAY + timedelta(days=1), 8, 0))
     next_day = listed(smtp.mails[3:])
-    assert next_day == {**expected, ANNA: expected[ANNA] | {f"inv_{tag}_a5"}, BOB: expected[BOB] | {f"inv_{tag}_b3"}}
+    assert next_day == {**expected, ANNA: expected[ANNA] | {f"inv_{tag}_a5"}, BOB: expected[BOB] | {f"inv_{tag}_b3"},
+                        CAROL: {f"inv_{tag}_c1"}}
     assert [key for key, _ in await digest_rows(ledger_engine)] == sorted(
-        notice_key(who, day) for who in (ANNA, BOB, FINANCE) for day in (DAY, DAY + timedelta(days=1)))
+        [notice_key(who, day) for who in (ANNA, BOB, FINANCE) for day in (DAY, DAY + timedelta(days=1))]
+        + [notice_key(CAROL, DAY + timedelta(days=1))])
 
 
 async def test_with_no_default_recipient_an_invoice_with_no_manager_is_on_no_list(ledger_settings, ledger_engine,
