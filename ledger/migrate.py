@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
+# Alembic announces at INFO each plugin it sets up as it is imported, and its dialect on every
+# run; only what it applies ("Running upgrade ...") is worth a line.
+logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+logging.getLogger("alembic.runtime.migration").addFilter(
+    lambda record: not str(record.msg).startswith(("Context impl", "Will assume")))
+
+from alembic import command  # noqa: E402  (after the line above)
+from alembic.config import Config  # noqa: E402
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 

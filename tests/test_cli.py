@@ -36,3 +36,30 @@ def test_vinr_recon_help_lists_every_command():
     for command in COMMANDS:
         sub = subprocess.run([script, command, "--help"], capture_output=True, text=True, timeout=60)
         assert sub.returncode == 0 and sub.stdout.startswith(f"usage: vinr-recon {command}"), command
+
+
+BAD_SETTINGS = [  # (command, the setting a person got wrong, what the one line must say)
+    (["db", "upgrade"], {"DATABASE_URL": "mysql://x/y"}, "DATABASE_URL: unsupported database 'mysql'"),
+    (["db", "upgrade"], {"DATABASE_URL": "notaurl"}, "DATABASE_URL: not a database URL"),
+    (["db", "upgrade"], {"DATABASE_URL": "sqlite:////no/such/folder/ledger.db"},
+     "DATABASE_URL: the SQLite file's folder /no/such/folder does not exist"),
+    (["db", "upgrade"], {"DATABASE_URL": "postgresql://postgres:hunter2hunter2@127.0.0.1:5432/no_such_ledger"},
+     'DATABASE_URL: the database refused or cannot be opened: database "no_such_ledger" does not exist'),
+    (["db", "upgrade"], {"DATABASE_URL": "postgresql://postgres:hunter2hunter2@127.0.0.1:9/test"},
+     "DATABASE_URL: the database cannot be reached"),
+    (["serve"], {"VINR_WEBHOOK_TOLERANCE": "abc"}, "VINR_WEBHOOK_TOLERANCE: Input should be a valid integer"),
+    (["worker"], {"RECONCILE_AT": "2am"}, "RECONCILE_AT: String should match pattern"),
+    (["reconcile"], {"MONEY_LOCALE": "xx_QQ"}, "MONEY_LOCALE: not a locale Babel knows"),
+]
+
+
+def test_every_setting_a_person_gets_wrong_is_one_line_naming_it_and_exit_status_2(tmp_path):
+    """Issue 21: configuration (2), not a crash (1), and never a traceback or a password."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("VINR_", "DATABASE_", "REDIS_", "MONEY_"))}
+    base |= {"DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}", "VINR_WEBHOOK_SECRET": "whsec_" + "k" * 24}
+    for argv, bad, said in BAD_SETTINGS:
+        done = subprocess.run([sys.executable, "-m", "vinr_recon", *argv], env=base | bad, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1 and said in lines[0], (argv, bad, done.stderr[-800:])
+        assert "Traceback" not in done.stderr and "hunter2" not in done.stderr + done.stdout

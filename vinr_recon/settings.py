@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     alert_digest_at: str | None = Field(None, pattern=r"^(([01]\d|2[0-3]):[0-5]\d)?$")
     fulfilment_url: str | None = None
     fulfilment_secret: SecretStr | None = None
+    # How people read money in the reports, the dashboard and the alerts (a Babel locale such as
+    # de_DE: `1.960,00 €`); none: `EUR 1,960.00`, the same for every reader.
+    money_locale: str | None = None
     log_level: str = "INFO"
     # The receiver at the socket (receiver/server.py, receiver/limits.py): head cap, deadlines in
     # seconds (head plus body stay within VINR's 10 s), open connections, body bytes in flight.
@@ -64,6 +67,41 @@ class Settings(BaseSettings):
     receiver_body_timeout: float = Field(5.0, gt=0)
     receiver_max_connections: int = Field(1000, gt=0)
     receiver_body_budget: int = Field(16 * 1024 * 1024, gt=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _ledger_url(cls, value: str) -> str:
+        """sqlite:///path (its folder must exist) or postgresql://...; said at start, not at first use."""
+        import os
+
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError("not a database URL: use sqlite:///path/to/ledger.db or postgresql://user@host/db") from None
+        backend = url.get_backend_name()
+        if backend not in ("sqlite", "postgresql", "postgres"):
+            raise ValueError(f"unsupported database {backend!r}: use sqlite:///path/to/ledger.db or postgresql://...")
+        if backend == "sqlite" and url.database and url.database != ":memory:":
+            folder = os.path.dirname(os.path.abspath(url.database))
+            if not os.path.isdir(folder):
+                raise ValueError(f"the SQLite file's folder {folder} does not exist")
+        return value
+
+    @field_validator("money_locale")
+    @classmethod
+    def _known_locale(cls, value: str | None) -> str | None:
+        from babel import Locale, UnknownLocaleError
+
+        if value is None or not value.strip():
+            return None
+        try:
+            Locale.parse(value.strip().replace("-", "_"))
+        except (UnknownLocaleError, ValueError):
+            raise ValueError("not a locale Babel knows (e.g. de_DE, fr_FR, en_GB)") from None
+        return value.strip()
 
     @property
     def webhook_secrets(self) -> list[str]:
@@ -132,6 +170,25 @@ class Settings(BaseSettings):
 
 class ConfigurationError(Exception):
     """A setting a command needs is missing; the message names it and never shows a value."""
+
+
+def load_settings() -> Settings:
+    """The settings of this process; a `ConfigurationError` naming each variable that is wrong
+    and what it wants (the value only when it is no secret)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigurationError("; ".join(_explain(error) for error in exc.errors())) from None
+
+
+def _explain(error) -> str:
+    name = str(error["loc"][0]) if error.get("loc") else "a setting"
+    field = Settings.model_fields.get(name)
+    # A URL may carry a password (postgresql://user:password@host/db): never echoed either.
+    secret = name.endswith("_url") or (field is not None and "SecretStr" in str(field.annotation))
+    message = error["msg"].removeprefix("Value error, ")
+    given = "" if secret or error.get("input") is None else f" (got {str(error['input'])[:60]!r})"
+    return f"{name.upper()}: {message}{given}"
 
 
 def _blank(value: object) -> bool:
