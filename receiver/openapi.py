@@ -140,6 +140,9 @@ SCHEMAS: dict[str, Any] = {
         "field": _nullable(STRING),
         "ledgerValue": _nullable(STRING),
         "vinrValue": _nullable(STRING),
+        "currency": {**_nullable(STRING), "description": "The invoice's currency, as the ledger holds it."},
+        "ledgerAmount": {**_nullable(STRING), "description": "ledgerValue for people (EUR 500.00), when an amount."},
+        "vinrAmount": {**_nullable(STRING), "description": "vinrValue for people, when an amount."},
         "corrected": {"type": "boolean"},
         "entries": {"type": "array", "items": {"type": "integer"}, "description": "Ids of the correcting entries."},
     }),
@@ -272,7 +275,8 @@ PATHS: dict[str, Any] = {
         {
             "200": {
                 "description": "A header row (run_id, invoice_id, category, field, ledger_value, vinr_value, "
-                               "corrected, entry_ids), then one row per finding.",
+                               "currency, ledger_amount, vinr_amount, corrected, entry_ids), then one row per "
+                               "finding; the amounts are the minor-unit values for people.",
                 "headers": {"content-disposition": {"schema": {"type": "string"}, "required": True}},
                 "content": {"text/csv": {"schema": {"type": "string"}}},
             },

@@ -39,7 +39,7 @@ def run(args, settings) -> int:
     from rich.console import Console
 
     from reconcile.lock import LockLost
-    from reconcile.output import print_summary, progress_bar, write_outputs
+    from reconcile.output import print_findings, print_summary, progress_bar, write_outputs
     from reconcile.service import reconcile_once
 
     console = Console(stderr=True)
@@ -60,7 +60,9 @@ def run(args, settings) -> int:
             json.dump(document, sys.stdout, indent=2)
             sys.stdout.write("\n")
         else:
-            print_summary(Console(), report, csv_path=args.report)  # the report on stdout, the rest on stderr
+            out = Console()  # the report on stdout, the rest on stderr
+            print_findings(out, document["findings"])
+            print_summary(out, report, csv_path=args.report)
         return 0 if report.matches else 1
 
     return asyncio.run(main())

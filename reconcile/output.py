@@ -47,11 +47,30 @@ async def write_outputs(settings, report: RunReport, csv_path: str | None) -> di
         async with engine.connect() as conn:
             if csv_path:
                 with open(csv_path, "w", newline="") as out:
-                    await write_csv(conn, report.run_id, out)
-            document = await get_run(conn, report.run_id)
+                    await write_csv(conn, report.run_id, out, locale=settings.money_locale)
+            document = await get_run(conn, report.run_id, locale=settings.money_locale)
     finally:
         await engine.dispose()
     return {**document, "matches": report.matches}
+
+
+# The summary lists this many findings; the rest are in --report's CSV and the API.
+LISTED = 20
+
+
+def print_findings(console: Console, findings: list[dict]) -> None:
+    """The run's first findings, amounts for people beside what the ledger and VINR hold."""
+    if not findings:
+        return
+    table = Table(title="Differences found" + (f" (the first {LISTED} of {len(findings)})"
+                                               if len(findings) > LISTED else ""))
+    for column in ("Invoice", "Category", "Field", "Ledger", "VINR", "Corrected"):
+        table.add_column(column)
+    for f in findings[:LISTED]:
+        table.add_row(f["invoice"], f["category"].replace("_", " "), f["field"] or "",
+                      f["ledgerAmount"] or f["ledgerValue"] or "none", f["vinrAmount"] or f["vinrValue"] or "none",
+                      "yes" if f["corrected"] else "no")
+    console.print(table)
 
 
 def print_summary(console: Console, report: RunReport, csv_path: str | None) -> None:

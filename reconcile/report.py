@@ -10,12 +10,17 @@ from typing import IO
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ledger.tables import Finding, ReconciliationRun
+from ledger.money import format_money
+from ledger.tables import Finding, InvoicePosition, ReconciliationRun
 
 runs = ReconciliationRun.__table__
 findings = Finding.__table__
+positions = InvoicePosition.__table__
 
-CSV_COLUMNS = ("run_id", "invoice_id", "category", "field", "ledger_value", "vinr_value", "corrected", "entry_ids")
+# The minor units as found, then the same amounts for people (blank where the field is no amount).
+CSV_COLUMNS = ("run_id", "invoice_id", "category", "field", "ledger_value", "vinr_value", "currency",
+               "ledger_amount", "vinr_amount", "corrected", "entry_ids")
+AMOUNT_FIELDS = frozenset({"total", "amountPaid", "amountDue", "appliedBalance"})
 
 # What a spreadsheet takes for the start of a formula (OWASP, CSV injection); an integer (an
 # amount, `-5000`) is a number there, not a formula, and stays one.
@@ -62,16 +67,34 @@ def run_dict(row) -> dict:
     }
 
 
-def finding_dict(row) -> dict:
+def amount_for_people(field: str | None, value: str | None, currency: str | None, locale: str | None = None
+                      ) -> str | None:
+    """A finding's value in minor units as people read it (`EUR 500.00`), when it is an amount."""
+    if field not in AMOUNT_FIELDS or not currency or value is None or not _INTEGER.fullmatch(value):
+        return None
+    return format_money(int(value), currency, locale)
+
+
+def finding_dict(row, locale: str | None = None) -> dict:
     return {
         "invoice": row.invoice_id,
         "category": row.category,
         "field": row.field,
         "ledgerValue": row.ledger_value,
         "vinrValue": row.vinr_value,
+        "currency": row.currency,
+        "ledgerAmount": amount_for_people(row.field, row.ledger_value, row.currency, locale),
+        "vinrAmount": amount_for_people(row.field, row.vinr_value, row.currency, locale),
         "corrected": row.corrected,
         "entries": row.entry_ids,
     }
+
+
+def _findings_of(run_id: int):
+    """A run's findings in order, each with its invoice's currency (for its amounts)."""
+    return (select(findings, positions.c.currency)
+            .join(positions, positions.c.invoice_id == findings.c.invoice_id, isouter=True)
+            .where(findings.c.run_id == run_id).order_by(findings.c.id))
 
 
 async def list_runs(conn: AsyncConnection, limit: int = 50, before: int | None = None) -> list[dict]:
@@ -81,25 +104,27 @@ async def list_runs(conn: AsyncConnection, limit: int = 50, before: int | None =
     return [run_dict(row) for row in await conn.execute(query)]
 
 
-async def get_run(conn: AsyncConnection, run_id: int) -> dict | None:
+async def get_run(conn: AsyncConnection, run_id: int, locale: str | None = None) -> dict | None:
     """One run with its findings, or None."""
     row = (await conn.execute(select(runs).where(runs.c.id == run_id))).first()
     if row is None:
         return None
-    rows = await conn.execute(select(findings).where(findings.c.run_id == run_id).order_by(findings.c.id))
-    return {**run_dict(row), "findings": [finding_dict(f) for f in rows]}
+    rows = await conn.execute(_findings_of(run_id))
+    return {**run_dict(row), "findings": [finding_dict(f, locale) for f in rows]}
 
 
-async def write_csv(conn: AsyncConnection, run_id: int, out: IO[str]) -> int:
+async def write_csv(conn: AsyncConnection, run_id: int, out: IO[str], locale: str | None = None) -> int:
     """Write the run's findings as CSV, streamed, every cell through `csv_cell`; return how many rows.
     The API, the dashboard and `vinr-recon reconcile --report` all write with this."""
     writer = csv.writer(out)
     writer.writerow(CSV_COLUMNS)
     count = 0
-    result = await conn.stream(select(findings).where(findings.c.run_id == run_id).order_by(findings.c.id))
+    result = await conn.stream(_findings_of(run_id))
     async for row in result:
         writer.writerow([csv_cell(value) for value in (
-            row.run_id, row.invoice_id, row.category, row.field, row.ledger_value, row.vinr_value, row.corrected,
-            " ".join(map(str, row.entry_ids)))])
+            row.run_id, row.invoice_id, row.category, row.field, row.ledger_value, row.vinr_value, row.currency,
+            amount_for_people(row.field, row.ledger_value, row.currency, locale),
+            amount_for_people(row.field, row.vinr_value, row.currency, locale),
+            row.corrected, " ".join(map(str, row.entry_ids)))])
         count += 1
     return count

@@ -104,7 +104,8 @@ async def test_reconciliation_runs_their_findings_and_the_csv(api, ledger_engine
 
     run = (await api.get(f"/api/reconciliation/runs/{run_id}", headers=AUTH)).json()
     assert run["findings"] == [{"invoice": "inv_2", "category": "status_mismatch", "field": "status",
-                                "ledgerValue": "open", "vinrValue": "paid", "corrected": True, "entries": [1]}]
+                                "ledgerValue": "open", "vinrValue": "paid", "currency": "EUR",
+                                "ledgerAmount": None, "vinrAmount": None, "corrected": True, "entries": [1]}]
     correction = (await api.get("/api/invoices/inv_2", headers=AUTH)).json()["corrections"]
     assert [(c["kind"], c["runId"]) for c in correction] == [("payment", run_id)]
 
@@ -191,3 +192,21 @@ async def test_metrics_behind_a_token_when_one_is_configured(ledger_settings):
         assert response.status_code == 200 and "vinr_webhook_deliveries" in response.text
     async with served(create_app(ledger_settings)) as client:  # no token: open, as before
         assert (await client.get("/metrics")).status_code == 200
+
+
+async def test_a_findings_amounts_are_shown_for_people_beside_the_minor_units(api, ledger_engine):
+    """Issue 21: EUR 50.00 beside 5000, in the run's JSON and its CSV."""
+    run_id = await a_run_with_one_correction(ledger_engine)
+    async with ledger_engine.begin() as conn:
+        await conn.execute(insert(Finding.__table__).values(
+            run_id=run_id, invoice_id="inv_2", category="amount_mismatch", field="amountPaid",
+            ledger_value="0", vinr_value="5000", corrected=True, entry_ids=[1]))
+    run = (await api.get(f"/api/reconciliation/runs/{run_id}", headers=AUTH)).json()
+    (paid,) = [f for f in run["findings"] if f["field"] == "amountPaid"]
+    assert (paid["ledgerValue"], paid["vinrValue"], paid["ledgerAmount"], paid["vinrAmount"]) == (
+        "0", "5000", "EUR 0.00", "EUR 50.00")
+    report = await api.get(f"/api/reconciliation/runs/{run_id}/findings.csv", headers=AUTH)
+    rows = {r["field"]: r for r in csv.DictReader(io.StringIO(report.text))}
+    assert (rows["amountPaid"]["vinr_value"], rows["amountPaid"]["currency"], rows["amountPaid"]["vinr_amount"]) == (
+        "5000", "EUR", "EUR 50.00")
+    assert rows["status"]["vinr_amount"] == ""
