@@ -28,6 +28,7 @@ from ledger.tables import Customer, InvoicePosition, ReceivedEvent
 
 positions = InvoicePosition.__table__
 customers = Customer.__table__
+owners = customers.alias("owner")  # the customer of the invoice, in manager_of
 received = ReceivedEvent.__table__
 
 UNASSIGNED = "unassigned"
@@ -177,13 +178,15 @@ def tabulate(as_of: date, rows) -> Aging:
 
 
 def manager_of(default: str | None):
-    """SQL: the invoice's manager, else its customer's, else `default`, else "unassigned"."""
-    # An alias of its own, so that a query joining `customers` too does not correlate it away.
-    owner = customers.alias("owner")
-    customer_manager = (select(func.nullif(owner.c.account_manager, ""))
-                        .where(owner.c.id == positions.c.customer).scalar_subquery())
-    return func.coalesce(func.nullif(positions.c.account_manager, ""), customer_manager,
+    """SQL: the invoice's manager, else its customer's, else `default`, else "unassigned"; with
+    `with_owners` as its FROM (a join, which PostgreSQL hashes, where a correlated lookup per
+    invoice took twice as long)."""
+    return func.coalesce(func.nullif(positions.c.account_manager, ""), func.nullif(owners.c.account_manager, ""),
                          literal(default or UNASSIGNED))
+
+
+def with_owners():
+    return positions.outerjoin(owners, owners.c.id == positions.c.customer)
 
 
 def managed_by(manager: str, default: str | None):
@@ -247,6 +250,7 @@ async def aging(conn: AsyncConnection, as_of: date, default_manager: str | None,
     who = manager_of(default_manager)
     owed = (select(positions.c.currency, who.label("manager"), _bucket_sql(as_of).label("bucket"),
                    positions.c.amount_due)
+            .select_from(with_owners())
             .where(owing(as_of), *([managed_by(manager, default_manager)] if manager is not None else []))
             .subquery("owed"))
     # Grouped outside, so that each invoice's manager and bucket are computed once.
