@@ -322,6 +322,7 @@ def start_worker(settings, cwd) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+@pytest.mark.slow  # two `vinr-recon worker` processes: about 5 s each here
 async def test_the_worker_process_sends_the_days_digest_at_start_up_and_not_again_when_restarted(
     ledger_settings, ledger_engine, redis, smtp, tmp_path
 ):
