@@ -11,6 +11,7 @@ separators, symbol and where it goes (`1.960,00 €` for de_DE), with ISO's digi
 from __future__ import annotations
 
 import copy
+import re
 from decimal import Decimal
 from functools import lru_cache
 
@@ -56,3 +57,17 @@ def _currency_pattern(locale: str, digits: int):
     pattern = copy.copy(parsed.currency_formats["standard"])
     pattern.frac_prec = (digits, digits)  # ISO's minor units, not CLDR's display digits
     return pattern, parsed
+
+
+# The invoice's amount fields, as VINR names them (a reconciliation finding names its field so).
+AMOUNT_FIELDS = frozenset({"total", "amountPaid", "amountDue", "appliedBalance"})
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
+def field_amount(field: str | None, value: str | None, currency: str | None, locale: str | None = None
+                 ) -> str | None:
+    """An invoice field's value held as text (a finding's `5000`) for people (`EUR 50.00`), when
+    the field is an amount; None otherwise."""
+    if field not in AMOUNT_FIELDS or not currency or value is None or not _INTEGER.fullmatch(value):
+        return None
+    return format_money(int(value), currency, locale)

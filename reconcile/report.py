@@ -10,7 +10,7 @@ from typing import IO
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ledger.money import format_money
+from ledger.money import field_amount
 from ledger.tables import Finding, InvoicePosition, ReconciliationRun
 
 runs = ReconciliationRun.__table__
@@ -20,7 +20,7 @@ positions = InvoicePosition.__table__
 # The minor units as found, then the same amounts for people (blank where the field is no amount).
 CSV_COLUMNS = ("run_id", "invoice_id", "category", "field", "ledger_value", "vinr_value", "currency",
                "ledger_amount", "vinr_amount", "corrected", "entry_ids")
-AMOUNT_FIELDS = frozenset({"total", "amountPaid", "amountDue", "appliedBalance"})
+
 
 # What a spreadsheet takes for the start of a formula (OWASP, CSV injection); an integer (an
 # amount, `-5000`) is a number there, not a formula, and stays one.
@@ -67,14 +67,6 @@ def run_dict(row) -> dict:
     }
 
 
-def amount_for_people(field: str | None, value: str | None, currency: str | None, locale: str | None = None
-                      ) -> str | None:
-    """A finding's value in minor units as people read it (`EUR 500.00`), when it is an amount."""
-    if field not in AMOUNT_FIELDS or not currency or value is None or not _INTEGER.fullmatch(value):
-        return None
-    return format_money(int(value), currency, locale)
-
-
 def finding_dict(row, locale: str | None = None) -> dict:
     return {
         "invoice": row.invoice_id,
@@ -83,8 +75,8 @@ def finding_dict(row, locale: str | None = None) -> dict:
         "ledgerValue": row.ledger_value,
         "vinrValue": row.vinr_value,
         "currency": row.currency,
-        "ledgerAmount": amount_for_people(row.field, row.ledger_value, row.currency, locale),
-        "vinrAmount": amount_for_people(row.field, row.vinr_value, row.currency, locale),
+        "ledgerAmount": field_amount(row.field, row.ledger_value, row.currency, locale),
+        "vinrAmount": field_amount(row.field, row.vinr_value, row.currency, locale),
         "corrected": row.corrected,
         "entries": row.entry_ids,
     }
@@ -123,8 +115,8 @@ async def write_csv(conn: AsyncConnection, run_id: int, out: IO[str], locale: st
     async for row in result:
         writer.writerow([csv_cell(value) for value in (
             row.run_id, row.invoice_id, row.category, row.field, row.ledger_value, row.vinr_value, row.currency,
-            amount_for_people(row.field, row.ledger_value, row.currency, locale),
-            amount_for_people(row.field, row.vinr_value, row.currency, locale),
+            field_amount(row.field, row.ledger_value, row.currency, locale),
+            field_amount(row.field, row.vinr_value, row.currency, locale),
             row.corrected, " ".join(map(str, row.entry_ids)))])
         count += 1
     return count

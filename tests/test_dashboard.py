@@ -209,6 +209,24 @@ async def test_runs_their_findings_and_the_csv(client, ids):
     assert csv.text.splitlines()[1].startswith(f"{ids['run']},in_drift,status_mismatch,status,open,paid")
 
 
+async def test_a_findings_amounts_read_for_people_in_the_readers_locale(ledger_settings, ledger_engine, ids):
+    """Issue 21: `50,00 € (5000)`, not a bare 5000, on the run's page."""
+    from sqlalchemy import insert
+
+    from ledger.tables import Finding
+
+    async with ledger_engine.begin() as conn:
+        await conn.execute(insert(Finding.__table__).values(
+            run_id=ids["run"], invoice_id="in_drift", category="amount_mismatch", field="amountPaid",
+            ledger_value="0", vinr_value="5000", corrected=True, entry_ids=[7]))
+    for locale, shown in ((None, "EUR 50.00 (5000)"), ("de_DE", "50,00\xa0€ (5000)")):
+        settings = ledger_settings.model_copy(update={"money_locale": locale})
+        async with served(create_app(settings)) as client:
+            await sign_in(client)
+            run = (await client.get(f"/dashboard/runs/{ids['run']}")).text
+        assert shown in run.replace("&nbsp;", "\xa0") and "open" in run, locale
+
+
 def _numbers(html: str) -> list[str]:
     return re.findall(r">(INV-\d{4}-\d{6})</a>", html.split('id="invoices"')[1].split("</table>")[0])
 

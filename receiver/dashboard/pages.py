@@ -27,7 +27,7 @@ from receiver.dashboard.activity import activity
 from reconcile.report import write_csv
 from vinr_recon.settings import Settings
 from worker.deadletters import pending, replay
-from worker.render import format_money
+from ledger.money import field_amount, format_money
 
 log = structlog.get_logger("receiver.dashboard")
 
@@ -47,10 +47,10 @@ def _when(value) -> str:
     return queries.utc(value).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _money(amount, currency) -> str:
+def _money(amount, currency, locale: str | None = None) -> str:
     if amount is None or not currency:
         return "—"
-    return format_money(int(amount), currency)
+    return format_money(int(amount), currency, locale)
 
 
 def _secrets(settings: Settings) -> list[str]:
@@ -73,7 +73,15 @@ def make_templates(settings: Settings) -> Jinja2Templates:
             text = text.replace(value, "[redacted]")
         return text
 
-    templates.env.filters.update(money=_money, when=_when, redact=redact)
+    locale = settings.money_locale
+
+    def finding_value(finding, value) -> str:
+        """A finding's value; an amount as people read it, its minor units beside."""
+        shown = field_amount(finding.field, value, finding.currency, locale)
+        return f"{shown} ({value})" if shown else (value or "—")
+
+    templates.env.filters.update(money=lambda amount, currency: _money(amount, currency, locale), when=_when,
+                                 redact=redact, finding_value=finding_value)
     templates.env.globals.update(accounts=ACCOUNTS, statuses=queries.STATUSES, csrf_field=access.CSRF_FIELD)
     return templates
 

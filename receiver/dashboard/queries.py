@@ -144,7 +144,9 @@ async def run_with_findings(conn: AsyncConnection, run_id: int, limit: int = 500
         return None, [], 0
     count = await conn.scalar(select(func.count()).select_from(findings).where(findings.c.run_id == run_id))
     rows = (await conn.execute(
-        select(findings).where(findings.c.run_id == run_id).order_by(findings.c.id).limit(limit))).all()
+        select(findings, positions.c.currency).join(positions, positions.c.invoice_id == findings.c.invoice_id,
+                                                    isouter=True)
+        .where(findings.c.run_id == run_id).order_by(findings.c.id).limit(limit))).all()
     return run, rows, count
 
 
