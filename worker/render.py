@@ -59,7 +59,7 @@ def payment_failed(payload: dict[str, Any], customer: dict[str, Any] | None = No
     if failure.get("message"):
         reason += f": {failure['message']}"
     return Alert(
-        subject=f"Payment failed: {invoice} ({who}), {due} due",
+        subject=f"Payment failed: {invoice} ({_customer_label(payload.get('customer'), customer)}), {due} due",
         intro=f"A payment for invoice {invoice} failed.",
         fields=(
             ("Customer", who),
@@ -79,7 +79,7 @@ def uncollectible(payload: dict[str, Any], customer: dict[str, Any] | None = Non
     who = _customer(payload.get("customer"), customer)
     due = format_money(payload["amountDue"], payload["currency"])
     return Alert(
-        subject=f"Uncollectible: {invoice} ({who}), {due} written off",
+        subject=f"Uncollectible: {invoice} ({_customer_label(payload.get('customer'), customer)}), {due} written off",
         intro=f"Invoice {invoice} was marked uncollectible: collection gave up and {due} is written off "
               "as bad debt. A late payment still closes it.",
         fields=(
@@ -232,10 +232,16 @@ def slack_message(alert: Alert) -> dict[str, Any]:
 
 
 def _customer(customer_id: str | None, customer: dict[str, Any] | None) -> str:
-    name = (customer or {}).get("name") or (customer or {}).get("email")
-    if name and customer_id:
-        return f"{name} ({customer_id})"
-    return name or customer_id or "unknown customer"
+    """The customer in full: `Acme GmbH (cust_1), ap@acme.example`; its id alone when unknown."""
+    name, email = (customer or {}).get("name"), (customer or {}).get("email")
+    label = name or email
+    who = f"{label} ({customer_id})" if label and customer_id else label or customer_id or "unknown customer"
+    return f"{who}, {email}" if name and email and email != name else who
+
+
+def _customer_label(customer_id: str | None, customer: dict[str, Any] | None) -> str:
+    """The customer in a few words, for a subject line: its name, else its email, else its id."""
+    return (customer or {}).get("name") or (customer or {}).get("email") or customer_id or "unknown customer"
 
 
 def _escape(text: str) -> str:
