@@ -78,8 +78,6 @@ default_pool_size = {pool_size}
 max_client_conn = 500
 logfile = {folder / 'pgbouncer.log'}
 pidfile = {folder / 'pgbouncer.pid'}
-; asyncpg sends it at start-up; PgBouncer refuses start-up parameters it does not know
-ignore_startup_parameters = extra_float_digits
 ; a client waits this long for a server connection before it is told no
 query_wait_timeout = 5
 server_connect_timeout = 2

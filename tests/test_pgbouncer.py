@@ -28,7 +28,7 @@ from sqlalchemy.engine import make_url
 
 from conftest import PG_ADMIN_URL, clear_ledger, unique
 from ledger.book import trial_balance
-from ledger.db import create_engine, is_connection_failure, pool_mode
+from ledger.db import create_engine, is_connection_failure
 from ledger.migrate import upgrade
 from ledger.tables import DeadLetter, ReceivedEvent
 from lifecycles import Event, drain, enqueue, snapshot
@@ -59,13 +59,6 @@ def through(port: int, database_url: str) -> str:
     """`database_url` with its host and port replaced by the PgBouncer on `port`, flagged."""
     url = make_url(database_url).set(host="127.0.0.1", port=port)
     return url.update_query_dict({"pgbouncer": "transaction"}).render_as_string(hide_password=False)
-
-
-def test_the_pgbouncer_parameter_names_the_pooling_mode_and_is_checked():
-    assert pool_mode("postgresql://app@pgbouncer:6432/ledger?pgbouncer=transaction") == "transaction"
-    assert pool_mode("postgresql://app@db:5432/ledger") is None
-    with pytest.raises(ValueError, match="pgbouncer='statement'"):
-        pool_mode("postgresql://app@pgbouncer:6432/ledger?pgbouncer=statement")
 
 
 @pytest.fixture
