@@ -36,6 +36,10 @@ def test_vinr_recon_help_lists_every_command():
     for command in COMMANDS:
         sub = subprocess.run([script, command, "--help"], capture_output=True, text=True, timeout=60)
         assert sub.returncode == 0 and sub.stdout.startswith(f"usage: vinr-recon {command}"), command
+    from importlib.metadata import version
+
+    shown = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=60)
+    assert (shown.returncode, shown.stdout.strip()) == (0, f"vinr-recon {version('vinr-recon')}")
 
 
 BAD_SETTINGS = [  # (command, the setting a person got wrong, what the one line must say)
