@@ -23,7 +23,7 @@ from reconcile_support import deployment
 from vinr.sandbox.errors import CardError
 from vinr.sandbox.state import CARD_DECLINED, CARD_SUCCEEDS
 from vinr.sandbox.views import invoice_json
-from worker.render import format_money
+from ledger.money import format_money
 
 DAY = 86400
 AM1, AM2, FINANCE = "am1@merchant.example", "am2@merchant.example", "finance@merchant.example"

@@ -17,7 +17,8 @@ from lifecycles import Event as Sent, snapshot
 from vinr.events import Invoice, parse_event
 from vinr_recon.settings import ConfigurationError, Settings
 from worker.notices import recipient
-from worker.render import format_money, payment_failed, slack_message
+from ledger.money import format_money
+from worker.render import payment_failed, slack_message
 
 ALL = outbox.Channels(email=True, chat=True, fulfilment=True)
 

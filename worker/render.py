@@ -1,7 +1,6 @@
 """What an alert says: pure functions from an outbox payload to an email and a chat message.
 
-Amounts stay integers to the end: minor units are split with `divmod` by the currency's exponent
-(ISO 4217: most currencies 2, the yen 0, the Kuwaiti dinar 3).
+Amounts stay integers to the end (ledger/money.py formats them: ISO 4217's minor units).
 """
 
 from __future__ import annotations
@@ -9,26 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-# ISO 4217 currencies whose minor unit is not a hundredth.
-_EXPONENTS = {
-    **dict.fromkeys(("BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "UYI", "VND",
-                     "VUV", "XAF", "XOF", "XPF"), 0),
-    **dict.fromkeys(("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"), 3),
-    "CLF": 4, "UYW": 4,
-}
-
-
-def exponent(currency: str) -> int:
-    return _EXPONENTS.get(currency.upper(), 2)
-
-
-def format_money(amount: int, currency: str) -> str:
-    """`120000, "EUR"` -> `EUR 1,200.00`; `5000, "JPY"` -> `JPY 5,000`; `1234, "KWD"` -> `KWD 1.234`."""
-    digits = exponent(currency)
-    units, minor = divmod(abs(amount), 10**digits)
-    text = f"{units:,}" + (f".{minor:0{digits}d}" if digits else "")
-    return f"{currency.upper()} {'-' if amount < 0 else ''}{text}"
-
+from ledger.money import format_money
 
 @dataclass(frozen=True)
 class Alert:

@@ -18,7 +18,7 @@ from datetime import date
 
 from markupsafe import Markup, escape
 
-from worker.render import format_money
+from ledger.money import format_money
 
 WIDTH, HEIGHT = 960, 250
 LEFT, RIGHT, TOP = 96, 12, 30
