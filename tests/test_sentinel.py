@@ -180,6 +180,7 @@ async def test_every_kind_of_client_the_settings_give_reaches_the_primary_the_se
             await sentinel.aclose()  # arq's pool leaves them open
 
 
+@pytest.mark.slow
 def test_a_sentinel_that_names_no_primary_is_redis_failing(calm_fleet, tmp_path, processes):
     env = service_env(VINR_WEBHOOK_SECRET=WEBHOOK_SECRET, DATABASE_URL=f"sqlite:///{tmp_path / 'ledger.db'}",
                       REDIS_SENTINELS=calm_fleet.sentinel_list, REDIS_SENTINEL_MASTER="not-watched",
@@ -198,6 +199,7 @@ def replica_has(pair: RedisFleet, queue: str, body: bytes) -> bool:
     return bool(pair.replica.client().exists(job_key(event_job_id(queue, json.loads(body)["id"]))))
 
 
+@pytest.mark.slow
 def test_with_min_replicas_a_delivery_is_acknowledged_only_once_a_replica_has_it(pair, tmp_path, processes):
     queue = unique("arq:queue:sentinel")
     env = service_env(VINR_WEBHOOK_SECRET=WEBHOOK_SECRET, DATABASE_URL=f"sqlite:///{tmp_path / 'ledger.db'}",
@@ -220,6 +222,7 @@ def test_with_min_replicas_a_delivery_is_acknowledged_only_once_a_replica_has_it
     assert replica_has(pair, queue, second) and replica_has(pair, queue, third)
 
 
+@pytest.mark.slow
 def test_a_retry_at_another_receiver_is_acknowledged_only_once_the_replica_has_the_first_write(
         pair, tmp_path, processes):
     queue = unique("arq:queue:sentinel")
