@@ -97,6 +97,12 @@ def expected_aging(d, as_of: date, customer_managers: dict) -> dict:
     return {key: {b: tuple(v) for b, v in cells.items()} for key, cells in table.items()}
 
 
+def owed_by(d, manager: str, customer_managers: dict) -> list:
+    """The sandbox's open and uncollectible invoices whose manager is `manager`."""
+    return [inv for inv in d.state.invoices if inv.status in ("open", "uncollectible") and (
+        inv.metadata.get("accountManager") or customer_managers.get(inv.customer) or FINANCE) == manager]
+
+
 def per_currency(expected: dict) -> dict:
     table: dict = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     for (_, currency), cells in expected.items():
@@ -201,10 +207,15 @@ async def test_the_aging_page_links_each_bucket_to_its_invoices(world):
             assert numbers == owed, (currency, name)
 
     by_manager = cells_of(page.text, "managers")
+    assert set(by_manager) == set(expected)
     for (manager, currency), cells in expected.items():
         row = by_manager[(manager, currency)]
         for name, (amount, _) in cells.items():
             assert row[name][0] == format_money(amount, currency)
+            listed = await client.get(row[name][1].replace("&amp;", "&"))
+            numbers = set(re.findall(r">(INV-\d{4}-\d{6})<", listed.text))
+            assert numbers == {inv.number for inv in owed_by(d, manager, managers)
+                               if inv.currency == currency and bucket(invoice_json(inv, "")["dueDate"], today) == name}
 
 
 async def test_the_managers_page_lists_what_to_chase(world):
