@@ -1,20 +1,28 @@
 """How fast one worker process applies events, against arq's own ceiling (issue 5).
 
-    .venv/bin/python bench/worker.py [--events 3000] [--repeat 3]
+    .venv/bin/python bench/worker.py [--events 3000] [--repeat 3] [--workers 1 --workers 2] [--pgbouncer]
 
 In one run: arq's drain rate of no-op jobs, then the worker's rate of applying real events
 (finalize then pay, distinct invoices, a tenth of them delivered twice under a fresh job id)
 to PostgreSQL and to SQLite, one event per transaction ("single") and the events of
 concurrent jobs in one transaction ("batched", the default). Every run queues its jobs in the
-receiver's format to a private queue, then times a burst worker in a separate process, with
-the settings `vinr-recon worker` uses, from the end of its start-up to the empty queue. Each
-delivery counts as an event, duplicates included. Prints the median of `--repeat` rounds.
+receiver's format to a private queue, then times burst workers in separate processes, with
+the settings `vinr-recon worker` uses, from the end of their start-up (they wait for each
+other) to the empty queue. Each delivery counts as an event, duplicates included. Prints the
+median of `--repeat` rounds.
+
+`--workers N` (repeatable) runs each PostgreSQL phase with N worker processes on the one
+database: the events per second one PostgreSQL sustains with two workers against one (issue 22).
+`--pgbouncer` adds the PostgreSQL phases through a private PgBouncer in transaction pooling
+mode (`?pgbouncer=transaction`: no statement cache), started from Debian's package as the
+postgres user.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -92,7 +100,7 @@ async def forget(queue: str, tag: str) -> None:
         keys = [key async for key in redis.scan_iter(match=f"arq:*{tag}*", count=5000)]
         for start in range(0, len(keys), 1000):
             await redis.delete(*keys[start:start + 1000])
-        await redis.delete(queue)
+        await redis.delete(queue, f"{queue}:started")
     finally:
         await redis.aclose()
 
@@ -104,9 +112,10 @@ async def noop(ctx, event_id, event_type, body, headers, received_at, **kwargs) 
     return "applied"
 
 
-def child(database_url: str, queue: str, mode: str) -> None:
-    """Drain `queue` with a burst worker; print its jobs, failures, seconds, CPU seconds and mean
-    batch (events per transaction) as JSON on stdout."""
+def child(database_url: str, queue: str, mode: str, workers: str = "1") -> None:
+    """Drain `queue` with a burst worker, once `workers` of them have started; print its jobs,
+    failures, start and end (wall clock), CPU seconds and mean batch (events per transaction)
+    as JSON on stdout."""
     import warnings
 
     from arq.worker import func
@@ -126,7 +135,12 @@ def child(database_url: str, queue: str, mode: str) -> None:
 
     async def timed_startup(ctx):
         await startup(ctx)
-        started["at"], started["cpu"] = time.perf_counter(), time.process_time()
+        # Every worker of the run starts draining together: the clock starts when all are up.
+        barrier = f"{queue}:started"
+        await ctx["redis"].incr(barrier)
+        while int(await ctx["redis"].get(barrier) or 0) < int(workers):
+            await asyncio.sleep(0.005)
+        started["at"], started["wall"], started["cpu"] = time.perf_counter(), time.time(), time.process_time()
 
     async def main():
         worker = Worker(**{**options, "on_startup": timed_startup}, handle_signals=False)
@@ -140,26 +154,40 @@ def child(database_url: str, queue: str, mode: str) -> None:
                 await worker.close()
         batcher = worker.ctx.get("batcher")
         batch = batcher.events / batcher.transactions if batcher and batcher.transactions else 1
-        print(json.dumps({"jobs": worker.jobs_complete, "failed": worker.jobs_failed, "seconds": seconds,
-                          "cpu": cpu, "batch": batch}))
+        print(json.dumps({"jobs": worker.jobs_complete, "failed": worker.jobs_failed,
+                          "retried": worker.jobs_retried, "seconds": seconds,
+                          "start": started["wall"], "end": started["wall"] + seconds, "cpu": cpu, "batch": batch}))
 
     asyncio.run(main())
 
 
-def drain(database_url: str, queue: str, mode: str, profile: str | None) -> dict:
-    command = [sys.executable]
-    if profile:
-        command += ["-m", "cProfile", "-o", profile]
-    command += [__file__, "--child", database_url, queue, mode]
+def drain(database_url: str, queue: str, mode: str, profile: str | None, workers: int = 1) -> dict:
+    """Drain `queue` with `workers` processes together; their jobs, failures, seconds from the
+    first start to the last end, CPU seconds (summed) and mean batch."""
+    runs = []
     # The log goes to a file, as a log shipper would take it: a pipe read here would compete
     # with the worker for the CPU it measures.
-    with tempfile.TemporaryFile("w+") as log:
-        done = subprocess.run(command, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT,
-                              stdin=subprocess.DEVNULL)
-        if done.returncode:
-            log.seek(0)
-            raise SystemExit(f"worker failed:\n{log.read()[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    with contextlib.ExitStack() as stack:
+        for n in range(workers):
+            command = [sys.executable]
+            if profile:
+                command += ["-m", "cProfile", "-o", f"{profile}.w{n}"]
+            command += [__file__, "--child", database_url, queue, mode, str(workers)]
+            log = stack.enter_context(tempfile.TemporaryFile("w+"))
+            runs.append((subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT,
+                                          stdin=subprocess.DEVNULL), log))
+        results = []
+        for process, log in runs:
+            out, _ = process.communicate()
+            if process.returncode:
+                log.seek(0)
+                raise SystemExit(f"worker failed:\n{log.read()[-3000:]}")
+            results.append(json.loads(out.strip().splitlines()[-1]))
+    jobs = sum(r["jobs"] for r in results)
+    return {"jobs": jobs, "failed": sum(r["failed"] for r in results), "retried": sum(r["retried"] for r in results),
+            "seconds": max(r["end"] for r in results) - min(r["start"] for r in results),
+            "cpu": sum(r["cpu"] for r in results),
+            "batch": sum(r["batch"] * r["jobs"] for r in results) / jobs if jobs else 1}
 
 
 # --- The databases ---------------------------------------------------------------------------
@@ -223,14 +251,14 @@ async def check(url: str, events: int) -> None:
 # --- The run ----------------------------------------------------------------------------------
 
 
-def measure(name: str, url: str, mode: str, events: int, attempt: int, profile: str | None) -> float:
-    """One timed drain of `events` (plus duplicates) by a fresh worker; its events per second."""
+def measure(name: str, url: str, mode: str, events: int, attempt: int, profile: str | None, workers: int = 1) -> float:
+    """One timed drain of `events` (plus duplicates) by fresh workers; their events per second."""
     tag = uuid.uuid4().hex[:12]
     queue = f"arq:queue:bench_{tag}"
     jobs = real_jobs(tag, events)
     asyncio.run(enqueue(queue, jobs))
     try:
-        run = drain(url, queue, mode, profile and f"{profile}.{name.replace(' ', '-')}.{attempt}")
+        run = drain(url, queue, mode, profile and f"{profile}.{name.replace(' ', '-')}.{attempt}", workers)
     finally:
         asyncio.run(forget(queue, tag))
     if mode != "noop":
@@ -238,8 +266,8 @@ def measure(name: str, url: str, mode: str, events: int, attempt: int, profile: 
         reset(url)
     assert run["jobs"] == len(jobs) and run["failed"] == 0, run
     rate = run["jobs"] / run["seconds"]
-    print(f"  {name:<19} run {attempt + 1}: {rate:5.0f} events/s, worker busy {run['cpu'] / run['seconds']:4.0%} "
-          f"of a core, {run['batch']:4.1f} events per transaction", file=sys.stderr)
+    print(f"  {name:<30} run {attempt + 1}: {rate:5.0f} events/s, workers busy {run['cpu'] / run['seconds']:4.0%} "
+          f"of a core, {run['batch']:4.1f} events per transaction, {run['retried']} jobs retried", file=sys.stderr)
     return rate
 
 
@@ -250,48 +278,80 @@ def main() -> None:
     parser.add_argument("--only", choices=["noop", "postgresql", "sqlite"], action="append")
     parser.add_argument("--mode", choices=["single", "batched"], action="append",
                         help="one event per transaction, or the events of concurrent jobs together (default both)")
+    parser.add_argument("--workers", type=int, action="append",
+                        help="worker processes per no-op and PostgreSQL phase (repeatable; default 1)")
+    parser.add_argument("--pgbouncer", action="store_true",
+                        help="also run the PostgreSQL phases through a private PgBouncer (transaction pooling)")
     parser.add_argument("--profile", metavar="PREFIX", help="cProfile each worker into PREFIX.<phase>.<run>")
     args = parser.parse_args()
+    counts = args.workers or [1]
 
     from ledger.migrate import upgrade
 
     pg_name = f"vinr_bench_{uuid.uuid4().hex[:12]}"
     pg_url = f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{pg_name}"
     tmp = Path(tempfile.mkdtemp(prefix="vinr-bench-"))
-    phases = [("no-op", f"sqlite:///{tmp / 'noop.db'}", "noop", "noop")] + [
-        (f"{backend} {mode}", url, mode, backend)
-        for backend, url in [("postgresql", pg_url), ("sqlite", f"sqlite:///{tmp / 'ledger.db'}")]
-        for mode in ("single", "batched")
-    ]
-    phases = [p for p in phases if not (args.only and p[3] not in args.only)
-              and not (args.mode and p[2] != "noop" and p[2] not in args.mode)]
-    asyncio.run(pg_admin(f'CREATE DATABASE "{pg_name}"'))
-    rates: dict[str, list[float]] = {name: [] for name, *_ in phases}
-    try:
-        for url in {url for _, url, _, _ in phases}:
-            upgrade(url)
-        # Round after round of every phase, so that each sees the same share of the machine's moods.
-        for attempt in range(args.repeat):
-            for name, url, mode, _ in phases:
-                rates[name].append(measure(name, url, mode, args.events, attempt, args.profile))
-    finally:
-        asyncio.run(pg_admin(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)'))
-        shutil.rmtree(tmp, ignore_errors=True)
+    with contextlib.ExitStack() as stack:
+        backends = [("postgresql", pg_url)]
+        if args.pgbouncer:
+            backends.append(("pgbouncer", through_pgbouncer(stack, pg_url)))
+        backends.append(("sqlite", f"sqlite:///{tmp / 'ledger.db'}"))
+        phases = [(_name("no-op", n), f"sqlite:///{tmp / 'noop.db'}", "noop", "noop", n) for n in counts] + [
+            (_name(f"{backend} {mode}", n), url, mode, "sqlite" if backend == "sqlite" else "postgresql", n)
+            for backend, url in backends
+            for mode in ("single", "batched")
+            for n in (counts if backend != "sqlite" else [1])  # SQLite has one writer
+        ]
+        phases = [p for p in phases if not (args.only and p[3] not in args.only)
+                  and not (args.mode and p[2] != "noop" and p[2] not in args.mode)]
+        asyncio.run(pg_admin(f'CREATE DATABASE "{pg_name}"'))
+        rates: dict[str, list[float]] = {name: [] for name, *_ in phases}
+        try:
+            for url in {url for _, url, _, _, _ in phases}:
+                upgrade(url)
+            # Round after round of every phase, so that each sees the same share of the machine's moods.
+            for attempt in range(args.repeat):
+                for name, url, mode, _, workers in phases:
+                    rates[name].append(measure(name, url, mode, args.events, attempt, args.profile, workers))
+        finally:
+            asyncio.run(pg_admin(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)'))
+            shutil.rmtree(tmp, ignore_errors=True)
 
     from worker.defaults import BATCH_LINGER, MAX_JOBS, POLL_DELAY
 
     jobs = args.events + args.events // int(1 / DUPLICATE_SHARE)
-    print(f"\none worker process, max_jobs={MAX_JOBS}, poll_delay={POLL_DELAY}s, batch linger={BATCH_LINGER}s; "
-          f"{jobs} events per run ({args.events} + {jobs - args.events} duplicates); median of {args.repeat}\n")
-    print(f"{'phase':<20}{'events/s':>9}{'x no-op':>9}")
+    print(f"\nworker processes with max_jobs={MAX_JOBS}, poll_delay={POLL_DELAY}s, batch linger={BATCH_LINGER}s; "
+          f"{jobs} events per run ({args.events} + {jobs - args.events} duplicates); median of {args.repeat}; "
+          f"{os.cpu_count()} cores\n")
+    print(f"{'phase':<34}{'events/s':>9}{'x no-op':>9}")
+    noop = _name("no-op", 1)
     for name, runs in rates.items():
         rate = statistics.median(runs)
-        ratio = f"{rate / statistics.median(rates['no-op']):.2f}" if "no-op" in rates else "-"
-        print(f"{name:<20}{rate:>9.0f}{ratio:>9}")
+        ratio = f"{rate / statistics.median(rates[noop]):.2f}" if noop in rates else "-"
+        print(f"{name:<34}{rate:>9.0f}{ratio:>9}")
+
+
+def _name(phase: str, workers: int) -> str:
+    return phase if workers == 1 else f"{phase}, {workers} workers"
+
+
+def through_pgbouncer(stack: contextlib.ExitStack, url: str) -> str:
+    """`url` through a private PgBouncer in transaction pooling mode (closed with `stack`)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from pg_support import owned_by_service_user, pgbouncer
+    from sqlalchemy.engine import make_url
+
+    folder = Path(tempfile.mkdtemp(prefix="vinr-bench-pgbouncer-"))
+    owned_by_service_user(folder)
+    stack.callback(shutil.rmtree, folder, ignore_errors=True)
+    # As many server connections as a worker's engine holds (pool 10 + overflow 10), per worker.
+    port = stack.enter_context(pgbouncer(folder / "pgbouncer", make_url(url).port or 5432, pool_size=20))
+    return (make_url(url).set(host="127.0.0.1", port=port).update_query_dict({"pgbouncer": "transaction"})
+            .render_as_string(hide_password=False))
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
-        child(*sys.argv[2:5])
+        child(*sys.argv[2:6])
     else:
         main()
