@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import insert
 
 from conftest import API_TOKEN
-from ledger.tables import Customer
+from ledger.tables import Customer, InvoicePosition
 from receiver.app import create_app
 from receiver_support import served
 from reconcile_support import deployment
@@ -242,3 +242,29 @@ async def test_the_managers_page_lists_what_to_chase(world):
     declined = next(i for i in chase if d.state.invoice(i).last_payment_error)
     assert "payment failed" in re.search(rf'<tr id="work-{declined}">(.*?)</tr>', worklist, re.S).group(1)
     assert (await client.get("/dashboard/managers/nobody@x.example")).status_code == 200
+
+
+async def test_a_bucket_of_more_than_a_page_pages_within_the_bucket(ledger_settings, ledger_engine):
+    """The invoice list's pager and search keep the aging filter: page 2 of a bucket is still it."""
+    now = int(time.time())
+    def owed(invoice_id, number, amount, created, due_date):
+        return dict(invoice_id=invoice_id, customer="cus_many", number=number, status="open", currency="EUR",
+                    total=amount, amount_paid=0, amount_due=amount, version=1, created=created, due_date=due_date,
+                    account_manager=None)
+
+    rows = [owed(f"in_page_{n:03d}", f"INV-2026-{n:06d}", 100 + n, now - 90 * DAY + n, now - 45 * DAY)
+            for n in range(60)]
+    rows.append(owed("in_page_other", "INV-2026-000999", 5, now, now - 5 * DAY))  # 1-30 days: another bucket
+    async with ledger_engine.begin() as conn:
+        await conn.execute(insert(InvoicePosition.__table__), rows)
+    async with served(create_app(ledger_settings)) as client:
+        await sign_in(client)
+        first = await client.get("/dashboard/invoices?aging=days31to60&currency=EUR")
+        assert "60 invoices" in first.text and "31–60 days past due" in first.text
+        following = re.search(r'<a rel="next" href="([^"]+)"', first.text).group(1).replace("&amp;", "&")
+        second = await client.get(following)
+        numbers = set(re.findall(r">(INV-\d{4}-\d{6})<", second.text))
+        assert len(numbers) == 10 and "INV-2026-000999" not in numbers
+        # A search within the bucket finds only its invoices.
+        searched = await client.get("/dashboard/invoices?aging=days31to60&currency=EUR&q=INV-2026-000999")
+        assert "0 invoices" in searched.text
