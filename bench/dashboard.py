@@ -367,19 +367,31 @@ def main() -> int:
 
 
 def _export_run(database_url: str, start, end) -> tuple[float, int, int]:
-    """`vinr-recon export journal` as its own process: seconds, bytes written, its peak RSS (KiB)."""
+    """`vinr-recon export journal` as its own process: seconds, bytes written, its peak RSS (KiB).
+
+    The peak is the child's own VmHWM, read from /proc while it runs (it only grows): getrusage
+    would count the pages the child shared with this bench, which holds the whole ledger, before
+    its exec."""
     command = [str(Path(sys.executable).with_name("vinr-recon")), "export", "journal", "--from", str(start),
                "--to", str(end)]
     env = {"PATH": os.environ["PATH"], "DATABASE_URL": database_url, "LOG_LEVEL": "WARNING"}
+    status = None
     with tempfile.TemporaryFile() as out:
         t = time.perf_counter()
         child = subprocess.Popen(command, stdout=out, env=env)
-        _, status, usage = os.wait4(child.pid, 0)
+        peak = 0
+        while child.poll() is None:
+            try:
+                text = Path(f"/proc/{child.pid}/status").read_text()
+                peak = max(peak, int(re.search(r"VmHWM:\s+(\d+)", text).group(1)))
+            except (OSError, AttributeError):
+                pass  # between fork and exec, or just exited
+            time.sleep(0.02)
         elapsed = time.perf_counter() - t
-        child.returncode = os.waitstatus_to_exitcode(status)
-        assert child.returncode == 0, f"export exited {child.returncode}"
+        status = child.returncode
+        assert status == 0, f"export exited {status}"
         size = out.seek(0, os.SEEK_END)
-    return elapsed, size, usage.ru_maxrss  # KiB on Linux
+    return elapsed, size, peak
 
 
 def measure_export(database_url: str, ids: dict) -> None:
