@@ -27,6 +27,8 @@ positions = InvoicePosition.__table__
 received = ReceivedEvent.__table__
 
 SECONDS_PER_DAY = 86_400
+# (account, direction) -> what the chart calls it
+CHARTED = {("revenue", "credit"): "invoiced", ("vinr_clearing", "debit"): "collected"}
 
 
 @dataclass(frozen=True)
@@ -51,22 +53,28 @@ async def daily_figures(conn: AsyncConnection, first: date, last: date) -> dict[
     until = since + timedelta(days=(last - first).days + 1)
     figures: dict[tuple[str, date], dict[str, int]] = {}
 
-    day = _day_of_timestamp(conn, entries.c.effective_at).label("day")
-    moved = await conn.execute(
-        select(day, postings.c.currency, postings.c.account, func.sum(postings.c.amount))
-        .select_from(entries.join(postings, postings.c.entry_id == entries.c.id))
-        .where(entries.c.effective_at >= since, entries.c.effective_at < until,
-               # revenue credited (invoiced) or clearing debited (collected)
-               ((postings.c.account == "revenue") & (postings.c.direction == "credit"))
-               | ((postings.c.account == "vinr_clearing") & (postings.c.direction == "debit")))
-        .group_by(day, postings.c.currency, postings.c.account)
+    # The window's entries first, then their postings by entry id: left to itself, SQLite walks
+    # every revenue and clearing posting of all time and looks each entry up (15x slower here).
+    window = (
+        select(entries.c.id, _day_of_timestamp(conn, entries.c.effective_at).label("day"))
+        .where(entries.c.effective_at >= since, entries.c.effective_at < until)
+        .cte("chart_window").prefix_with("MATERIALIZED")
     )
-    for text, currency, account, amount in moved:
-        what = "invoiced" if account == "revenue" else "collected"
-        figures.setdefault((currency, date.fromisoformat(str(text)[:10])), {})[what] = int(amount)
+    # No condition on the postings themselves: one would let SQLite pick their account index and
+    # walk all of history; every account and direction of the window is summed, and two kept.
+    moved = await conn.execute(
+        select(window.c.day, postings.c.currency, postings.c.account, postings.c.direction,
+               func.sum(postings.c.amount))
+        .select_from(window.join(postings, postings.c.entry_id == window.c.id))
+        .group_by(window.c.day, postings.c.currency, postings.c.account, postings.c.direction)
+    )
+    for text, currency, account, direction, amount in moved:
+        what = CHARTED.get((account, direction))
+        if what:
+            figures.setdefault((currency, date.fromisoformat(str(text)[:10])), {})[what] = int(amount)
 
     # Integer division on both databases: the UTC day number since 1970-01-01.
-    epoch_day = (received.c.created / SECONDS_PER_DAY).label("epoch_day")
+    epoch_day = (received.c.created // SECONDS_PER_DAY).label("epoch_day")
     failed = await conn.execute(
         select(epoch_day, positions.c.currency, func.count())
         .select_from(received.join(positions, positions.c.invoice_id == received.c.invoice_id))
@@ -77,7 +85,8 @@ async def daily_figures(conn: AsyncConnection, first: date, last: date) -> dict[
     )
     for number, currency, count in failed:
         day_of = date(1970, 1, 1) + timedelta(days=int(number))
-        figures.setdefault((currency, day_of), {})["failed"] = int(count)
+        slot = figures.setdefault((currency, day_of), {})
+        slot["failed"] = slot.get("failed", 0) + int(count)
 
     days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
     return {
