@@ -108,6 +108,7 @@ async def three_days(settings, engine):
         state.void(v)
         e = new("EUR", 7_000)
         decline(e)
+        now[0] += 3600  # a second failure later that day: one day, two failures
         decline(e)
         t.expected[day] = books(state)
 
