@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
+from typing import TypeVar
 
 import structlog
 from redis.asyncio import Redis
@@ -18,6 +19,8 @@ from receiver.metrics import CONTENT_TYPE, Metrics
 from vinr_recon.redis_connect import primary_answers
 
 log = structlog.get_logger("receiver.health")
+
+T = TypeVar("T")
 
 CHECK_TIMEOUT = 1.0  # seconds per dependency; a probe must answer well before its own timeout
 
@@ -41,18 +44,22 @@ def _forget(task: asyncio.Task) -> None:
         task.exception()  # retrieved: a probe given up on has nobody left to tell
 
 
-async def _database_answers(engine: AsyncEngine) -> None:
-    """`SELECT 1` answers. Given up on (the check's timeout cancels this), the query is cancelled
-    in the background, not waited for: its cleanup is a rollback that, behind PgBouncer with no
-    server to give it, waits as long as the query did, and the probe would answer late."""
-    task = asyncio.ensure_future(_select_one(engine))
+async def _let_go_when_given_up(query: Awaitable[T]) -> T:
+    """`query`'s answer. Given up on (a timeout cancels this), the query is cancelled in the
+    background, not waited for: its cleanup is a rollback that, behind PgBouncer with no server
+    to give it, waits as long as the query did, and the probe would answer that much later."""
+    task = asyncio.ensure_future(query)
     try:
-        await asyncio.shield(task)
+        return await asyncio.shield(task)
     finally:
         if not task.done():
             task.cancel()
             _abandoned.add(task)
             task.add_done_callback(_forget)
+
+
+async def _database_answers(engine: AsyncEngine) -> None:
+    await _let_go_when_given_up(_select_one(engine))
 
 
 async def _check(name: str, probe: Awaitable[object]) -> str | None:
@@ -102,7 +109,7 @@ async def metrics(request: Request) -> Response:
         depth = float("nan")
     registry.queue_depth.set(depth)
     try:
-        counts = await asyncio.wait_for(_count_dead(request.state.engine), CHECK_TIMEOUT)
+        counts = await asyncio.wait_for(_let_go_when_given_up(_count_dead(request.state.engine)), CHECK_TIMEOUT)
     except Exception as exc:
         log.warning("dead counts unavailable", error=type(exc).__name__)
         counts = {"events": float("nan"), "notices": float("nan")}

@@ -262,6 +262,9 @@ async def test_a_postgresql_restart_is_ridden_out_and_readyz_reports_it(settings
                 status, seconds, answer = await readyz_status(receiver)
                 assert status == 503 and answer["failed"] == ["database"], answer
                 assert seconds < CHECK_TIMEOUT + 1.5  # at its deadline, not after the driver gives up
+                started = time.monotonic()
+                scraped = await receiver.get("/metrics")  # what is dead: unknown (NaN), and said in time
+                assert scraped.status_code == 200 and time.monotonic() - started < CHECK_TIMEOUT + 1.5
                 await asyncio.sleep(3)  # the worker meets the outage: its tries fail meanwhile
                 await asyncio.to_thread(server.start)
 
