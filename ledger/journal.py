@@ -16,13 +16,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, time, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ledger.cells import csv_cell
 from ledger.tables import InvoicePosition, JournalEntry, Posting
 
 entries = JournalEntry.__table__
@@ -88,21 +88,6 @@ async def journal_rows(conn: AsyncConnection, start: date, end: date) -> AsyncIt
 
 
 # --- encodings ---------------------------------------------------------------------------------
-
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-_INTEGER = re.compile(r"-?\d+")
-
-
-def csv_cell(value) -> str:
-    """A cell a spreadsheet shows and never evaluates (ids come from VINR, so from anyone): text
-    starting with `= + - @`, a tab or a CR gets a leading `'`. Same rule as reconcile.report's."""
-    if value is None:
-        return ""
-    text = value if isinstance(value, str) else str(value)
-    if text.startswith(_FORMULA_STARTS) and not _INTEGER.fullmatch(text):
-        return "'" + text
-    return text
-
 
 async def csv_chunks(rows: AsyncIterator[dict]) -> AsyncIterator[str]:
     """The header line, then the rows as CSV, CHUNK_ROWS at a time."""

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import csv
-import re
 from datetime import UTC
 from typing import IO
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ledger.cells import csv_cell
 from ledger.money import field_amount
 from ledger.tables import Finding, InvoicePosition, ReconciliationRun
 
@@ -20,23 +20,6 @@ positions = InvoicePosition.__table__
 # The minor units as found, then the same amounts for people (blank where the field is no amount).
 CSV_COLUMNS = ("run_id", "invoice_id", "category", "field", "ledger_value", "vinr_value", "currency",
                "ledger_amount", "vinr_amount", "corrected", "entry_ids")
-
-
-# What a spreadsheet takes for the start of a formula (OWASP, CSV injection); an integer (an
-# amount, `-5000`) is a number there, not a formula, and stays one.
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-_INTEGER = re.compile(r"-?[0-9]+")
-
-
-def csv_cell(value) -> str:
-    """`value` as a CSV cell that a spreadsheet shows and never evaluates: text that starts with
-    `= + - @`, a tab or a CR gets a leading `'`; anything else is its `str` (None: empty)."""
-    if value is None:
-        return ""
-    text = value if isinstance(value, str) else str(value)
-    if text.startswith(FORMULA_STARTS) and not _INTEGER.fullmatch(text):
-        return "'" + text
-    return text
 
 
 def _iso(value) -> str | None:

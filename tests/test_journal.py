@@ -22,7 +22,8 @@ import pytest
 
 from conftest import API_TOKEN
 from journal_support import three_days
-from ledger.journal import COLUMNS, csv_cell, period
+from ledger.cells import csv_cell
+from ledger.journal import COLUMNS, period
 from receiver.app import create_app
 from receiver_support import served
 
