@@ -158,6 +158,10 @@ class ChaosConfig:
     hosts: bool = False
     min_replicas: int = 1  # REDIS_MIN_REPLICAS of the receivers
     partition_seconds: float = 10.0  # a worker host cut off from the database this long
+    # What happens to the Redis primary: "kill" (SIGKILL), or "isolate" (cut off from its replica
+    # and the Sentinels, not from the service, until `isolate_seconds` after the promotion).
+    redis_fault: str = "kill"
+    isolate_seconds: float = 3.0
 
 
 @dataclass
@@ -1334,6 +1338,38 @@ server_login_retry = 1
         self.start_redis_node(victim, replica_of=other)
         return f"SIGKILL Redis primary {victim}: Sentinel promoted {other} after {promoted:.1f} s, {victim} back as its replica"
 
+    async def isolate_redis_primary(self) -> str:
+        """Split brain: the primary loses its replica and the Sentinels but not the receivers and
+        workers, who keep writing to it while the Sentinels promote the replica. On healing, the
+        Sentinels make the old primary a replica of the new one, and it drops what it took alone."""
+        victim = self.primary
+        other = "redis-b" if victim == "redis-a" else "redis-a"
+        self.crashes.append(time.monotonic())
+        started = time.monotonic()
+        cut = [self.host(other), *(self.host(f"sentinel-{n}") for n in (1, 2, 3))]
+        self.host(victim).partition(peers=cut)
+        try:
+            promoted_ip = self.host(other).ip
+            await self._wait("Sentinel's promotion of the replica",
+                             lambda: all(v == promoted_ip for v in self.sentinel_views()), 30)
+            promoted = time.monotonic() - started
+            self.primary = other
+            await asyncio.sleep(self.cfg.isolate_seconds)
+        finally:
+            self.host(victim).heal()
+        import redis as sync_redis
+
+        def demoted() -> bool:
+            client = sync_redis.Redis(host=self.host(victim).ip, port=REDIS_PORT, socket_timeout=0.5)
+            try:
+                return client.info("replication")["role"] == "slave"
+            finally:
+                client.close()
+        await self._wait(f"{victim} back as a replica", demoted, 30)
+        return (f"Redis primary {victim} cut off from its replica and the Sentinels (not from the service): "
+                f"Sentinel promoted {other} after {promoted:.1f} s, healed {self.cfg.isolate_seconds:g} s later, "
+                f"{victim} made its replica")
+
     async def restart_postgres(self) -> str:
         child = self.pg
         self.killed.add(child.popen.pid)
@@ -1365,7 +1401,7 @@ server_login_retry = 1
                 self.kill_worker(1)
                 what = "SIGKILL worker-1 (started again)"
             elif name == "redis":
-                what = await self.kill_redis_primary()
+                what = await (self.isolate_redis_primary() if self.cfg.redis_fault == "isolate" else self.kill_redis_primary())
             elif name == "partition":
                 what = await self.partition_worker(self.cfg.workers)
             else:
@@ -1594,6 +1630,10 @@ def main() -> int:
                              "Redis with a replica and three Sentinels, PgBouncer, two receivers; a Redis primary "
                              "SIGKILLed, a worker host cut off from the database, PostgreSQL restarted")
     parser.add_argument("--min-replicas", type=int, default=1, help="--hosts: the receivers' REDIS_MIN_REPLICAS")
+    parser.add_argument("--redis-fault", choices=("kill", "isolate"), default="kill",
+                        help="--hosts: SIGKILL the Redis primary, or cut it off from its replica and the Sentinels "
+                             "but not from the service (split brain) until --isolate-seconds after the promotion")
+    parser.add_argument("--isolate-seconds", type=float, default=3.0)
     parser.add_argument("--partition-seconds", type=float, default=10.0,
                         help="--hosts: how long a worker host is cut off from the database")
     parser.add_argument("--keep", action="store_true", help="keep the logs (the database is dropped anyway)")
@@ -1605,7 +1645,8 @@ def main() -> int:
                       redis_restarts=redis_restarts, job_timeout=args.job_timeout, log_level=args.log_level,
                       settle_timeout=args.settle_timeout, live=args.live, live_seconds=args.live_seconds,
                       reconcile_pause=args.reconcile_pause, list_latency=args.list_latency, keep=args.keep,
-                      hosts=args.hosts, min_replicas=args.min_replicas, partition_seconds=args.partition_seconds)
+                      hosts=args.hosts, min_replicas=args.min_replicas, partition_seconds=args.partition_seconds,
+                      redis_fault=args.redis_fault, isolate_seconds=args.isolate_seconds)
     if args.hosts and args.live:
         parser.error("--hosts runs the usual scenario, not --live")
     folder = Path(tempfile.mkdtemp(prefix="vinr-recon-chaos-"))
