@@ -10,6 +10,7 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from pydantic import SecretStr
 
 from conftest import API_TOKEN
 from ledger.customers import (
@@ -29,6 +30,7 @@ from vinr.events import Invoice
 from vinr.sandbox.errors import CardError
 from vinr.sandbox.state import CARD_DECLINED
 from lifecycles import snapshot
+from notify_support import SmtpSink, smtp_certificate, wait_for
 
 T = datetime(2026, 12, 1, tzinfo=UTC)
 
@@ -149,3 +151,44 @@ async def test_a_refresh_asks_vinr_once_per_customer_up_to_its_bound(ledger_sett
         async with ledger_engine.connect() as conn:
             names = await names_for(conn, ids)
         assert [names[i].name for i in ids] == [f"Customer {n}" for n in range(5)]
+
+
+# --- alerts --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def smtp(monkeypatch):
+    # The sink offers STARTTLS with a self-signed certificate, trusted through SSL_CERT_FILE.
+    monkeypatch.setenv("SSL_CERT_FILE", smtp_certificate())
+    sink = SmtpSink()
+    sink.start()
+    yield sink
+    sink.stop()
+
+
+async def test_an_alert_email_names_the_customer_from_the_ledgers_copy(ledger_settings, ledger_engine, smtp):
+    # The worker has no VINR key: only the ledger's copy can name the customer, and name its
+    # account manager as the recipient (the invoice names none).
+    settings = ledger_settings.model_copy(update={
+        "smtp_url": SecretStr(smtp.url), "alert_email_from": "vinr-recon@merchant.example",
+        "alert_default_recipient": "finance@merchant.example"})
+    async with deployment(settings, ledger_engine) as d:
+        d.state.customer(d.customer).metadata["accountManager"] = "jana@merchant.example"
+        d.new_open(10_000)
+        await d.settle()
+        report = await Reconciler(ledger_engine, d.client).run()
+        await refresh_swept_customers(d.client, ledger_engine, report.window_start)
+
+        inv = d.state.create_invoice(customer=d.customer, currency="EUR", collection_method="send_invoice",
+                                     days_until_due=14, metadata={})
+        d.state.add_line(inv.id, description="work", quantity=1, unit_amount=45_000)
+        d.state.finalize(inv.id)
+        with pytest.raises(CardError):
+            d.state.pay(inv.id, CARD_DECLINED)
+        await d.settle()
+        await wait_for(lambda: any("Payment failed" in m.message["Subject"] for m in smtp.mails))
+    (mail,) = [m for m in smtp.mails if "Payment failed" in m.message["Subject"]]
+    number = d.state.invoice(inv.id).number
+    assert mail.message["Subject"] == f"Payment failed: {number} (Acme GmbH), EUR 450.00 due"
+    assert f"Acme GmbH ({d.customer}), ap@acme.example" in mail.text
+    assert mail.recipients == ["jana@merchant.example"]

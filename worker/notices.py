@@ -11,8 +11,9 @@ is `undeliverable` at once, with the reason: nothing was tried, so it is no dead
 Delivery is at least once: a worker killed between the send and the commit of `sent` sends again,
 which is why the fulfilment callback carries an idempotency key.
 
-Who gets an alert email: `accountManager` in the invoice's metadata, else in the customer's (read
-from VINR when VINR_API_KEY is set), else ALERT_DEFAULT_RECIPIENT; with none, the email is undeliverable at
+Who gets an alert email: `accountManager` in the invoice's metadata, else in the customer's (the
+ledger's copy, which reconciliation refreshes; read from VINR when there is none and VINR_API_KEY
+is set), else ALERT_DEFAULT_RECIPIENT; with none, the email is undeliverable at
 once (the chat message still goes) and the log says why.
 """
 
@@ -31,6 +32,7 @@ from arq.cron import CronJob, cron
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from ledger.customers import cached_customer
 from ledger.outbox import outbox
 from vinr.client import NotFound, RetryPolicy as ClientRetry, VinrClient, VinrError
 from vinr_recon.jobs import DELIVER_NOTICE, enqueue_notices, notice_job_id, queue_redis
@@ -84,8 +86,10 @@ class Notifier:
             text = text.replace(secret, "[redacted]")
         return text
 
-    async def send(self, channel: str, kind: str, payload: dict[str, Any], key: str | None = None) -> dict[str, Any]:
-        """Deliver one notice (`key`: its outbox key); returns what to log about it. Raises `channels.DeliveryError` (or
+    async def send(self, channel: str, kind: str, payload: dict[str, Any], key: str | None = None,
+                   cached: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Deliver one notice (`key`: its outbox key; `cached`: the ledger's copy of its customer);
+        returns what to log about it. Raises `channels.DeliveryError` (or
         any error) to be tried again, `channels.Undeliverable` when no try can succeed."""
         settings = self.settings
         missing = self.missing(channel)
@@ -96,14 +100,14 @@ class Notifier:
             await channels.post_callback(self._http, settings.fulfilment_url, body, headers)
             return {}
         if channel == "chat":
-            customer = await self._customer(payload, needed=False)
+            customer = cached or await self._customer(payload, needed=False)
             await channels.post_chat(self._http, settings.alert_webhook_url,
                                      render.slack_message(render.render(kind, payload, customer)))
             return {}
         if channel == "email":
             metadata = payload.get("metadata") or {}
             needed = kind in INVOICE_ALERTS and "accountManager" not in metadata
-            customer = await self._customer(payload, needed=needed)
+            customer = cached or await self._customer(payload, needed=needed)
             to = recipient(metadata, customer, settings.alert_default_recipient)
             if to is None:
                 raise channels.Undeliverable(
@@ -160,6 +164,9 @@ async def deliver_notice(ctx: dict[str, Any], notice_id: int) -> str:
     with structlog.contextvars.bound_contextvars(notice_id=notice_id, job_id=ctx.get("job_id")):
         async with ctx["engine"].connect() as conn:
             row = (await conn.execute(select(outbox).where(outbox.c.id == notice_id))).first()
+            # The ledger's copy of the customer (ledger.customers) names it; VINR is asked only without one.
+            cached = (await cached_customer(conn, row.payload.get("customer"))
+                      if row is not None and row.kind in INVOICE_ALERTS else None)
         if row is None:
             log.warning("notice not found")
             return "missing"
@@ -168,7 +175,7 @@ async def deliver_notice(ctx: dict[str, Any], notice_id: int) -> str:
         structlog.contextvars.bind_contextvars(invoice_id=row.invoice_id, kind=row.kind, channel=row.channel)
         try:
             async with asyncio.timeout(policy.attempt_timeout):
-                detail = await notifier.send(row.channel, row.kind, row.payload, row.key)
+                detail = await notifier.send(row.channel, row.kind, row.payload, row.key, cached=cached)
         except channels.Undeliverable as exc:
             error, final = notifier.scrub(str(exc)), True
         except Exception as exc:  # a channel down, a timeout, a bug: tried again
