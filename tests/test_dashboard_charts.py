@@ -55,3 +55,19 @@ async def test_the_overviews_bars_are_the_days_amounts(ledger_settings, ledger_e
     invoiced = sum(c["invoiced"] for (_, cur), c in t.per_day.items() if cur == "EUR")
     assert f"invoiced EUR {invoiced / 100:,.2f}" in " ".join(eur.split())
     assert "3 failed payments" in " ".join(eur.split())
+
+
+async def test_the_charts_are_redrawn_at_most_once_a_minute_and_say_when(ledger_engine):
+    """The overview keeps its charts a minute (their query reads 90 days of postings)."""
+    from datetime import date
+
+    from receiver.dashboard.activity import ActivityCache
+
+    kept, fresh = ActivityCache(ttl=60), ActivityCache(ttl=0)
+    async with ledger_engine.connect() as conn:
+        first, drawn = await kept.get(conn, date.today())
+        again, drawn_again = await kept.get(conn, date.today())
+        assert again is first and drawn_again == drawn
+        _, one = await fresh.get(conn, date.today())
+        _, two = await fresh.get(conn, date.today())
+        assert two >= one and (await fresh.get(conn, date.today()))[0] is not (await fresh.get(conn, date.today()))[0]

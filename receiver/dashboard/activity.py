@@ -3,6 +3,8 @@ receiver.dashboard.charts), with each window's totals in words beside the pictur
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import date, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -31,3 +33,26 @@ async def activity(conn: AsyncConnection, today: date) -> list[dict]:
             })
         out.append({"currency": currency, "charts": charts})
     return out
+
+
+class ActivityCache:
+    """The charts of one dashboard, kept for `ttl` seconds: their query reads every posting of 90
+    days (about 0.3 s at 100,000 invoices), and a picture of days need not be newer than a minute
+    to be read. The page says when the charts were drawn. One query at a time refills it."""
+
+    def __init__(self, ttl: float = 60.0) -> None:
+        self.ttl = ttl
+        self._kept: tuple[float, date, list[dict], float] | None = None  # (monotonic, day, charts, wall)
+        self._lock = asyncio.Lock()
+
+    async def get(self, conn: AsyncConnection, today: date) -> tuple[list[dict], float]:
+        """(charts, when they were drawn, Unix seconds)."""
+        kept = self._kept
+        if kept is not None and kept[1] == today and time.monotonic() - kept[0] < self.ttl:
+            return kept[2], kept[3]
+        async with self._lock:
+            kept = self._kept
+            if kept is None or kept[1] != today or time.monotonic() - kept[0] >= self.ttl:
+                drawn_at = time.time()
+                kept = self._kept = (time.monotonic(), today, await activity(conn, today), drawn_at)
+        return kept[2], kept[3]

@@ -23,7 +23,7 @@ from ledger.tables import ACCOUNTS
 from ledger.views import invoice_view
 from receiver.api import MAX_ID, MAX_INVOICE_ID, token_matches
 from receiver.dashboard import access, aging, queries
-from receiver.dashboard.activity import activity
+from receiver.dashboard.activity import ActivityCache
 from reconcile.report import write_csv
 from vinr_recon.settings import Settings
 from worker.deadletters import pending, replay
@@ -91,6 +91,7 @@ class Pages:
         self.settings = settings
         self.public_origin = settings.public_origin
         self.templates = make_templates(settings)
+        self.activity = ActivityCache()
 
     def render(self, request: Request, name: str, code: int = 200, headers: dict | None = None,
                **context) -> Response:
@@ -159,9 +160,10 @@ class Pages:
             failed_count, failed = await queries.failed_payments(conn, now)
             run = await queries.last_run(conn)
             waiting = await queries.waiting(conn)
-            charts = await activity(conn, now.date())
+            charts, drawn_at = await self.activity.get(conn, now.date())
         return self.render(request, "overview.html", money=money, failed=failed, failed_count=failed_count,
-                           failed_days=queries.FAILED_DAYS, run=run, waiting=waiting, activity=charts)
+                           failed_days=queries.FAILED_DAYS, run=run, waiting=waiting, activity=charts,
+                           activity_drawn_at=datetime.fromtimestamp(drawn_at, UTC))
 
     async def invoices(self, request: Request) -> Response:
         params = request.query_params
