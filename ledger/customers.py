@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, or_, select
+from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -112,6 +112,16 @@ def with_customer_names(query: Select, customer_id: ColumnElement) -> Select:
     holds its id. One outer join on the customers' key: a page of rows stays a page."""
     return query.outerjoin(customers, customers.c.id == customer_id).add_columns(
         customers.c.name.label("customer_name"), customers.c.email.label("customer_email"))
+
+
+async def customers_named(conn: AsyncConnection, text: str, limit: int = 50) -> list[str]:
+    """The ids of the customers whose name or email is `text`, ignoring case (at most `limit`)."""
+    wanted = text.strip().lower()
+    if not wanted:
+        return []
+    return list((await conn.scalars(
+        select(customers.c.id).where(or_(func.lower(customers.c.name) == wanted, func.lower(customers.c.email) == wanted))
+        .order_by(customers.c.id).limit(limit))).all())
 
 
 async def account_manager_of(conn: AsyncConnection, customer_id: str | None) -> str | None:

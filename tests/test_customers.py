@@ -134,6 +134,11 @@ async def test_after_a_reconciliation_the_dashboard_names_the_customer(ledger_se
             await refresh_swept_customers(d.client, ledger_engine, report.window_start)
             listed = (await dashboard.get("/dashboard/invoices")).text
             assert "Acme Holding AG" in customer_cell(listed, invoice_id) and "Acme GmbH" not in listed
+            # Found by its name or email, whatever the case (one match: straight to the invoice).
+            for q in ("acme holding ag", "AP@acme.example"):
+                found = await dashboard.get("/dashboard/invoices", params={"q": q})
+                assert found.status_code == 303 and found.headers["location"].endswith(f"/invoices/{invoice_id}")
+            assert "No invoice." in (await dashboard.get("/dashboard/invoices", params={"q": "Acme GmbH"})).text
 
 
 async def test_a_refresh_asks_vinr_once_per_customer_up_to_its_bound(ledger_settings, ledger_engine):

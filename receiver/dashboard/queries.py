@@ -8,7 +8,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.book import trial_balance
-from ledger.customers import CustomerName, names_for, with_customer_names
+from ledger.customers import CustomerName, customers_named, names_for, with_customer_names
 from ledger.tables import DeadLetter, Finding, InvoicePosition, Notice, ReceivedEvent, ReconciliationRun
 
 positions = InvoicePosition.__table__
@@ -72,10 +72,13 @@ async def waiting(conn: AsyncConnection) -> dict[str, int]:
     return {"letters": letters_waiting, "notices": notices_dead}
 
 
-def _invoice_filter(q: str, status: str | None, narrowed=None):
+async def _invoice_filter(conn: AsyncConnection, q: str, status: str | None, narrowed=None):
     where = [positions.c.status.is_not(None)] + ([narrowed] if narrowed is not None else [])
     if q:
-        where.append(or_(positions.c.invoice_id == q, positions.c.number == q, positions.c.customer == q))
+        # A customer's name or email is looked up first, so the list is by the customer index.
+        named = await customers_named(conn, q)
+        where.append(or_(positions.c.invoice_id == q, positions.c.number == q, positions.c.customer == q,
+                         *([positions.c.customer.in_(named)] if named else [])))
     if status:
         where.append(positions.c.status == status)
     return and_(*where)
@@ -86,8 +89,9 @@ async def invoices(conn: AsyncConnection, q: str, status: str | None, page: int,
     """One page of invoices, newest first (VINR's `created`), and whether another follows.
 
     Limit/offset over (status, created, invoice_id) and (created, invoice_id); a search matches an
-    id, a number or a customer exactly, each through its own index. Each row carries its
-    customer's name and email (`customer_name`, `customer_email`) when the ledger has them.
+    id, a number or a customer (its id, or its name or email ignoring case) exactly, each through
+    its own index. Each row carries its customer's name and email (`customer_name`,
+    `customer_email`) when the ledger has them.
     """
     rows = (await conn.execute(
         with_customer_names(
@@ -95,7 +99,7 @@ async def invoices(conn: AsyncConnection, q: str, status: str | None, page: int,
                    positions.c.currency, positions.c.total, positions.c.amount_paid, positions.c.amount_due,
                    positions.c.created),
             positions.c.customer)
-        .where(_invoice_filter(q, status, narrowed))
+        .where(await _invoice_filter(conn, q, status, narrowed))
         .order_by(positions.c.created.desc(), positions.c.invoice_id.desc())
         .limit(per_page + 1)
         .offset((page - 1) * per_page)
@@ -105,7 +109,8 @@ async def invoices(conn: AsyncConnection, q: str, status: str | None, page: int,
 
 async def invoice_count(conn: AsyncConnection, q: str, status: str | None, narrowed=None) -> int:
     """`narrowed`: a further clause (an aging cell, ledger.aging.invoice_filter)."""
-    return await conn.scalar(select(func.count()).select_from(positions).where(_invoice_filter(q, status, narrowed)))
+    return await conn.scalar(select(func.count()).select_from(positions)
+                             .where(await _invoice_filter(conn, q, status, narrowed)))
 
 
 async def customer_name(conn: AsyncConnection, customer_id: str | None) -> CustomerName | None:
