@@ -34,7 +34,7 @@ WRITE_EVERY = 200          # answers kept per transaction
 class CustomersRefreshed:
     refreshed: int = 0
     missing: int = 0       # VINR answered 404: the copy, if any, is kept
-    failed: int = 0        # not read (an outage, a refused key): tried again next run
+    failed: int = 0        # not read (an outage, a refused key): tried again next run; 1 if the refresh itself failed
     left: int = 0          # over the limit: next run
 
     def as_dict(self) -> dict[str, int]:
@@ -74,10 +74,17 @@ async def refresh_customers(client: VinrClient, engine: AsyncEngine, ids: Iterab
 async def refresh_swept_customers(client: VinrClient, engine: AsyncEngine, window_start: int | None, *,
                                   limit: int = REFRESH_LIMIT) -> CustomersRefreshed:
     """Refresh the customers of the invoices a run from `window_start` swept (its window's, and
-    the not final ones'), at most `limit`: what a completed, not dry, run calls at its end."""
-    async with engine.connect() as conn:
-        ids = await customers_swept(conn, window_start, limit)
-    return await refresh_customers(client, engine, ids, limit=limit)
+    the not final ones'), at most `limit`: what a completed, not dry, run calls at its end.
+
+    Never raises but for cancellation: the run's outcome is recorded already, and a copy of
+    names that could not be refreshed is only older, never wrong money."""
+    try:
+        async with engine.connect() as conn:
+            ids = await customers_swept(conn, window_start, limit)
+        return await refresh_customers(client, engine, ids, limit=limit)
+    except Exception as exc:
+        log.error("customers not refreshed", error=f"{type(exc).__name__}: {exc}")
+        return CustomersRefreshed(failed=1)
 
 
 async def _keep(engine: AsyncEngine, answers: list[dict[str, Any]]) -> None:
