@@ -205,6 +205,7 @@ class Figures:
     outbox: Counter = field(default_factory=Counter)
     alerts_order_dependent: int = 0
     alerts_batched: int = 0
+    alerts_resolved: int = 0  # backfilled payment failures of invoices VINR shows paid or void: held, never sent
     reconcile: dict[str, Any] = field(default_factory=dict)
     chaos: list[str] = field(default_factory=list)
     # The live scenario: every run (Chaos.reconcile_live, measured in Chaos.measure_runs).
@@ -294,6 +295,8 @@ class Figures:
                          f"redelivered after a crash {len(n['redelivered'])}; {n['detail']})"))
         rows.append(("payment_failed events recorded after paid/void (no alert owed)", str(self.alerts_order_dependent)))
         rows.append(("payment_failed events batched with paid/void (the outbox decides)", str(self.alerts_batched)))
+        rows.append(("payment_failed events backfilled for invoices VINR shows paid/void (held, resolved)",
+                     str(self.alerts_resolved)))
         if self.runs:
             live = [r for r in self.runs if r["live"]]
             rows.append(("reconciliation runs (live scenario)",
@@ -426,6 +429,7 @@ class Chaos:
         self.drive_started = 0.0
         self.final_by_run: set[str] = set()  # invoices a reconciliation moved to paid or void
         self.written_off: set[str] = set()  # invoices the ledger wrote off, and whose alert no backfill resolved
+        self.resolved: set[str] = set()  # outbox keys a backfill held, then found its invoice paid or void
 
     # services
 
@@ -927,7 +931,7 @@ class Chaos:
 
         # Issue 20: an invoice's first move to uncollectible (a write-off entry) owes one alert per
         # channel, unless a backfill held it and then found the invoice paid or void ('resolved').
-        resolved = {r["key"] for r in outbox if r["status"] == "resolved"}
+        resolved = self.resolved = {r["key"] for r in outbox if r["status"] == "resolved"}
         self.written_off = {e["invoice_id"] for e in entries if e["kind"] == "write_off"
                             and f"uncollectible:{e['invoice_id']}:email" not in resolved}
         self.measure_notices(events, by_id, received, invoices, staged)
@@ -1012,6 +1016,12 @@ class Chaos:
                     key = (invoice_id, e["data"]["object"]["attemptCount"])
                     if final_seen:
                         order_dependent += 1  # recorded after its invoice's paid or void: no alert owed
+                        continue
+                    if (r["source"] == "backfill" and invoices.get(invoice_id, {}).get("status") in FINAL
+                            and f"payment_failed:{r['event_id']}:email" in self.resolved):
+                        # Issue 20: a backfill holds the alerts it stages until it has applied every
+                        # event it found; one whose invoice VINR then shows paid or void is never sent.
+                        fig.alerts_resolved += 1
                         continue
                     if self.cfg.live and invoice_id in self.final_by_run:
                         # A run moved this invoice to paid or void, in a transaction the database
