@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.db import create_engine
 from ledger.outbox import EVERY_CHANNEL
+from reconcile.customers import refresh_swept_customers
 from reconcile.lock import exclusive, lock_key
 from reconcile.run import Reconciler, RunReport
 from vinr.client import VinrClient
@@ -57,6 +58,10 @@ async def reconcile_once(
             every = timedelta(days=settings.reconcile_full_sweep_days) if settings.reconcile_full_sweep_days else None
             report = await Reconciler(engine, client, dry_run=dry_run, progress=progress, notices=channels,
                                       full_sweep_every=every, adopt=adopt).run(since=since)
+            if not dry_run and report.status == "completed":
+                # Names for the dashboard and the alerts; under the same lock and paced client,
+                # apart from the run's own request count (issue 19's formula is the ledger's).
+                await refresh_swept_customers(client, engine, report.window_start)
         await _queue(settings, redis, report.notices)
         return report
     finally:

@@ -23,6 +23,7 @@ from sqlalchemy import func, select
 
 from conftest import WEBHOOK_SECRET
 from ledger.outbox import outbox
+from ledger.tables import Customer
 from lifecycles import drain
 from notify_support import SmtpSink, http_sink, smtp_certificate, wait_for
 from receiver.app import create_app as create_receiver
@@ -36,6 +37,7 @@ from vinr.sandbox.errors import SandboxError
 from vinr.sandbox.serving import serve
 
 DAY = 86_400
+customer_copies = Customer.__table__
 CHAT_PATH = "/hooks/T0000/B0000/chattoken" + "c" * 16
 MANAGERS = ("anna@merchant.example", "ben@merchant.example")
 OK, DECLINED = "4242424242424242", "4000000000000002"
@@ -140,6 +142,9 @@ async def test_an_adopted_history_sends_nothing_and_every_new_fact_its_notices_o
                 assert (report["status"], report["adopt"], report["matches"]) == ("completed", True, True)
                 assert report["adoptedQuietly"] == len(history) - len(unseen_drafts)
                 await ledger_matches(ledger_engine, sandbox)
+                async with ledger_engine.connect() as conn:  # the run copied VINR's customers, names and all
+                    named = dict((await conn.execute(select(customer_copies.c.id, customer_copies.c.name))).all())
+                assert named == {c: f"Client {i}" for i, c in enumerate(customers)}
                 assert smtp.mails == [] and http.at(CHAT_PATH) == []
                 assert [json.loads(r.body)["invoiceId"] for r in http.at("/fulfilment")] == [paid_before_adoption]
 

@@ -28,9 +28,13 @@ ROOT = Path(__file__).resolve().parent.parent
 API_PATHS = [path for path in DOCUMENT["paths"] if path.startswith("/api/")]
 
 
+# The query a documented route needs before it can answer data (the journal: its period).
+REQUIRED_QUERY = {"/api/journal.csv": "?from=2025-01-01&to=2026-12-31"}
+
+
 def concrete(path: str, run_id: int) -> str:
     """A documented path with ids the seeded ledger holds, so that the right token gets data."""
-    return path.replace("{invoice_id}", INVOICES[0]).replace("{run_id}", str(run_id))
+    return path.replace("{invoice_id}", INVOICES[0]).replace("{run_id}", str(run_id)) + REQUIRED_QUERY.get(path, "")
 
 
 @pytest.fixture
