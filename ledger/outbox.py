@@ -74,46 +74,42 @@ class Notice:
 # --- What a write owes (pure) -----------------------------------------------------------------
 
 
+def _about_invoice(invoice: Invoice, source: str) -> dict[str, Any]:
+    """What an alert about one invoice carries, whatever happened to it."""
+    return {
+        "source": source,
+        "invoiceId": invoice.id,
+        "number": invoice.number,
+        "customer": invoice.customer,
+        "status": invoice.status,
+        "currency": invoice.currency,
+        "total": invoice.total,
+        "amountDue": invoice.amount_due,
+        "attemptCount": invoice.attempt_count,
+        "hostedInvoiceUrl": invoice.hosted_invoice_url,
+        "metadata": dict(invoice.metadata),
+    }
+
+
+def _alerts(key: str, kind: str, invoice: Invoice, payload: dict[str, Any], channels: Channels) -> list[Notice]:
+    return [Notice(f"{key}:{channel}", channel, kind, invoice.id, payload) for channel in channels.alerts]
+
+
 def payment_failed(event_id: str, invoice: Invoice, source: str, channels: Channels) -> list[Notice]:
     error = invoice.last_payment_error
     payload = {
         "eventId": event_id,
-        "source": source,
-        "invoiceId": invoice.id,
-        "number": invoice.number,
-        "customer": invoice.customer,
-        "status": invoice.status,
-        "currency": invoice.currency,
-        "total": invoice.total,
-        "amountDue": invoice.amount_due,
-        "attemptCount": invoice.attempt_count,
-        "hostedInvoiceUrl": invoice.hosted_invoice_url,
-        "metadata": dict(invoice.metadata),
+        **_about_invoice(invoice, source),
         "failure": None if error is None else {
             "code": error.code, "declineCode": error.decline_code, "message": error.message,
         },
     }
-    return [Notice(f"payment_failed:{event_id}:{channel}", channel, "payment_failed", invoice.id, payload)
-            for channel in channels.alerts]
+    return _alerts(f"payment_failed:{event_id}", "payment_failed", invoice, payload, channels)
 
 
 def uncollectible(invoice: Invoice, source: str, channels: Channels) -> list[Notice]:
     """Dunning gave up: the amount due is written off, and the account manager should know."""
-    payload = {
-        "source": source,
-        "invoiceId": invoice.id,
-        "number": invoice.number,
-        "customer": invoice.customer,
-        "status": invoice.status,
-        "currency": invoice.currency,
-        "total": invoice.total,
-        "amountDue": invoice.amount_due,
-        "attemptCount": invoice.attempt_count,
-        "hostedInvoiceUrl": invoice.hosted_invoice_url,
-        "metadata": dict(invoice.metadata),
-    }
-    return [Notice(f"uncollectible:{invoice.id}:{channel}", channel, "uncollectible", invoice.id, payload)
-            for channel in channels.alerts]
+    return _alerts(f"uncollectible:{invoice.id}", "uncollectible", invoice, _about_invoice(invoice, source), channels)
 
 
 def paid(invoice: Invoice, outcome: Outcome, source: str, channels: Channels) -> list[Notice]:
