@@ -15,7 +15,9 @@ import tempfile
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+import pytest
 from aiosmtpd.controller import Controller
+from arq.connections import RedisSettings, create_pool
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -152,3 +154,33 @@ async def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05):
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"not true after {timeout} s: {predicate}")
         await asyncio.sleep(interval)
+
+
+# --- Fixtures of the tests that deliver notices (import them into the test module) ---------------
+
+
+@pytest.fixture(autouse=True)
+def trust_the_test_smtp_server(monkeypatch):
+    """The SMTP sinks offer STARTTLS with a self-signed certificate: trusted the way an operator
+    trusts a private CA, through OpenSSL's SSL_CERT_FILE."""
+    monkeypatch.setenv("SSL_CERT_FILE", smtp_certificate())
+
+
+@pytest.fixture
+def smtp(monkeypatch):
+    """A started SMTP sink, its certificate trusted (also where the autouse fixture is not imported)."""
+    monkeypatch.setenv("SSL_CERT_FILE", smtp_certificate())
+    sink = SmtpSink()
+    sink.start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture
+async def redis(settings):
+    """An arq pool on the test's own queue, its keys deleted afterwards."""
+    pool = await create_pool(RedisSettings.from_dsn(settings.redis_url), default_queue_name=settings.queue_name)
+    yield pool
+    keys = [key async for key in pool.scan_iter(match=f"arq:*{settings.queue_name.rsplit('_', 1)[1]}*", count=1000)]
+    await pool.delete(settings.queue_name, *keys)
+    await pool.aclose()

@@ -25,7 +25,7 @@ from conftest import WEBHOOK_SECRET
 from ledger.outbox import outbox
 from ledger.tables import Customer
 from lifecycles import drain
-from notify_support import SmtpSink, http_sink, smtp_certificate, wait_for
+from notify_support import http_sink, smtp, wait_for  # noqa: F401  (smtp: a fixture)
 from receiver.app import create_app as create_receiver
 from receiver_support import forget_queue, served
 from reconcile.service import reconcile_once
@@ -88,15 +88,12 @@ async def outbox_by_status(engine) -> dict[str, int]:
 
 
 async def test_an_adopted_history_sends_nothing_and_every_new_fact_its_notices_once(
-    ledger_settings, ledger_engine, monkeypatch
+    ledger_settings, ledger_engine, smtp
 ):
-    monkeypatch.setenv("SSL_CERT_FILE", smtp_certificate())  # the sink's STARTTLS certificate
     now = time.time()
     clock: list[float | None] = [now - 2 * 365 * DAY]
     config = SandboxConfig(rate_limit=0, clock=lambda: clock[0] or time.time(), duplicate_rate=1.0, duplicate_count=2)
     sandbox_app = create_sandbox(config)
-    smtp = SmtpSink()
-    smtp.start()
     redis = Redis.from_url(ledger_settings.redis_url)
     try:
         async with http_sink() as http, serve(sandbox_app) as root:
@@ -168,7 +165,6 @@ async def test_an_adopted_history_sends_nothing_and_every_new_fact_its_notices_o
                 await wait_for(lambda: len(smtp.mails) >= 2 and len(http.at(CHAT_PATH)) >= 2, timeout=10)
                 await drain(settings)
     finally:
-        smtp.stop()
         await forget_queue(redis, ledger_settings.queue_name)
         await redis.aclose()
 

@@ -30,7 +30,7 @@ from vinr.events import Invoice
 from vinr.sandbox.errors import CardError
 from vinr.sandbox.state import CARD_DECLINED
 from lifecycles import snapshot
-from notify_support import SmtpSink, smtp_certificate, wait_for
+from notify_support import smtp, wait_for  # noqa: F401  (smtp: a fixture)
 
 T = datetime(2026, 12, 1, tzinfo=UTC)
 
@@ -159,16 +159,6 @@ async def test_a_refresh_asks_vinr_once_per_customer_up_to_its_bound(ledger_sett
 
 
 # --- alerts --------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def smtp(monkeypatch):
-    # The sink offers STARTTLS with a self-signed certificate, trusted through SSL_CERT_FILE.
-    monkeypatch.setenv("SSL_CERT_FILE", smtp_certificate())
-    sink = SmtpSink()
-    sink.start()
-    yield sink
-    sink.stop()
 
 
 async def test_an_alert_email_names_the_customer_from_the_ledgers_copy(ledger_settings, ledger_engine, smtp):

@@ -18,7 +18,6 @@ import warnings
 from datetime import UTC, date, datetime, time, timedelta
 
 import pytest
-from arq.connections import RedisSettings, create_pool
 from pydantic import SecretStr, ValidationError
 from sqlalchemy import select
 
@@ -26,7 +25,8 @@ from ledger import digest as facts
 from ledger.outbox import outbox
 from ledger.tables import Customer
 from lifecycles import Event, drain, enqueue, snapshot
-from notify_support import SmtpSink, smtp_certificate
+from notify_support import SmtpSink
+from notify_support import redis, smtp, trust_the_test_smtp_server  # noqa: F401  (fixtures)
 from vinr_recon.settings import Settings
 from worker import render
 from worker.digest import digest_crons, due_day, notice_key, payload
@@ -136,28 +136,6 @@ def test_the_digest_is_scheduled_only_when_its_time_and_smtp_are_set(settings):
 
 
 # --- Through the ledger, the worker and SMTP -----------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def trust_the_test_smtp_server(monkeypatch):
-    monkeypatch.setenv("SSL_CERT_FILE", smtp_certificate())
-
-
-@pytest.fixture
-def smtp():
-    sink = SmtpSink()
-    sink.start()
-    yield sink
-    sink.stop()
-
-
-@pytest.fixture
-async def redis(settings):
-    pool = await create_pool(RedisSettings.from_dsn(settings.redis_url), default_queue_name=settings.queue_name)
-    yield pool
-    keys = [key async for key in pool.scan_iter(match=f"arq:*{settings.queue_name.rsplit('_', 1)[1]}*", count=1000)]
-    await pool.delete(settings.queue_name, *keys)
-    await pool.aclose()
 
 
 def with_digest(settings, smtp: SmtpSink, **extra):

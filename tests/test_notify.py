@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from arq.connections import RedisSettings, create_pool
 from pydantic import SecretStr
 from redis.asyncio import Redis
 from sqlalchemy import select
@@ -26,7 +25,8 @@ from ledger import outbox as outbox_module
 from ledger.outbox import outbox
 from ledger.tables import InvoicePosition, ReceivedEvent
 from lifecycles import Event, drain, enqueue, snapshot
-from notify_support import SMTP_PASSWORD, SmtpSink, http_sink, smtp_certificate, wait_for
+from notify_support import SMTP_PASSWORD, SmtpSink, http_sink, wait_for
+from notify_support import redis, smtp, trust_the_test_smtp_server  # noqa: F401  (fixtures)
 from reconcile.service import reconcile_once
 from receiver.app import create_app as create_receiver
 from receiver_support import LogCapture, served
@@ -51,32 +51,8 @@ FAST = RetryPolicy(tries=10, base_delay=0.1, max_delay=0.4, attempt_timeout=5.0)
 
 
 @pytest.fixture
-async def redis(settings):
-    pool = await create_pool(RedisSettings.from_dsn(settings.redis_url), default_queue_name=settings.queue_name)
-    yield pool
-    keys = [key async for key in pool.scan_iter(match=f"arq:*{settings.queue_name.rsplit('_', 1)[1]}*", count=1000)]
-    await pool.delete(settings.queue_name, *keys)
-    await pool.aclose()
-
-
-@pytest.fixture
 def prefix(settings) -> str:
     return f"evt_{settings.queue_name.rsplit('_', 1)[1]}"
-
-
-@pytest.fixture(autouse=True)
-def trust_the_test_smtp_server(monkeypatch):
-    """The SMTP sinks offer STARTTLS with a self-signed certificate: trusted the way an operator
-    trusts a private CA, through OpenSSL's SSL_CERT_FILE."""
-    monkeypatch.setenv("SSL_CERT_FILE", smtp_certificate())
-
-
-@pytest.fixture
-def smtp():
-    sink = SmtpSink()
-    sink.start()
-    yield sink
-    sink.stop()
 
 
 @pytest.fixture
