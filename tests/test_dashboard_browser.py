@@ -12,8 +12,6 @@ work tree as it was.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -30,15 +28,7 @@ from ledger.tables import Customer, InvoicePosition
 from receiver.app import create_app
 from receiver_support import forget_queue
 
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-# `make screenshots` sets this to docs/screenshots, the README's pictures.
-SCREENSHOTS_DIR = os.environ.get("SCREENSHOTS_DIR")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
-if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
-    pytest.skip(f"no Chromium at {CHROMIUM}: install Debian's chromium (.ci/run does)", allow_module_level=True)
+from browser_support import CHROMIUM, FLAGS, SCREENSHOTS_DIR, sync_api  # (skips this module without a browser)
 
 pytestmark = pytest.mark.slow
 
