@@ -199,7 +199,7 @@ async def test_connections_dropped_mid_batch_are_retried_without_a_lost_or_doubl
         await clear_ledger(engine)
         settings = settings.model_copy(update={"database_url": url})
         tag = settings.queue_name.rsplit("_", 1)[1]
-        invoices = lifecycles(tag, 150)
+        invoices = lifecycles(tag, 300)  # long enough a drain that a cut meets work in flight under a loaded CI
         events = [e for lifecycle in invoices for e in lifecycle]
         random.Random(22).shuffle(events)
         pool = await arq_pool(settings)
