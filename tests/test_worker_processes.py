@@ -15,15 +15,18 @@ import sys
 import time
 from collections import Counter
 
+import httpx
 import pytest
 from arq.connections import RedisSettings, create_pool
 from sqlalchemy import func, select
 
-from conftest import clear_ledger
+from conftest import WEBHOOK_SECRET, clear_ledger
 from ledger.book import trial_balance
 from ledger.db import create_engine
 from ledger.tables import InvoicePosition, JournalEntry, Posting, ReceivedEvent
 from lifecycles import Event, enqueue, snapshot
+from receiver_support import free_port, signed
+from vinr_recon.jobs import event_job_id
 
 positions, entries, postings, received = (
     InvoicePosition.__table__, JournalEntry.__table__, Posting.__table__, ReceivedEvent.__table__
@@ -31,10 +34,10 @@ positions, entries, postings, received = (
 pytestmark = pytest.mark.slow
 
 
-def start(settings, *args: str, cwd, log=subprocess.PIPE) -> subprocess.Popen:
-    """`vinr-recon <args>` with `settings` in its environment; its stderr (the log) to `log`."""
+def start(settings, *args: str, cwd, log=subprocess.PIPE, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`vinr-recon <args>` with `settings` (and `env`) in its environment; its stderr (the log) to `log`."""
     env = {**os.environ, "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
-           "QUEUE_NAME": settings.queue_name, "LOG_LEVEL": "INFO"}
+           "QUEUE_NAME": settings.queue_name, "LOG_LEVEL": "INFO", **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "vinr_recon", *args], env=env, cwd=cwd, text=True,
                             stdout=subprocess.PIPE, stderr=log)
 
@@ -173,3 +176,49 @@ async def test_the_command_line_migrates_then_runs_the_worker(settings, redis, t
         await assert_each_fact_posted_once(engine, lifecycle)
     finally:
         await engine.dispose()
+
+
+async def test_a_job_lost_in_a_redis_failover_does_not_turn_the_redelivery_into_a_duplicate(settings, redis, tmp_path):
+    """Issue 22, split brain: a job retried after a failover is queued on the promoted replica
+    without its bytes (they stayed on the lost primary, whose write was answered 503). A worker
+    runs that entry as arq's "job expired". VINR then redelivers the event to a real receiver: it
+    must be queued and applied, not taken as done because the expired job left a failed result."""
+    settings = settings.model_copy(update={"database_url": f"sqlite:///{tmp_path / 'failover.db'}"})
+    code, _, err = await finish(start(settings, "db", "upgrade", cwd=tmp_path))
+    assert code == 0, err
+    tag = settings.queue_name.rsplit("_", 1)[1]
+    (event,) = invoices(tag, 1, partial=False)[f"inv_{tag}_0"][:1]
+    job_id = event_job_id(settings.queue_name, event.id)
+    await redis.zadd(settings.queue_name, {job_id: int(time.time() * 1000)})  # what the failover left
+
+    code, _, err = await finish(start(settings, "worker", "--burst", cwd=tmp_path))
+    assert code == 0 and "expired" in err and await redis.zcard(settings.queue_name) == 0
+
+    port = free_port()
+    receiver = start(settings, "serve", "--port", str(port), cwd=tmp_path, env={"VINR_WEBHOOK_SECRET": WEBHOOK_SECRET})
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+            await until_listening(client, receiver)
+            answer = await client.post("/webhooks/vinr", content=event.body, headers=signed(event.body))
+        assert answer.status_code == 200
+    finally:
+        receiver.terminate()
+        await finish(receiver)
+    code, _, err = await finish(start(settings, "worker", "--burst", cwd=tmp_path))
+    assert code == 0 and err.count('"event applied"') == 1
+    engine = create_engine(settings.database_url)
+    try:
+        assert await count(engine) == 1
+    finally:
+        await engine.dispose()
+
+
+async def until_listening(client: httpx.AsyncClient, process: subprocess.Popen, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if (await client.get("/healthz")).status_code == 200:
+                return
+        except httpx.TransportError:
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"the receiver did not start: exit {process.poll()}")

@@ -12,14 +12,15 @@ from datetime import UTC
 from typing import Any
 
 import structlog
-from arq.constants import in_progress_key_prefix, retry_key_prefix
+from arq.constants import abort_jobs_ss, in_progress_key_prefix, retry_key_prefix
+from arq.utils import to_ms
 from arq.worker import Worker as ArqWorker, func
 from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.outbox import EVERY_CHANNEL
-from vinr_recon.jobformat import JOB_FORMAT, is_data_job, kind_of
-from vinr_recon.jobs import APPLY_EVENT, job_key, refused_key
+from vinr_recon.jobformat import JOB_FORMAT, is_data_job, kind_of, loads
+from vinr_recon.jobs import APPLY_EVENT, job_key, refused_key, result_key
 from vinr_recon.redis_connect import arq_redis_settings
 from vinr_recon.settings import Settings
 from worker.defaults import ARQ_MAX_TRIES, BATCH_LINGER, JOB_TIMEOUT, KEEP_RESULT, MAX_JOBS, POLL_DELAY, TRIES
@@ -48,6 +49,8 @@ class Worker(ArqWorker):
       4 h made 4 h for every event and notice a killed (or crashed) worker had in flight. The
       nightly run, which may outlast the key, is kept single by the reconciliation lock
       (reconcile.lock): a second start of it finds the lock held and skips.
+    - Only a job that succeeded leaves a result, which the receiver takes as "done": a failed,
+      expired or timed-out job applied nothing, and the next delivery of its event is queued.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -59,12 +62,40 @@ class Worker(ArqWorker):
         self.refused = Counter("vinr_jobs_refused", "Jobs refused, never run: not in the data-only format.",
                                ["format"], registry=self.registry)
 
+    async def finish_job(self, job_id: str, finish: bool, result_data: bytes | None, result_timeout_s: float | None,
+                         keep_result_forever: bool, incr_score: int | None, keep_in_progress: float | None) -> None:
+        """arq's, except that only a success keeps a result (see finish_failed_job: a job that timed
+        out applied nothing), and a job put back for a retry stays queued only if it still is
+        (`ZADD XX`): arq's ZINCRBY re-created, on a replica promoted meanwhile, a queue entry
+        whose job this Redis never had."""
+        async with self.pool.pipeline(transaction=True) as tr:
+            delete_keys = [retry_key_prefix + job_id, job_key(job_id)] if finish else []
+            if keep_in_progress is None:
+                delete_keys.append(in_progress_key_prefix + job_id)
+            else:
+                tr.pexpire(in_progress_key_prefix + job_id, to_ms(keep_in_progress))
+            if finish:
+                if result_data and loads(result_data).get("s"):
+                    expire = None if keep_result_forever else result_timeout_s
+                    tr.set(result_key(job_id), result_data, px=to_ms(expire))
+                tr.zrem(abort_jobs_ss, job_id)
+                tr.zrem(self.queue_name, job_id)
+            elif incr_score:
+                tr.zadd(self.queue_name, {job_id: incr_score}, xx=True, incr=True)
+            if delete_keys:
+                tr.delete(*delete_keys)
+            await tr.execute()
+
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
         # arq ends here every job it could not run; one it could not even read is refused. (Only
         # failed jobs pay for this read: the ones arq runs never come here.)
         raw = await self.pool.get(job_key(job_id))
         if raw is None or is_data_job(raw):
-            return await super().finish_failed_job(job_id, result_data)
+            # No result is kept: the receiver takes a job's result for "done", and a failed job
+            # applied nothing. One seen in a Redis failover: a job retried on the promoted replica
+            # is queued there without its bytes (left on the lost primary), runs as "expired", and
+            # its failure then turned VINR's redelivery of the event into a duplicate (issue 22).
+            return await super().finish_failed_job(job_id, None)
         async with self.pool.pipeline(transaction=True) as tr:
             # No result is kept: a later delivery of the same event is queued, not taken as done.
             tr.hset(refused_key(self.queue_name), job_id, raw)
