@@ -29,7 +29,6 @@ def run_upgrade(args: argparse.Namespace, settings) -> int:
 
 def run_check(args: argparse.Namespace, settings) -> int:
     import asyncio
-    from collections import Counter
 
     from ledger.audit import disagreements, outdated, postings_without_position, promises
     from ledger.book import trial_balance
@@ -43,9 +42,7 @@ def run_check(args: argparse.Namespace, settings) -> int:
                 orphans = await postings_without_position(conn)
                 old_rule = await outdated(conn, limit=1000)
                 kept = await promises(conn)
-                per_currency: Counter = Counter()
-                for (_, currency), (debits, credits) in (await trial_balance(conn)).items():
-                    per_currency[currency] += debits - credits
+                balances = await trial_balance(conn)
         finally:
             await engine.dispose()
         for d in found:
@@ -54,14 +51,62 @@ def run_check(args: argparse.Namespace, settings) -> int:
             print(f"{orphans} journal entries name an invoice that has no position")
         for invoice_id in old_rule:
             print(f"{invoice_id}: posted under an earlier posting rule; the next reconciliation corrects it")
-        for currency, balance in sorted(per_currency.items()):
-            print(f"trial balance {currency}: {balance}" + ("" if balance == 0 else "  <- does not balance"))
-        for p in kept:  # contract section 6, per currency
-            print(f"{p.currency} {p.account}: {p.posted} posted, {p.promised} promised"
-                  + ("" if p.kept else "  <- differs"))
-        sound = (not found and not orphans and not old_rule and not any(per_currency.values())
-                 and all(p.kept for p in kept))
+        lines, unbalanced = balance_table(balances, kept, settings.money_locale)
+        print("\n".join(lines))
+        sound = not found and not orphans and not old_rule and not unbalanced and all(p.kept for p in kept)
         print("every position agrees with its postings" if sound else "the books are NOT sound")
         return 0 if sound else 1
 
     return asyncio.run(check())
+
+
+def balance_table(balances: dict[tuple[str, str], tuple[int, int]], kept: list, locale: str | None = None
+                  ) -> tuple[list[str], list[str]]:
+    """`db check`'s table: per currency, each account's debits, credits and balance (Dr or Cr, as
+    an accountant reads it) beside contract section 6's figure, then the currency's totals; and the
+    currencies whose trial balance is not zero. Pure: `balances` is `ledger.book.trial_balance`'s,
+    `kept` `ledger.audit.promises`'."""
+    from ledger.money import format_balance, format_money
+    from ledger.tables import ACCOUNTS, CREDIT_NORMAL, account_name
+
+    promised = {(p.currency, p.account): p for p in kept}
+    currencies = sorted({currency for _, currency in balances} | {p.currency for p in kept})
+    order = {account: i for i, account in enumerate(ACCOUNTS)}
+    header = ("Currency", "Account", "Debits", "Credits", "Balance", "Expected (contract section 6)")
+    rows: list[tuple[str, ...]] = []
+    unbalanced: list[str] = []
+    verdicts: list[str] = []
+    for currency in currencies:
+        accounts = sorted({a for a, c in balances if c == currency} | {p.account for p in kept if p.currency == currency},
+                          key=lambda a: (order.get(a, len(order)), a))
+        total_debits = total_credits = 0
+        for account in accounts:
+            debits, credits = balances.get((account, currency), (0, 0))
+            total_debits, total_credits = total_debits + debits, total_credits + credits
+            promise = promised.get((currency, account))
+            expected = ""
+            if promise is not None:
+                # A promise is on the account's normal side; shown the way the balance is.
+                net = -promise.promised if account in CREDIT_NORMAL else promise.promised
+                expected = format_balance(max(net, 0), max(-net, 0), currency, locale)
+                expected += "" if promise.kept else "  <- differs"
+            rows.append((currency, account_name(account), format_money(debits, currency, locale),
+                         format_money(credits, currency, locale), format_balance(debits, credits, currency, locale),
+                         expected))
+        difference = total_debits - total_credits
+        rows.append((currency, "Total (trial balance)", format_money(total_debits, currency, locale),
+                     format_money(total_credits, currency, locale),
+                     format_balance(total_debits, total_credits, currency, locale), ""))
+        verdicts.append(f"trial balance {currency}: {difference}" + ("" if difference == 0 else "  <- does not balance"))
+        if difference:
+            unbalanced.append(currency)
+    if not rows:
+        return ["no postings yet"], []
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    numeric = {2, 3, 4}
+
+    def line(row: tuple[str, ...]) -> str:
+        cells = [cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i]) for i, cell in enumerate(row)]
+        return "  ".join(cells).rstrip()
+
+    return [line(header), line(tuple("-" * w for w in widths)), *map(line, rows), "", *verdicts], unbalanced

@@ -71,3 +71,12 @@ def field_amount(field: str | None, value: str | None, currency: str | None, loc
     if field not in AMOUNT_FIELDS or not currency or value is None or not _INTEGER.fullmatch(value):
         return None
     return format_money(int(value), currency, locale)
+
+
+def format_balance(debits: int, credits: int, currency: str, locale: str | None = None) -> str:
+    """An account's balance as an accountant reads it: the amount with its side, `EUR 3,000.00 Cr`
+    when credits exceed debits (revenue), `EUR 500.00 Dr` when debits do (receivables); no side
+    when even. Never a minus sign: the side says it."""
+    net = debits - credits
+    side = " Dr" if net > 0 else " Cr" if net < 0 else ""
+    return format_money(abs(net), currency, locale) + side

@@ -67,3 +67,24 @@ def test_every_setting_a_person_gets_wrong_is_one_line_naming_it_and_exit_status
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 2 and len(lines) == 1 and said in lines[0], (argv, bad, done.stderr[-800:])
         assert "Traceback" not in done.stderr and "hunter2" not in done.stderr + done.stdout
+
+
+def test_replay_of_an_event_that_is_no_dead_letter_says_so_in_one_line_and_fails(tmp_path):
+    """Issue 21: `vinr-recon replay --event evt_unknown` is an error a script sees (exit 1), in one
+    line on stderr naming each id asked for that has no dead letter waiting."""
+    from tests.conftest import REDIS_URL, unique
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VINR_", "DATABASE_", "REDIS_", "QUEUE_"))}
+    env |= {"DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}", "REDIS_URL": REDIS_URL,
+            "QUEUE_NAME": unique("arq:queue:cli"), "LOG_LEVEL": "WARNING"}
+    cli = [sys.executable, "-m", "vinr_recon"]
+    assert subprocess.run([*cli, "db", "upgrade"], env=env, cwd=tmp_path, capture_output=True, timeout=60).returncode == 0
+    done = subprocess.run([*cli, "replay", "--event", "evt_unknown", "--event", "evt_other"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1, done.stderr
+    assert lines[0].startswith("vinr-recon replay: no dead letter waiting to be replayed for evt_other, evt_unknown")
+    assert done.stdout == ""
+    # Nothing named, nothing dead: nothing to do is no error.
+    quiet = subprocess.run([*cli, "replay"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert (quiet.returncode, quiet.stdout.strip()) == (0, "no dead letters pending")

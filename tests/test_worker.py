@@ -132,7 +132,8 @@ async def test_a_currency_change_is_dead_lettered_until_reconciliation_settles_i
     async with ledger_engine.begin() as conn:
         await apply_snapshot(conn, Invoice.model_validate(usd), source="reconciliation", authoritative=True)
     code, lines = await replay(ledger_settings, [f"{prefix}_2", f"{prefix}_9"])
-    assert code == 1 and lines[1] == f"no dead letter pending for {prefix}_9"
+    assert code == 1 and lines[0].startswith("queued ")
+    assert lines[1] == f"vinr-recon replay: no dead letter waiting to be replayed for {prefix}_9"
     await drain(ledger_settings)
     async with ledger_engine.connect() as conn:
         balance = await trial_balance(conn)
@@ -147,7 +148,7 @@ async def replay(settings, events=None) -> tuple[int, list[str]]:
     import io
 
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
         code = await asyncio.to_thread(run_replay, argparse.Namespace(events=events), settings)
     return code, [line.split(" (")[0] for line in out.getvalue().splitlines()]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 
 
 def register(subparsers) -> None:
@@ -106,8 +107,11 @@ async def _replay(settings, events: list[str] | None) -> int:
         state = "queued" if fresh else "already queued"
         print(f"{state} {job_id} ({letter.type}; died with: {letter.error})")
     missing = sorted(set(events or ()) - {letter.event_id for letter, _, _ in queued})
-    for event_id in missing:
-        print(f"no dead letter pending for {event_id}")
-    if not queued and not missing:
+    if missing:
+        # One line a script can read: what was asked for and is not there to replay.
+        print(f"vinr-recon replay: no dead letter waiting to be replayed for {', '.join(missing)} "
+              "(unknown event, never dead, or replayed already)", file=sys.stderr)
+        return 1
+    if not queued:
         print("no dead letters pending")
-    return 1 if missing else 0
+    return 0
