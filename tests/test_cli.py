@@ -3,6 +3,7 @@ anything, and `vinr-recon --help` lists every command of contract section 7."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
@@ -88,3 +89,23 @@ def test_replay_of_an_event_that_is_no_dead_letter_says_so_in_one_line_and_fails
     # Nothing named, nothing dead: nothing to do is no error.
     quiet = subprocess.run([*cli, "replay"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert (quiet.returncode, quiet.stdout.strip()) == (0, "no dead letters pending")
+
+
+def test_each_commands_help_names_the_environment_variables_it_reads():
+    """Issue 21: the mapping behind the epilogs names only real settings, and covers every command."""
+    from vinr_recon.cli import COMMAND_ENVIRONMENT, build_parser
+    from vinr_recon.settings import Settings
+
+    fields = {name.upper() for name in Settings.model_fields}
+    for command, names in COMMAND_ENVIRONMENT.items():
+        assert set(names) <= fields, (command, set(names) - fields)
+    (commands,) = [a.choices for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(commands) <= set(COMMAND_ENVIRONMENT), set(commands) - set(COMMAND_ENVIRONMENT)
+
+    script = [sys.executable, "-m", "vinr_recon"]
+    serve = subprocess.run([*script, "serve", "--help"], capture_output=True, text=True, timeout=60)
+    epilog = " ".join(serve.stdout.split("environment variables:")[1].split())
+    for name in ("VINR_WEBHOOK_SECRET", "REDIS_URL", "DATABASE_URL", "LEDGER_API_TOKEN", "HOST", "PORT"):
+        assert f"{name}," in epilog, name
+    check = subprocess.run([*script, "db", "check", "--help"], capture_output=True, text=True, timeout=60)
+    assert "environment variables: DATABASE_URL, MONEY_LOCALE" in " ".join(check.stdout.split())
