@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///vinr-ledger.db"
     ledger_api_token: SecretStr | None = None
     metrics_token: SecretStr | None = None
+    # The port of `vinr-recon worker`'s own /metrics, on HOST (0: none); --metrics-port overrides it.
+    worker_metrics_port: int = Field(9101, ge=0, le=65535)
     public_url: str | None = None
     allowed_hosts: str | None = None
     reconcile_at: str = Field("02:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
