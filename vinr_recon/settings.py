@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -62,6 +63,13 @@ class Settings(BaseSettings):
     # de_DE: `1.960,00 €`); none: `EUR 1,960.00`, the same for every reader.
     money_locale: str | None = None
     log_level: str = "INFO"
+    # Where `vinr-recon serve` listens when --host/--port are not given (the image sets 0.0.0.0).
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    # A folder of secret files, one per setting, named after it (/run/secrets/vinr_webhook_secret,
+    # any case), as Docker and Kubernetes mount them; the environment and .env still win. Read
+    # from the environment only, by `load_settings`: it says where the other settings are.
+    secrets_dir: str | None = None
     # The receiver at the socket (receiver/server.py, receiver/limits.py): head cap, deadlines in
     # seconds (head plus body stay within VINR's 10 s), open connections, body bytes in flight.
     receiver_max_header_bytes: int = Field(16 * 1024, gt=0)
@@ -91,6 +99,13 @@ class Settings(BaseSettings):
             if not os.path.isdir(folder):
                 raise ValueError(f"the SQLite file's folder {folder} does not exist")
         return value
+
+    @field_validator("host")
+    @classmethod
+    def _interface(cls, value: str) -> str:
+        if not value.strip() or any(c.isspace() for c in value.strip()):
+            raise ValueError("an interface address or host name to listen on (e.g. 0.0.0.0, ::, 127.0.0.1)")
+        return value.strip()
 
     @field_validator("money_locale")
     @classmethod
@@ -177,10 +192,22 @@ class ConfigurationError(Exception):
 def load_settings() -> Settings:
     """The settings of this process; a `ConfigurationError` naming each variable that is wrong
     and what it wants (the value only when it is no secret)."""
+    secrets_dir = _secrets_dir(os.environ.get("SECRETS_DIR"))
     try:
-        return Settings()
+        return Settings(_secrets_dir=secrets_dir)
     except ValidationError as exc:
         raise ConfigurationError("; ".join(_explain(error) for error in exc.errors())) from None
+
+
+def _secrets_dir(value: str | None) -> str | None:
+    """SECRETS_DIR as a folder that exists, or None when unset; a mistyped mount is said at start
+    (pydantic-settings would only warn, and every secret would then look unset)."""
+    if value is None or not value.strip():
+        return None
+    if not os.path.isdir(value):
+        what = "is not a folder" if os.path.exists(value) else "does not exist"
+        raise ConfigurationError(f"SECRETS_DIR: {value} {what} (a folder of secret files, e.g. /run/secrets)")
+    return value
 
 
 def _explain(error) -> str:
