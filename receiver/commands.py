@@ -18,8 +18,9 @@ GRACEFUL_SHUTDOWN_SECONDS = 10
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("serve", help="run the webhook receiver and /api (uvicorn)")
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    # No argparse default: unset, the settings' HOST and PORT apply (validated there).
+    parser.add_argument("--host", help="interface to bind (default: HOST, else 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default: PORT, else 8000)")
     parser.set_defaults(run=serve)
 
 
@@ -32,17 +33,19 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     from receiver.app import create_app
     from receiver.server import protocol_for
 
+    host = args.host if args.host is not None else settings.host
+    port = args.port if args.port is not None else settings.port
     app = create_app(settings)
     # What is loaded by now lives as long as the process: spare the collector walking it over and
     # over (under load that walk cost about a third of a delivery's CPU time). And collect the
     # young generation less often: a delivery allocates a few hundred short-lived objects.
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
-    log.info("receiver starting", host=args.host, port=args.port, queue=settings.queue_name)
+    log.info("receiver starting", host=host, port=port, queue=settings.queue_name)
     uvicorn.run(
         app,
-        host=args.host,
-        port=args.port,
+        host=host,
+        port=port,
         log_config=None,  # our structlog configuration (vinr_recon.logging) applies
         access_log=False,  # a line per request costs as much as the delivery; /metrics counts them
         # httptools with a head cap, deadlines and a connection bound (receiver.server says why
