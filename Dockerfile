@@ -34,10 +34,16 @@ RUN pip install --no-deps . \
 # Numeric, so that a runtime enforcing non-root (runAsNonRoot) can tell without /etc/passwd.
 USER 10001:10001
 # No secret is baked in: VINR_WEBHOOK_SECRET, VINR_API_KEY, LEDGER_API_TOKEN, DATABASE_URL and
-# REDIS_URL come from the environment at run time.
-ENV PORT=8000
+# REDIS_URL come from the environment at run time, or from files in SECRETS_DIR (/run/secrets).
+# HOST: every interface, as a container's port is reached from outside it (also the worker's
+# metrics port); the settings' default, 127.0.0.1, is for a process run on a host.
+ENV HOST=0.0.0.0 \
+    PORT=8000
 EXPOSE 8000
+# The web's check. The worker and the release have no /healthz: docker-compose.yml gives the
+# worker its own (`vinr-recon worker --check`, arq's health-check key) and the release none.
 HEALTHCHECK --interval=30s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8000'), timeout=2)"]
 
-CMD ["sh", "-c", "exec vinr-recon serve --host 0.0.0.0 --port \"$PORT\""]
+# Exec form: vinr-recon is PID 1 and gets SIGTERM itself; it listens on HOST:PORT.
+CMD ["vinr-recon", "serve"]

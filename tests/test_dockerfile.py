@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from vinr_recon.cli import build_parser
+from vinr_recon.settings import Settings
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 
@@ -112,8 +115,21 @@ def test_runs_as_a_numeric_non_root_user_exposes_its_port_and_checks_healthz():
     assert [args for kind, args in steps if kind == "EXPOSE"] == ["8000"]
     [health] = [args for kind, args in steps if kind == "HEALTHCHECK"]
     assert "/healthz" in health and "--interval" in health
+    # Exec form, so that vinr-recon is PID 1 and SIGTERM reaches uvicorn; where it listens is the
+    # image's HOST and PORT (real settings), not a command line's.
     [cmd] = [args for kind, args in steps if kind == "CMD"]
-    assert "vinr-recon serve" in cmd and "0.0.0.0" in cmd and "exec " in cmd  # signals reach uvicorn
+    argv = json.loads(cmd)
+    assert argv == ["vinr-recon", "serve"], argv
+    served = build_parser().parse_args(argv[1:])
+    assert (served.command, served.host, served.port) == ("serve", None, None)
+    env = image_env()
+    assert (env["HOST"], env["PORT"]) == ("0.0.0.0", "8000") and [env["PORT"]] == [a for k, a in steps if k == "EXPOSE"]
+    assert {"host", "port"} <= set(Settings.model_fields)
+
+
+def image_env() -> dict[str, str]:
+    """What the image's ENV instructions set (NAME=value pairs, unquoted)."""
+    return dict(pair.split("=", 1) for kind, args in instructions() if kind == "ENV" for pair in args.split())
 
 
 def test_no_secret_is_baked_in_and_the_build_context_leaves_secrets_out():
