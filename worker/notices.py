@@ -101,8 +101,8 @@ class Notifier:
             return {}
         if channel == "chat":
             customer = cached or await self._customer(payload, needed=False)
-            await channels.post_chat(self._http, settings.alert_webhook_url,
-                                     render.slack_message(render.render(kind, payload, customer)))
+            alert = render.render(kind, payload, customer, settings.money_locale)
+            await channels.post_chat(self._http, settings.alert_webhook_url, render.slack_message(alert))
             return {}
         if channel == "email":
             metadata = payload.get("metadata") or {}
@@ -113,7 +113,7 @@ class Notifier:
                 raise channels.Undeliverable(
                     "no recipient: no accountManager in the invoice's or customer's metadata and "
                     "ALERT_DEFAULT_RECIPIENT is not set")
-            alert = render.render(kind, payload, customer)
+            alert = render.render(kind, payload, customer, settings.money_locale)
             await channels.send_email(self.smtp, channels.email_message(settings.alert_email_from, to, alert, key))
             return {"recipient": to}
         raise channels.Undeliverable(f"unknown channel {channel!r}")
