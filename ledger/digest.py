@@ -17,7 +17,7 @@ whatever the size of the ledger.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 
 from sqlalchemy import and_, case, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ledger import tables
 
 positions = tables.InvoicePosition.__table__
+outbox = tables.Notice.__table__
 
 FAILED, OVERDUE, UNCOLLECTIBLE = "payment_failed", "overdue", "uncollectible"
 SECTIONS = (FAILED, OVERDUE, UNCOLLECTIBLE)  # in the order a manager reads them
@@ -76,15 +77,33 @@ class Chase:
     days_overdue: int
 
 
+@dataclass(frozen=True)
+class Resolved:
+    """An invoice that alerted as payment failed and is paid now: the matter is closed."""
+
+    invoice_id: str
+    number: str | None
+    customer: str | None
+    customer_name: str | None
+    customer_email: str | None
+    currency: str
+    amount_paid: int
+    paid_at: int | None
+    last_failure: str | None  # the code of its last alerted failure (authentication_required: 3-D Secure)
+
+
 @dataclass
 class Worklist:
-    """One manager's list for one day: up to `LISTED` invoices, totals over all of them."""
+    """One manager's list for one day: up to `LISTED` invoices, totals over all of them, and the
+    invoices whose failed payment was paid since the last digest."""
 
     manager: str
     day: date
     invoices: list[Chase] = field(default_factory=list)
     count: int = 0
     totals: dict[str, int] = field(default_factory=dict)  # currency -> amount due
+    last_failures: dict[str, str | None] = field(default_factory=dict)  # invoice id -> failure code
+    resolved: list[Resolved] = field(default_factory=list)
 
 
 # --- SQL -------------------------------------------------------------------------------------
@@ -166,4 +185,76 @@ async def worklists(conn: AsyncConnection, day: date, default_manager: str | Non
             attempt_count=row.attempt_count, due_date=row.due_date,
             days_overdue=days_overdue(row.due_date, day),
         ))
+    return [lists[manager] for manager in sorted(lists)]
+
+
+# --- Failures and what closed them (from the outbox's payment-failed notices) --------------------
+
+# A notice a backfill held, or resolved before it went out, never reached anyone.
+_NEVER_SENT = ("held", "resolved")
+
+
+async def last_failures(conn: AsyncConnection, invoice_ids: list[str]) -> dict[str, str | None]:
+    """Each invoice's last alerted payment failure's code (`authentication_required` for a 3-D
+    Secure challenge); by the outbox's invoice index, so bounded by the invoices asked about."""
+    found: dict[str, str | None] = {}
+    for start in range(0, len(invoice_ids), 500):
+        rows = await conn.execute(
+            select(outbox.c.invoice_id, outbox.c.payload)
+            .where(outbox.c.invoice_id.in_(invoice_ids[start:start + 500]), outbox.c.kind == FAILED)
+            .order_by(outbox.c.id))
+        for invoice_id, payload in rows:
+            found[invoice_id] = ((payload or {}).get("failure") or {}).get("code")
+    return found
+
+
+async def last_digest_at(conn: AsyncConnection) -> datetime | None:
+    """When the last digest was staged (any manager's: one job stages them all)."""
+    moment = await conn.scalar(select(func.max(outbox.c.created_at)).where(outbox.c.kind == "digest"))
+    if moment is None:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+async def resolved_since(conn: AsyncConnection, since: datetime, default_manager: str | None,
+                         listed: int = LISTED) -> dict[str, list[Resolved]]:
+    """Per manager, the invoices that alerted as payment failed and that the ledger moved to paid
+    after `since` (the last digest), oldest payment first, up to `listed` each."""
+    who = manager_of(default_manager)
+    customers = _customers()
+    alerted = select(outbox.c.invoice_id).where(outbox.c.kind == FAILED, outbox.c.status.not_in(_NEVER_SENT))
+    rows = (await conn.execute(
+        select(who.label("manager"), positions.c.invoice_id, positions.c.number, positions.c.customer,
+               positions.c.currency, positions.c.amount_paid, positions.c.paid_at,
+               customers.c.name.label("customer_name"), customers.c.email.label("customer_email"))
+        .select_from(_with_customers())
+        .where(positions.c.status == "paid", positions.c.updated_at > since, positions.c.invoice_id.in_(alerted),
+               who.is_not(None))
+        .order_by(who, positions.c.paid_at, positions.c.invoice_id)
+        .limit(listed * 20)
+    )).all()
+    failures = await last_failures(conn, [row.invoice_id for row in rows])
+    found: dict[str, list[Resolved]] = {}
+    for row in rows:
+        mine = found.setdefault(row.manager, [])
+        if len(mine) < listed:
+            mine.append(Resolved(row.invoice_id, row.number, row.customer, row.customer_name, row.customer_email,
+                                 row.currency, row.amount_paid, row.paid_at, failures.get(row.invoice_id)))
+    return found
+
+
+async def digests(conn: AsyncConnection, day: date, now: datetime, default_manager: str | None,
+                  listed: int = LISTED) -> list[Worklist]:
+    """What each manager's digest of `day` holds: the list to chase (`worklists`), each listed
+    failure's code, and what was resolved since the last digest (or the last day, before the
+    first); a manager with only resolved invoices gets a digest too, to read that they are closed."""
+    lists = {w.manager: w for w in await worklists(conn, day, default_manager, listed)}
+    since = await last_digest_at(conn) or now - timedelta(days=1)
+    for manager, closed in (await resolved_since(conn, since, default_manager, listed)).items():
+        lists.setdefault(manager, Worklist(manager, day)).resolved = closed
+    failed = [c.invoice_id for w in lists.values() for c in w.invoices if c.section == FAILED]
+    codes = await last_failures(conn, failed) if failed else {}
+    for worklist in lists.values():
+        worklist.last_failures = {c.invoice_id: codes.get(c.invoice_id) for c in worklist.invoices
+                                  if c.section == FAILED}
     return [lists[manager] for manager in sorted(lists)]

@@ -288,6 +288,60 @@ async def test_the_list_is_bounded_and_its_totals_count_every_invoice(ledger_set
     assert [c.invoice_id for c in anna.invoices] == [f"inv_{tag}_{n:03}" for n in (11, 10, 9, 8, 7)]
 
 
+THREE_D_SECURE = {"code": "authentication_required", "declineCode": "authentication_required",
+                  "message": "This payment requires 3-D Secure authentication; pay again with threeDSecure=approve."}
+DECLINED = {"code": "card_declined", "declineCode": "generic_decline", "message": "Your card was declined."}
+
+
+async def test_a_3ds_attempt_is_no_decline_and_a_failed_payment_later_paid_is_closed_in_the_next_digest(
+    ledger_settings, ledger_engine, redis, smtp
+):
+    """Issue 21: a 3-D Secure challenge reads as the customer's step to take; once a failed
+    payment is paid, the next digest says the matter is closed (also to a manager with nothing
+    else on their list)."""
+    tag = ledger_settings.queue_name.rsplit("_", 1)[1]
+    secure = invoice(f"inv_{tag}_s1", "open", 196000, manager=ANNA, attempts=1, lastPaymentError=THREE_D_SECURE)
+    declined = invoice(f"inv_{tag}_d1", "open", 4200, manager=CAROL, attempts=1, lastPaymentError=DECLINED)
+    await enqueue(redis, ledger_settings.queue_name, [
+        Event(f"evt_{tag}_s1", "invoice.payment_failed", secure, ts(at(DAY, 1))),
+        Event(f"evt_{tag}_d1", "invoice.payment_failed", declined, ts(at(DAY, 1)) + 1)])
+    await drain(ledger_settings)
+    settings = with_digest(ledger_settings, smtp)
+
+    await run_worker(settings, at(DAY, 9, 30))
+    anna = next(m for m in smtp.mails if m.recipients == [ANNA])
+    assert "EUR 1,960.00 due, the customer must authenticate the payment (3-D Secure)\n" in text(anna)
+    assert "declin" not in text(anna).lower() and "failed attempt" not in text(anna)
+    carol = next(m for m in smtp.mails if m.recipients == [CAROL])
+    assert "EUR 42.00 due, 1 failed attempt" in text(carol) and "Resolved" not in text(carol)
+
+    # The customer authenticates and pays; the other card is paid too.
+    await enqueue(redis, ledger_settings.queue_name, [
+        Event(f"evt_{tag}_s2", "invoice.paid", {**secure, **invoice(secure["id"], "paid", 196000, 196000, manager=ANNA,
+                                                                      attempts=2)}, ts(at(DAY, 12))),
+        Event(f"evt_{tag}_d2", "invoice.paid", invoice(declined["id"], "paid", 4200, 4200, manager=CAROL, attempts=2),
+              ts(at(DAY, 12)) + 1)])
+    await drain(ledger_settings)
+    sent = len(smtp.mails)
+    await run_worker(settings, at(DAY + timedelta(days=1), 8, 0))
+    second = {m.recipients[0]: m for m in smtp.mails[sent:]}
+    assert set(second) == {ANNA, CAROL}  # Carol has nothing to chase, but reads that it is closed
+    assert "Resolved since the last digest (1)\n" "  INV-2026-_s1, cust_acme\n" \
+           "    authenticated (3-D Secure) and paid: EUR 1,960.00, closed\n" in text(second[ANNA])
+    assert "Payment failed" not in text(second[ANNA])
+    assert second[CAROL].message["Subject"] == "Nothing to chase on 2026-12-03; 1 resolved"
+    assert "    paid: EUR 42.00, closed\n" in text(second[CAROL])
+
+    # The day after, nothing more was paid: nothing is resolved again, and Carol gets no digest.
+    sent = len(smtp.mails)
+    await run_worker(settings, at(DAY + timedelta(days=2), 8, 0))
+    assert [m.recipients for m in smtp.mails[sent:]] == []
+
+
+def text(mail) -> str:
+    return mail.text.replace("\r\n", "\n")
+
+
 # --- `vinr-recon worker` itself --------------------------------------------------------------
 
 

@@ -224,6 +224,43 @@ async def test_with_credentials_a_server_without_starttls_gets_no_login_in_clear
     assert_no_secret(email.last_error, settings)
 
 
+async def test_an_alert_email_has_a_date_each_link_once_a_3ds_wording_and_the_readers_money(
+    ledger_settings, ledger_engine, redis, prefix, smtp, http
+):
+    """Issue 21: a `Date:` header; the invoice's link printed once; a 3-D Secure attempt worded as
+    the customer's step (never a declined card) in the email and on chat; MONEY_LOCALE's amounts."""
+    from email.utils import parsedate_to_datetime
+
+    settings = with_channels(ledger_settings, smtp.url, http, money_locale="de_DE")
+    secure = {**failed("inv_e3ds", 196000, metadata={"accountManager": MANAGER}), "lastPaymentError": {
+        "code": "authentication_required", "declineCode": "authentication_required",
+        "message": "This payment requires 3-D Secure authentication; pay again with threeDSecure=approve."}}
+    declined = failed("inv_f404", 50000)
+    await enqueue(redis, settings.queue_name, [Event(f"{prefix}_1", "invoice.payment_failed", secure, 1_763_800_000),
+                                               Event(f"{prefix}_2", "invoice.payment_failed", declined, 1_763_800_060)])
+    await drain(settings)
+
+    (to_manager,) = [m for m in smtp.mails if m.recipients == [MANAGER]]
+    (to_default,) = [m for m in smtp.mails if m.recipients == [DEFAULT_RECIPIENT]]
+    for mail in (to_manager, to_default):
+        sent = parsedate_to_datetime(mail.message["Date"])
+        assert sent.utcoffset() == timedelta(0) and abs(sent - datetime.now(UTC)) < timedelta(hours=1)
+    assert to_manager.text.count("https://pay.vinr.com/inv_e3ds") == 1
+    assert to_default.text.count("https://pay.vinr.com/inv_f404") == 1
+
+    subject, text = to_manager.message["Subject"], to_manager.text
+    assert subject.startswith("Authentication required: INV-2026-3ds") and "1.960,00\xa0€ due" in subject
+    assert "the customer must authenticate the payment (3-D Secure)" in text and "1.960,00\xa0€" in text
+    assert "declin" not in (subject + text).lower() and "failed" not in subject.lower()
+    assert "Payment failed: INV-2026-404" in to_default.message["Subject"] and "500,00\xa0€" in to_default.text
+
+    chat = {("inv_e3ds" in r.body.decode()): json.loads(r.body) for r in http.at(CHAT_PATH)}
+    said = json.dumps(chat[True], ensure_ascii=False)
+    assert "the customer must authenticate the payment (3-D Secure)" in said and "1.960,00\xa0€" in said
+    assert "declin" not in said.lower()
+    assert "card_declined" in json.dumps(chat[False]) and "500,00\xa0€" in json.dumps(chat[False], ensure_ascii=False)
+
+
 async def test_with_no_recipient_anywhere_the_email_is_undeliverable_at_once_and_the_chat_message_goes(
     ledger_settings, ledger_engine, redis, prefix, smtp, http
 ):

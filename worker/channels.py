@@ -20,7 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.message import EmailMessage
+from email.utils import format_datetime
 from urllib.parse import unquote, urlsplit
 
 import aiosmtplib
@@ -73,6 +75,7 @@ def email_message(sender: str, recipient: str, alert: Alert, notice_key: str | N
     mail systems and clients recognise the copy."""
     message = EmailMessage()
     message["From"], message["To"], message["Subject"] = sender, recipient, alert.subject
+    message["Date"] = format_datetime(datetime.now(UTC))  # RFC 5322 wants one; clients sort by it
     if notice_key:
         digest = hashlib.sha256(notice_key.encode()).hexdigest()[:32]
         message["Message-ID"] = f"<{digest}@{sender.rpartition('@')[2] or 'vinr-recon'}>"

@@ -101,9 +101,19 @@ def payload(worklist: facts.Worklist, now: datetime, public_origin: str | None) 
                 "status": chase.status, "section": chase.section, "currency": chase.currency,
                 "amountDue": chase.amount_due, "total": chase.total, "attemptCount": chase.attempt_count,
                 "dueDate": chase.due_date, "daysOverdue": chase.days_overdue,
+                "lastFailure": worklist.last_failures.get(chase.invoice_id),
                 "link": invoice_link(public_origin, chase.invoice_id),
             }
             for chase in worklist.invoices
+        ],
+        "resolved": [
+            {
+                "invoiceId": r.invoice_id, "number": r.number, "customer": r.customer,
+                "customerName": r.customer_name, "customerEmail": r.customer_email, "currency": r.currency,
+                "amountPaid": r.amount_paid, "paidAt": r.paid_at, "lastFailure": r.last_failure,
+                "link": invoice_link(public_origin, r.invoice_id),
+            }
+            for r in worklist.resolved
         ],
     }
 
@@ -123,7 +133,7 @@ async def stage_digests(ctx: dict[str, Any], settings: Settings, now: datetime) 
     # Read before the write transaction: on SQLite the worker's writes wait for it (a second at
     # 100,000 invoices, bench/digest.py), and the keys, not the transaction, make it once a day.
     async with ctx["engine"].connect() as conn:
-        worklists = await facts.worklists(conn, day, settings.alert_default_recipient)
+        worklists = await facts.digests(conn, day, now, settings.alert_default_recipient)
     owed = notices(worklists, now, settings.public_origin)
     keys = [n.key for n in owed]
     async with _write_lock(ctx), ctx["engine"].begin() as conn:

@@ -22,30 +22,50 @@ class Alert:
     def text(self) -> str:
         width = max((len(label) for label, _ in self.fields), default=0) + 2
         lines = [self.intro, ""] + [f"{label + ':':<{width}}{value}" for label, value in self.fields]
-        if self.link:
+        if self.link and not any(self.link in value for _, value in self.fields):  # each link once
             lines += ["", self.link]
         return "\n".join(lines) + "\n\n-- vinr-recon\n"
 
 
-def payment_failed(payload: dict[str, Any], customer: dict[str, Any] | None = None) -> Alert:
-    """The alert for a failed payment; `customer` is VINR's customer object when it could be read."""
+# VINR's code for a 3-D Secure challenge the customer has not completed (contract sections 3, 4):
+# no card was declined, the customer has a step to take.
+AUTHENTICATION_REQUIRED = "authentication_required"
+AUTHENTICATION_WORDING = "the customer must authenticate the payment (3-D Secure)"
+
+
+def needs_authentication(failure: dict[str, Any] | None) -> bool:
+    return (failure or {}).get("code") == AUTHENTICATION_REQUIRED
+
+
+def payment_failed(payload: dict[str, Any], customer: dict[str, Any] | None = None, locale: str | None = None
+                   ) -> Alert:
+    """The alert for a failed payment; `customer` is VINR's customer object when it could be read.
+    A 3-D Secure attempt is worded as what it is, a step the customer must take, not a decline."""
     invoice = payload.get("number") or payload["invoiceId"]
     who = _customer(payload.get("customer"), customer)
-    due = format_money(payload["amountDue"], payload["currency"])
+    label = _customer_label(payload.get("customer"), customer)
+    due = format_money(payload["amountDue"], payload["currency"], locale)
     failure = payload.get("failure") or {}
-    reason = failure.get("code") or "unknown"
-    if failure.get("declineCode") and failure.get("declineCode") != failure.get("code"):
-        reason += f" ({failure['declineCode']})"
-    if failure.get("message"):
-        reason += f": {failure['message']}"
+    if needs_authentication(failure):
+        subject = f"Authentication required: {invoice} ({label}), {due} due"
+        intro = f"A payment for invoice {invoice} is waiting: {AUTHENTICATION_WORDING}."
+        reason = ("Reason", AUTHENTICATION_WORDING)
+    else:
+        text = failure.get("code") or "unknown"
+        if failure.get("declineCode") and failure.get("declineCode") != failure.get("code"):
+            text += f" ({failure['declineCode']})"
+        if failure.get("message"):
+            text += f": {failure['message']}"
+        subject, intro, reason = (f"Payment failed: {invoice} ({label}), {due} due",
+                                  f"A payment for invoice {invoice} failed.", ("Failure", text))
     return Alert(
-        subject=f"Payment failed: {invoice} ({_customer_label(payload.get('customer'), customer)}), {due} due",
-        intro=f"A payment for invoice {invoice} failed.",
+        subject=subject,
+        intro=intro,
         fields=(
             ("Customer", who),
             ("Invoice", f"{payload.get('number') or '(no number)'} ({payload['invoiceId']})"),
             ("Amount due", due),
-            ("Failure", reason),
+            reason,
             ("Attempts", str(payload.get("attemptCount", 0))),
             ("Invoice page", payload.get("hostedInvoiceUrl") or "(none)"),
         ),
@@ -53,11 +73,12 @@ def payment_failed(payload: dict[str, Any], customer: dict[str, Any] | None = No
     )
 
 
-def uncollectible(payload: dict[str, Any], customer: dict[str, Any] | None = None) -> Alert:
+def uncollectible(payload: dict[str, Any], customer: dict[str, Any] | None = None, locale: str | None = None
+                  ) -> Alert:
     """The alert for an invoice whose dunning gave up: what is still due is written off."""
     invoice = payload.get("number") or payload["invoiceId"]
     who = _customer(payload.get("customer"), customer)
-    due = format_money(payload["amountDue"], payload["currency"])
+    due = format_money(payload["amountDue"], payload["currency"], locale)
     return Alert(
         subject=f"Uncollectible: {invoice} ({_customer_label(payload.get('customer'), customer)}), {due} written off",
         intro=f"Invoice {invoice} was marked uncollectible: collection gave up and {due} is written off "
@@ -66,7 +87,7 @@ def uncollectible(payload: dict[str, Any], customer: dict[str, Any] | None = Non
             ("Customer", who),
             ("Invoice", f"{payload.get('number') or '(no number)'} ({payload['invoiceId']})"),
             ("Written off", due),
-            ("Total", format_money(payload["total"], payload["currency"])),
+            ("Total", format_money(payload["total"], payload["currency"], locale)),
             ("Attempts", str(payload.get("attemptCount", 0))),
             ("Invoice page", payload.get("hostedInvoiceUrl") or "(none)"),
         ),
@@ -74,7 +95,7 @@ def uncollectible(payload: dict[str, Any], customer: dict[str, Any] | None = Non
     )
 
 
-def drift(payload: dict[str, Any]) -> Alert:
+def drift(payload: dict[str, Any], locale: str | None = None) -> Alert:
     run_id, status, counts = payload["runId"], payload["status"], payload.get("counts", {})
     found = sum(counts.values())
     what = f"found {found} difference{'s' * (found != 1)}" if found else "found no difference"
@@ -92,7 +113,7 @@ def drift(payload: dict[str, Any]) -> Alert:
     by_invoice: dict[str, list[dict[str, Any]]] = {}
     for d in differences:
         by_invoice.setdefault(d["invoiceId"], []).append(d)
-    fields += [(invoice_id, _differences(found)) for invoice_id, found in by_invoice.items()]
+    fields += [(invoice_id, _differences(found, locale)) for invoice_id, found in by_invoice.items()]
     if found > len(differences) and differences:
         fields.append(("More", f"{found - len(differences)} more in the report"))
     if payload.get("message"):
@@ -105,7 +126,7 @@ def drift(payload: dict[str, Any]) -> Alert:
 _AMOUNT_FIELDS = frozenset({"total", "amountPaid", "amountDue"})
 
 
-def _differences(found: list[dict[str, Any]]) -> str:
+def _differences(found: list[dict[str, Any]], locale: str | None = None) -> str:
     """One invoice's findings for people:
     `status: ledger open, VINR paid; amountPaid: ledger EUR 0.00, VINR EUR 500.00 (corrected)`."""
 
@@ -113,7 +134,7 @@ def _differences(found: list[dict[str, Any]]) -> str:
         if text is None:
             return "none"
         if d.get("field") in _AMOUNT_FIELDS and d.get("currency") and text.lstrip("-").isdigit():
-            return format_money(int(text), d["currency"])
+            return format_money(int(text), d["currency"], locale)
         return text
 
     parts = [f"{d.get('field') or d['category'].replace('_', ' ')}: ledger {value(d, d.get('ledger'))}, "
@@ -143,58 +164,84 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'s' * (n != 1)}"
 
 
-def _digest_line(invoice: dict[str, Any]) -> list[str]:
-    """One invoice of a digest: what it is and whose, what is due and why it is listed, its link."""
+def _who(invoice: dict[str, Any]) -> str:
     name = invoice.get("customerName") or invoice.get("customerEmail")
     customer_id = invoice.get("customer")
-    who = f"{name} ({customer_id})" if name and customer_id else name or customer_id or "unknown customer"
-    due = format_money(invoice["amountDue"], invoice["currency"])
+    return f"{name} ({customer_id})" if name and customer_id else name or customer_id or "unknown customer"
+
+
+def _digest_line(invoice: dict[str, Any], locale: str | None = None) -> list[str]:
+    """One invoice of a digest: what it is and whose, what is due and why it is listed, its link."""
+    due = format_money(invoice["amountDue"], invoice["currency"], locale)
     facts = [f"{due} written off" if invoice["section"] == "uncollectible" else f"{due} due"]
-    if invoice.get("attemptCount"):
+    if invoice.get("lastFailure") == AUTHENTICATION_REQUIRED:
+        facts.append(AUTHENTICATION_WORDING)
+    elif invoice.get("attemptCount"):
         facts.append(_plural(invoice["attemptCount"], "failed attempt"))
     if invoice.get("daysOverdue"):
         facts.append(f"{_plural(invoice['daysOverdue'], 'day')} overdue")
-    lines = [f"  {invoice.get('number') or invoice['invoiceId']}, {who}", f"    {', '.join(facts)}"]
+    lines = [f"  {invoice.get('number') or invoice['invoiceId']}, {_who(invoice)}", f"    {', '.join(facts)}"]
     if invoice.get("link"):
         lines.append(f"    {invoice['link']}")
     return lines
 
 
-def digest(payload: dict[str, Any]) -> DigestEmail:
-    """An account manager's invoices to chase on `payload["day"]`, by section (ledger.digest)."""
+def _resolved_line(invoice: dict[str, Any], locale: str | None = None) -> list[str]:
+    """An invoice whose payment had failed and that is paid now: the matter is closed."""
+    paid = format_money(invoice["amountPaid"], invoice["currency"], locale)
+    how = "authenticated (3-D Secure) and paid" if invoice.get("lastFailure") == AUTHENTICATION_REQUIRED else "paid"
+    lines = [f"  {invoice.get('number') or invoice['invoiceId']}, {_who(invoice)}", f"    {how}: {paid}, closed"]
+    if invoice.get("link"):
+        lines.append(f"    {invoice['link']}")
+    return lines
+
+
+def digest(payload: dict[str, Any], locale: str | None = None) -> DigestEmail:
+    """An account manager's invoices to chase on `payload["day"]`, by section (ledger.digest), and
+    those whose failed payment was paid since the last digest (closed: nothing left to chase)."""
     count, day = payload["count"], payload["day"]
-    totals = ", ".join(format_money(t["amountDue"], t["currency"]) for t in payload.get("totals", []))
+    totals = ", ".join(format_money(t["amountDue"], t["currency"], locale) for t in payload.get("totals", []))
     listed = payload.get("invoices", [])
+    resolved = payload.get("resolved", [])
     lines = [f"{_plural(count, 'invoice')} of your customers to chase on {day} (as of {payload['asOf']}).", ""]
     for section, title in _SECTION_TITLES.items():
         invoices = [i for i in listed if i["section"] == section]
         if invoices:
             lines.append(f"{title} ({len(invoices)})")
             for invoice in invoices:
-                lines += _digest_line(invoice) + [""]
+                lines += _digest_line(invoice, locale) + [""]
+    if resolved:
+        lines.append(f"Resolved since the last digest ({len(resolved)})")
+        for invoice in resolved:
+            lines += _resolved_line(invoice, locale) + [""]
     lines.append(f"Owed in all: {totals or 'nothing'}.")
     if count > len(listed):
         lines.append(f"{count - len(listed)} more are on your list than this email shows.")
     if payload.get("dashboard"):
         lines.append(f"Your whole list: {payload['dashboard']}")
+    subject = f"{_plural(count, 'invoice')} to chase on {day}: {totals} owed" if count else f"Nothing to chase on {day}"
+    if resolved:
+        subject += f"; {len(resolved)} resolved"
     return DigestEmail(
-        subject=f"{_plural(count, 'invoice')} to chase on {day}: {totals} owed",
+        subject=subject,
         intro=lines[0],
-        fields=(("Invoices", str(count)), ("Owed", totals)),
+        fields=(("Invoices", str(count)), ("Owed", totals or "nothing"), ("Resolved", str(len(resolved)))),
         link=payload.get("dashboard"),
         body="\n".join(lines) + "\n",
     )
 
 
-def render(kind: str, payload: dict[str, Any], customer: dict[str, Any] | None = None) -> Alert:
+def render(kind: str, payload: dict[str, Any], customer: dict[str, Any] | None = None,
+           locale: str | None = None) -> Alert:
+    """`locale`: MONEY_LOCALE, for amounts as their readers write them (ledger.money)."""
     if kind == "payment_failed":
-        return payment_failed(payload, customer)
+        return payment_failed(payload, customer, locale)
     if kind == "uncollectible":
-        return uncollectible(payload, customer)
+        return uncollectible(payload, customer, locale)
     if kind == "drift":
-        return drift(payload)
+        return drift(payload, locale)
     if kind == "digest":
-        return digest(payload)
+        return digest(payload, locale)
     raise ValueError(f"no alert for notices of kind {kind!r}")
 
 
