@@ -1,7 +1,10 @@
 """structlog, configured once per process: JSON when not a TTY, console otherwise.
 
 Standard-library loggers (uvicorn, arq, alembic) go through the same processors, and a
-last line of defence drops values of keys that name secrets.
+last line of defence drops values of keys that name secrets. In JSON an exception is a field of
+its own, `exception`: a list of stacks (type, value, frames: file, line, function), the
+exception's first, then its cause's, that a log search can query; never the frames' local variables (a secret may be
+one). The console shows the usual traceback.
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ def redact_secrets(_logger, _method, event_dict: dict) -> dict:
     return event_dict
 
 
+STRUCTURED_EXCEPTIONS = structlog.processors.ExceptionRenderer(
+    structlog.tracebacks.ExceptionDictTransformer(show_locals=False))
+
+
 def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
     if json is None:
         json = not sys.stderr.isatty()
@@ -38,6 +45,7 @@ def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
         redact_secrets,
     ]
     renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+    exceptions = STRUCTURED_EXCEPTIONS if json else structlog.processors.format_exc_info
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
@@ -50,7 +58,7 @@ def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
             foreign_pre_chain=shared,
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                structlog.processors.format_exc_info,
+                exceptions,
                 renderer,
             ],
         )
