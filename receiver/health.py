@@ -17,6 +17,7 @@ from ledger.views import dead
 from receiver.api import bearer_token, token_matches
 from receiver.metrics import CONTENT_TYPE, Metrics
 from vinr_recon.redis_connect import primary_answers
+from worker.metrics import ReconciliationFigures, reconciliation_figures
 
 log = structlog.get_logger("receiver.health")
 
@@ -88,14 +89,14 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready", "checks": checks})
 
 
-async def _count_dead(engine: AsyncEngine) -> dict[str, int]:
+async def _read_ledger(engine: AsyncEngine) -> tuple[dict[str, int], ReconciliationFigures]:
     async with engine.connect() as connection:
-        return await dead(connection)
+        return await dead(connection), await reconciliation_figures(connection)
 
 
 async def metrics(request: Request) -> Response:
-    """The Prometheus text format; the queue depth (Redis) and what is dead (the ledger) are read at
-    scrape time, each NaN when its store does not answer in time. With METRICS_TOKEN, only for
+    """The Prometheus text format; the queue depth (Redis), what is dead and the reconciliation's
+    figures (the ledger) are read at scrape time, each NaN when its store does not answer in time. With METRICS_TOKEN, only for
     `Authorization: Bearer <token>` (401 otherwise)."""
     tokens = request.state.settings.metrics_tokens
     if tokens and not token_matches(bearer_token(request.scope), tokens):
@@ -109,10 +110,12 @@ async def metrics(request: Request) -> Response:
         depth = float("nan")
     registry.queue_depth.set(depth)
     try:
-        counts = await asyncio.wait_for(_let_go_when_given_up(_count_dead(request.state.engine)), CHECK_TIMEOUT)
+        counts, figures = await asyncio.wait_for(_let_go_when_given_up(_read_ledger(request.state.engine)),
+                                                 CHECK_TIMEOUT)
     except Exception as exc:
-        log.warning("dead counts unavailable", error=type(exc).__name__)
-        counts = {"events": float("nan"), "notices": float("nan")}
+        log.warning("dead counts and reconciliation figures unavailable", error=type(exc).__name__)
+        counts, figures = {"events": float("nan"), "notices": float("nan")}, None
     for kind, count in counts.items():
         registry.dead.labels(kind).set(count)
+    registry.reconciliation.show(figures)
     return Response(registry.render(), media_type=CONTENT_TYPE)

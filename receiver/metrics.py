@@ -1,7 +1,8 @@
 """The receiver's Prometheus metrics, in a registry of its own.
 
 Each app gets its own `CollectorRegistry` (never the process-global one), so several apps in
-one process, as in the tests, do not clash over metric names.
+one process, as in the tests, do not clash over metric names. It also carries the process and
+Python collectors and the reconciliation's figures (worker.metrics: the worker serves them too).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from vinr.events import INVOICE_EVENT_TYPES
+from worker.metrics import ReconciliationGauges, add_runtime_collectors
 
 # Event types come from the payload: anything outside the known set is one label value, so a
 # stream of novel types cannot grow the number of series without bound.
@@ -25,7 +27,8 @@ def type_label(event_type: str) -> str:
 
 
 class Metrics:
-    """Deliveries, verification failures, enqueue latency, queue depth and dashboard sign-ins for one app."""
+    """Deliveries, verification failures, enqueue latency, queue depth, dead letters, dashboard
+    sign-ins and the reconciliation's figures for one app."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -68,6 +71,8 @@ class Metrics:
         )
         for outcome in ("ok", "failed", "braked"):
             self.signins.labels(outcome)
+        self.reconciliation = ReconciliationGauges(self.registry)  # read at scrape time (receiver.health)
+        add_runtime_collectors(self.registry)
 
         self._delivered: dict[tuple[str, str], Callable[[], None]] = {}
 

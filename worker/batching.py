@@ -23,6 +23,7 @@ from ledger.batch import PoisonInBatch, Received, apply_events
 from ledger.book import EventResult
 from ledger.db import is_connection_failure
 from ledger.outbox import EVERY_CHANNEL, NO_CHANNELS, Channels, stage_results
+from worker.metrics import WorkerMetrics
 
 Waiting = tuple[Received, asyncio.Future[EventResult]]
 
@@ -32,7 +33,8 @@ class Batcher:
 
     A batch waits up to `linger` seconds to fill; each transaction gets `timeout` seconds and a
     batch with its retries twice that. `lock` is held around each transaction (SQLite's writer).
-    The alerts and callbacks a batch owes on `notices` are staged in its transaction.
+    The alerts and callbacks a batch owes on `notices` are staged in its transaction. Each
+    committed batch's size goes to `metrics` (worker.metrics.WorkerMetrics), when given.
     """
 
     def __init__(
@@ -45,8 +47,10 @@ class Batcher:
         lock: asyncio.Lock | None = None,
         notices: Channels = NO_CHANNELS,
         deliverable: Channels = EVERY_CHANNEL,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self._engine = engine
+        self._metrics = metrics
         self._notices, self._deliverable = notices, deliverable
         self._max_batch = max_batch
         self._linger = linger
@@ -136,6 +140,8 @@ class Batcher:
                 raise
             self.transactions += 1
             self.events += len(batch)
+            if self._metrics:
+                self._metrics.batch(len(batch))
             for (_, future), result in zip(batch, results, strict=True):
                 _settle(future, result=result)
             return

@@ -21,6 +21,9 @@ def register(subparsers) -> None:
     worker.add_argument("--no-batch", dest="batch", action="store_false",
                         help="apply each event in a transaction of its own (default: the events of "
                              "concurrent jobs share one)")
+    worker.add_argument("--metrics-port", type=_port, metavar="PORT",
+                        help="serve Prometheus /metrics on this port of HOST (default WORKER_METRICS_PORT, "
+                             "9101; 0: none)")
     worker.set_defaults(run=run_worker)
 
     replay = subparsers.add_parser("replay", help="re-queue dead-lettered events (or, with --notices, dead alerts "
@@ -40,9 +43,11 @@ def run_worker(args: argparse.Namespace, settings) -> int:
     from worker.settings import SchemaNotMigrated, Worker, quiet_arq, worker_settings
 
     quiet_arq()
+    chosen = args.metrics_port is not None or "worker_metrics_port" in settings.model_fields_set
     options = worker_settings(
         settings, max_jobs=args.max_jobs, tries=args.tries, job_timeout=args.job_timeout, batch=args.batch,
-        burst=args.burst,
+        burst=args.burst, metrics_port=settings.worker_metrics_port if args.metrics_port is None else args.metrics_port,
+        metrics_port_chosen=chosen,
     )
     # arq's own pool (from its RedisSettings) gives up on the first broken connection, which would
     # end the worker at a failover or a Redis restart; this one retries through it and, with
@@ -54,6 +59,12 @@ def run_worker(args: argparse.Namespace, settings) -> int:
         print(f"vinr-recon worker: {exc}", flush=True)
         return 2
     return 0
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError("a port number from 0 (none) to 65535")
+    return int(text)
 
 
 def run_replay(args: argparse.Namespace, settings) -> int:

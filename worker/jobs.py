@@ -82,6 +82,7 @@ async def apply_event(
     """
     policy: RetryPolicy = ctx["policy"]
     attempt: int = ctx.get("job_try", 1)
+    metrics = ctx.get("metrics")  # worker.metrics.WorkerMetrics; none in a bare ctx
     received = datetime.fromtimestamp(received_at, UTC)
     with structlog.contextvars.bound_contextvars(event_id=event_id, job_id=ctx.get("job_id"), invoice_id=None):
         try:
@@ -95,12 +96,19 @@ async def apply_event(
                 delay = policy.backoff(attempt)
                 log.warning("apply failed, will retry", attempt=attempt, retry_in=round(delay, 2), error=error,
                             database_unreachable=unreachable)
+                if metrics:
+                    metrics.retried("database_unreachable" if unreachable else "error")
                 raise Retry(defer=delay) from exc
         else:
             _log_result(result)
+            if metrics:
+                metrics.finished(result.outcome)
             await queue_notices(ctx, result.notices)
             return result.outcome
-        return await _dead_letter(ctx, event_id, event_type, body, headers, received, error, attempt, dead_letter_id)
+        outcome = await _dead_letter(ctx, event_id, event_type, body, headers, received, error, attempt, dead_letter_id)
+        if metrics:
+            metrics.finished(outcome)
+        return outcome
 
 
 async def _apply(ctx, body, headers, received, replay, dead_letter_id) -> EventResult:
@@ -154,6 +162,8 @@ async def _dead_letter(ctx, event_id, event_type, body, headers, received, error
         # The database refuses even the dead letter: keep the job in the queue, whatever it takes.
         delay = policy.backoff(attempt)
         log.error("dead letter not written, will retry", attempt=attempt, error=error, dead_letter_error=repr(exc))
+        if ctx.get("metrics"):
+            ctx["metrics"].retried("dead_letter_unwritten")
         raise Retry(defer=delay) from exc
     if buried is None:
         log.info("event applied meanwhile, not dead-lettered", outcome="duplicate", error=error)

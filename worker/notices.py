@@ -183,19 +183,30 @@ async def deliver_notice(ctx: dict[str, Any], notice_id: int) -> str:
         else:
             await _settle(ctx, notice_id, attempt, status="sent")
             log.info("notice sent", attempts=row.attempts + 1, **detail)
+            _count(ctx, row.channel, "sent")
             return "sent"
         if not final and attempt < policy.tries:
             delay = policy.backoff(attempt)
             await _settle(ctx, notice_id, attempt, error=error)
             log.warning("notice not delivered, will retry", attempt=attempt, retry_in=round(delay, 2), error=error)
+            _count(ctx, row.channel, "retried")
             raise Retry(defer=delay)
         if final:  # nothing was tried: not a failure for the dead-notice gauge
             await _settle(ctx, notice_id, attempt, status="undeliverable", error=error)
             log.warning("notice undeliverable by this worker's configuration", error=error)
+            _count(ctx, row.channel, "undeliverable")
             return "undeliverable"
         await _settle(ctx, notice_id, attempt, status="dead", error=error)
         log.error("notice dead: replay it with `vinr-recon replay --notices`", attempts=row.attempts + 1, error=error)
+        _count(ctx, row.channel, "dead")
         return "dead"
+
+
+def _count(ctx: dict[str, Any], channel: str, outcome: str, count: int = 1) -> None:
+    """Count notices on `ctx["metrics"]` (worker.metrics.WorkerMetrics), when this worker has metrics."""
+    metrics = ctx.get("metrics")
+    if metrics:
+        metrics.notice(channel, outcome, count)
 
 
 async def _settle(ctx: dict[str, Any], notice_id: int, attempt: int, *, status: str | None = None,
@@ -264,6 +275,7 @@ async def _settle_unconfigured(ctx: dict[str, Any], older_than: datetime) -> Non
         if done.rowcount:
             log.info("notices undeliverable by this worker's configuration", channel=channel, count=done.rowcount,
                      error=reason)
+            _count(ctx, channel, "undeliverable", done.rowcount)
 
 
 def notice_crons(settings: Settings) -> list[CronJob]:

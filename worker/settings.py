@@ -15,17 +15,17 @@ import structlog
 from arq.constants import abort_jobs_ss, in_progress_key_prefix, retry_key_prefix
 from arq.utils import to_ms
 from arq.worker import Worker as ArqWorker, func
-from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.outbox import EVERY_CHANNEL
 from vinr_recon.jobformat import JOB_FORMAT, is_data_job, kind_of, loads
 from vinr_recon.jobs import APPLY_EVENT, job_key, refused_key, result_key
 from vinr_recon.redis_connect import arq_redis_settings
-from vinr_recon.settings import Settings
+from vinr_recon.settings import ConfigurationError, Settings
 from worker.defaults import ARQ_MAX_TRIES, BATCH_LINGER, JOB_TIMEOUT, KEEP_RESULT, MAX_JOBS, POLL_DELAY, TRIES
 from worker.digest import digest_crons
 from worker.jobs import RetryPolicy, apply_event
+from worker.metrics import WorkerMetrics
 from worker.nightly import nightly_cron
 from worker.notices import NOTICE_RETRY, Notifier, notice_crons, notice_functions
 
@@ -37,9 +37,19 @@ class SchemaNotMigrated(RuntimeError):
     """The ledger's database is not at the migrations' head: run `vinr-recon db upgrade`."""
 
 
+class MetricsPortTaken(ConfigurationError):
+    """The metrics port a person chose cannot be listened on (another process has it, most often)."""
+
+    def __init__(self, host: str, port: int, error: OSError) -> None:
+        super().__init__(f"WORKER_METRICS_PORT (or --metrics-port): cannot listen on {host}:{port}: "
+                         f"{error.strerror or error}")
+
+
 class Worker(ArqWorker):
     """arq's worker, except:
 
+    - Its metrics (worker.metrics.WorkerMetrics, `metrics`; `registry` is theirs) are in arq's
+      `ctx["metrics"]` for the jobs to count on.
     - Jobs are read and written in the data-only format (vinr_recon.jobformat), never unpickled.
       A job in any other format is refused: never run nor tried again, logged, counted
       (`vinr_jobs_refused_total` in `registry`) and kept as it was found in the queue's refused
@@ -58,9 +68,8 @@ class Worker(ArqWorker):
             kwargs.setdefault(name, value)
         super().__init__(*args, **kwargs)
         self.in_progress_timeout_s = self.job_timeout_s + 10
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.refused = Counter("vinr_jobs_refused", "Jobs refused, never run: not in the data-only format.",
-                               ["format"], registry=self.registry)
+        self.metrics = self.ctx.setdefault("metrics", WorkerMetrics())
+        self.registry = self.metrics.registry
 
     async def finish_job(self, job_id: str, finish: bool, result_data: bytes | None, result_timeout_s: float | None,
                          keep_result_forever: bool, incr_score: int | None, keep_in_progress: float | None) -> None:
@@ -103,7 +112,7 @@ class Worker(ArqWorker):
             tr.zrem(self.queue_name, job_id)
             await tr.execute()
         kind = kind_of(raw)
-        self.refused.labels(kind).inc()
+        self.metrics.refused.labels(kind).inc()
         log.error("job refused, never run: not in the data-only format; kept aside for `vinr-recon queue convert`",
                   job_id=job_id, format=kind, size=len(raw), kept_in=refused_key(self.queue_name))
 
@@ -119,12 +128,17 @@ def worker_settings(
     burst: bool = False,
     functions: list[Any] | None = None,
     notice_retry: RetryPolicy = NOTICE_RETRY,
+    metrics_port: int = 0,
+    metrics_port_chosen: bool = True,
 ) -> dict[str, Any]:
     """Keyword arguments for `arq.worker.Worker` (or `run_worker`) applying events to the ledger.
 
     With `batch`, the events of concurrent jobs are written together (worker.batching);
     without, each job applies its event in a transaction of its own. `functions` replaces the
-    job (the benchmark's no-op).
+    job (the benchmark's no-op). With `metrics_port`, `/metrics` is served there on HOST from
+    start-up to shutdown; if the port cannot be had, start-up fails with `MetricsPortTaken`
+    when the port was chosen, else (the default port, taken by a second worker on the host) the
+    worker runs without metrics and says so.
     """
     # Two batches and a dead-letter write must fit in arq's own timeout (see RetryPolicy).
     policy = RetryPolicy(tries=tries, attempt_timeout=job_timeout / 6)
@@ -151,15 +165,30 @@ def worker_settings(
         ctx["write_lock"] = asyncio.Lock() if is_sqlite(engine) else None
         ctx["channels"], ctx["deliverable"] = channels, deliverable
         ctx["queue_name"], ctx["notice_policy"] = settings.queue_name, notice_retry
+        metrics = ctx.setdefault("metrics", WorkerMetrics())  # arq's own Worker has none
+        if metrics_port:
+            try:
+                ctx["metrics_server"] = metrics.serve(settings.host, metrics_port, tokens=settings.metrics_tokens,
+                                                      engine=engine)
+            except OSError as exc:  # the engine is in ctx: on_shutdown disposes of it
+                if metrics_port_chosen:
+                    raise MetricsPortTaken(settings.host, metrics_port, exc) from None
+                log.warning("metrics not served: the default port is taken (give each worker on a host its own "
+                            "WORKER_METRICS_PORT or --metrics-port)", host=settings.host, port=metrics_port,
+                            error=exc.strerror or str(exc))
+            else:
+                log.info("metrics served", url=f"http://{settings.host}:{metrics_port}/metrics")
         ctx["notifier"] = Notifier(settings)
         ctx["batcher"] = (
             # Half of max_jobs: one batch fills while the one before it commits.
             Batcher(engine, max_batch=max(1, max_jobs // 2), linger=BATCH_LINGER, timeout=policy.attempt_timeout,
-                    lock=ctx["write_lock"], notices=channels, deliverable=deliverable)
+                    lock=ctx["write_lock"], notices=channels, deliverable=deliverable, metrics=metrics)
             if batch else None
         )
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
+        if ctx.get("metrics_server") is not None:
+            await asyncio.to_thread(ctx.pop("metrics_server").stop)
         if ctx.get("batcher") is not None:
             await ctx["batcher"].close()
         if ctx.get("notifier") is not None:
