@@ -162,6 +162,55 @@ async def test_the_overview_shows_money_per_currency_failures_the_last_run_and_w
     assert re.search(r'id="letters-waiting">1<', page) and re.search(r'id="notices-dead">1<', page)
 
 
+async def test_the_overview_shows_each_accounts_balance_by_name_on_its_side(client, ledger_engine):
+    """Issue 21: revenue reads as a credit balance, receivables as a debit one; names, not keys."""
+    from ledger.book import trial_balance
+
+    await sign_in(client)
+    page = (await client.get("/dashboard/")).text
+    table = page.split('id="balances"')[1].split("</table>")[0]
+    rows = {tuple(re.sub(r"<[^>]+>", "", cell).strip() for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S))
+            for row in re.findall(r"<tr>(.*?)</tr>", table, re.S)}
+    by_account = {(row[0], row[1]): row[4] for row in rows if len(row) == 5}
+    async with ledger_engine.connect() as conn:
+        balances = await trial_balance(conn)
+    debits, credits = balances["revenue", "EUR"]
+    assert credits > debits and by_account["EUR", "Revenue"].endswith(" Cr")
+    assert by_account["EUR", "Revenue"] == f"EUR {(credits - debits) // 100:,}.{(credits - debits) % 100:02d} Cr"
+    assert by_account["EUR", "Accounts receivable"].endswith(" Dr")
+    assert "accounts_receivable" not in table and "-" not in "".join(by_account.values())
+
+
+async def test_a_dashboard_replay_that_dies_again_says_so_with_its_new_error(client, ledger_settings, ledger_engine):
+    """Issue 21: after the replay job ran, the page shows that the replay died again and why,
+    not a replay that looks done."""
+    from datetime import UTC, datetime
+
+    from conftest import unique
+    from lifecycles import drain
+    from worker.deadletters import bury
+
+    event_id = unique("evt_poison")
+    poison = {**snapshot("inv_poison", "paid", 1000, 1000), "total": 1000.0}  # amounts are never floats
+    async with ledger_engine.begin() as conn:
+        letter = await bury(conn, event_id=event_id, event_type="invoice.paid",
+                            body=body(event_id, "invoice.paid", poison), headers={}, error="InvalidEvent: total",
+                            attempts=1, received_at=datetime.now(UTC))
+    await sign_in(client)
+    token = csrf_of((await client.get("/dashboard/dead-letters")).text)
+    done = await client.post(f"/dashboard/dead-letters/{letter}/replay", data={"csrf": token},
+                             headers={"origin": str(client.base_url).rstrip("/")})
+    assert done.status_code == 303
+    await drain(ledger_settings)  # the worker runs the replay: the event is still poison
+
+    page = (await client.get("/dashboard/dead-letters")).text
+    replayed = page.split('id="replayed"')[1].split("</table>")[0]
+    row = replayed.split(f'id="replayed-{letter}"')[1].split("</tr>")[0]
+    assert "replay died again" in row and "InvalidEvent" in row
+    waiting = page.split('id="waiting"')[1].split("</table>")[0]
+    assert event_id in waiting  # its new letter waits, to be fixed and replayed again
+
+
 async def test_the_invoice_shows_its_entries_events_corrections_and_notices(client, ids):
     await sign_in(client)
     page = (await client.get(f"/dashboard/invoices/{GUIDE_ID}")).text

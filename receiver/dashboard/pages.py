@@ -27,7 +27,8 @@ from receiver.dashboard.activity import ActivityCache
 from reconcile.report import write_csv
 from vinr_recon.settings import Settings
 from worker.deadletters import pending, replay
-from ledger.money import field_amount, format_money
+from ledger.book import trial_balance
+from ledger.money import field_amount, format_balance, format_money
 
 log = structlog.get_logger("receiver.dashboard")
 
@@ -80,7 +81,10 @@ def make_templates(settings: Settings) -> Jinja2Templates:
         shown = field_amount(finding.field, value, finding.currency, locale)
         return f"{shown} ({value})" if shown else (value or "—")
 
-    templates.env.filters.update(money=lambda amount, currency: _money(amount, currency, locale), when=_when,
+    templates.env.filters.update(money=lambda amount, currency: _money(amount, currency, locale),
+                                 balance=lambda row: format_balance(row["debits"], row["credits"], row["currency"],
+                                                                    locale),
+                                 when=_when,
                                  redact=redact, finding_value=finding_value)
     templates.env.globals.update(accounts=ACCOUNTS, statuses=queries.STATUSES, csrf_field=access.CSRF_FIELD)
     return templates
@@ -156,12 +160,14 @@ class Pages:
     async def overview(self, request: Request) -> Response:
         now = datetime.now(UTC)
         async with request.state.engine.connect() as conn:
-            money = await queries.money_by_currency(conn)
+            trial = await trial_balance(conn)
+            money, balances = queries.money_from(trial), queries.account_balances(trial)
             failed_count, failed = await queries.failed_payments(conn, now)
             run = await queries.last_run(conn)
             waiting = await queries.waiting(conn)
             charts, drawn_at = await self.activity.get(conn, now.date())
-        return self.render(request, "overview.html", money=money, failed=failed, failed_count=failed_count,
+        return self.render(request, "overview.html", money=money, balances=balances, failed=failed,
+                           failed_count=failed_count,
                            failed_days=queries.FAILED_DAYS, run=run, waiting=waiting, activity=charts,
                            activity_drawn_at=datetime.fromtimestamp(drawn_at, UTC))
 

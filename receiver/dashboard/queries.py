@@ -9,7 +9,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.book import trial_balance
 from ledger.customers import CustomerName, customers_named, names_for, with_customer_names
-from ledger.tables import DeadLetter, Finding, InvoicePosition, Notice, ReceivedEvent, ReconciliationRun
+from ledger.tables import (ACCOUNTS, DeadLetter, Finding, InvoicePosition, Notice, ReceivedEvent, ReconciliationRun,
+                           account_name)
 
 positions = InvoicePosition.__table__
 received = ReceivedEvent.__table__
@@ -25,8 +26,24 @@ STATUSES = ("draft", "open", "paid", "void", "uncollectible")
 
 async def money_by_currency(conn: AsyncConnection) -> list[dict]:
     """Per currency, from the trial balance: invoiced, collected, still receivable, written off."""
+    return money_from(await trial_balance(conn))
+
+
+def account_balances(balances: dict[tuple[str, str], tuple[int, int]]) -> list[dict]:
+    """The trial balance for people: per currency, each account by its name in the chart's order,
+    its debits, credits and net (debits - credits, which the page shows as Dr or Cr)."""
+    order = {account: i for i, account in enumerate(ACCOUNTS)}
+    return [
+        {"currency": currency, "account": account, "name": account_name(account), "debits": debits,
+         "credits": credits}
+        for (account, currency), (debits, credits) in sorted(
+            balances.items(), key=lambda item: (item[0][1], order.get(item[0][0], len(order)), item[0][0]))
+    ]
+
+
+def money_from(balances: dict[tuple[str, str], tuple[int, int]]) -> list[dict]:
     table: dict[str, dict[str, int]] = {}
-    for (account, currency), (debits, credits) in (await trial_balance(conn)).items():
+    for (account, currency), (debits, credits) in balances.items():
         row = table.setdefault(currency, {"invoiced": 0, "collected": 0, "receivable": 0, "written_off": 0,
                                           "credit": 0})
         if account == "revenue":
@@ -163,9 +180,19 @@ async def dead_letter_list(conn: AsyncConnection, limit: int = 100):
     pending = (await conn.execute(
         select(*columns).select_from(joined).where(letters.c.replayed_at.is_(None))
         .order_by(letters.c.id).limit(limit))).all()
-    replayed = (await conn.execute(
-        select(*columns).select_from(joined).where(letters.c.replayed_at.is_not(None))
+    # A replay that died again left a newer letter of the same event (worker.deadletters.bury):
+    # shown beside the one it replaced, with its error, so a failed replay is never read as done.
+    again = letters.alias("again")
+    next_letter = (select(again.c.id).where(again.c.event_id == letters.c.event_id, again.c.id > letters.c.id)
+                   .order_by(again.c.id).limit(1).scalar_subquery())
+    replayed_rows = (await conn.execute(
+        select(*columns, next_letter.label("died_again_id")).select_from(joined)
+        .where(letters.c.replayed_at.is_not(None))
         .order_by(letters.c.replayed_at.desc()).limit(20))).all()
+    again_ids = [row.died_again_id for row in replayed_rows if row.died_again_id is not None]
+    errors = dict((await conn.execute(select(letters.c.id, letters.c.error).where(letters.c.id.in_(again_ids)))).all()
+                  ) if again_ids else {}
+    replayed = [{**row._asdict(), "died_again_error": errors.get(row.died_again_id)} for row in replayed_rows]
     return pending, replayed
 
 
