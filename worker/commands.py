@@ -24,6 +24,10 @@ def register(subparsers) -> None:
     worker.add_argument("--metrics-port", type=_port, metavar="PORT",
                         help="serve Prometheus /metrics on this port of HOST (default WORKER_METRICS_PORT, "
                              "9101; 0: none)")
+    worker.add_argument("--check", action="store_true",
+                        help="exit 0 if a worker of QUEUE_NAME reported within the last "
+                             f"{HEALTH_CHECK_INTERVAL} s (arq's health-check key), else 1, saying why in one "
+                             "line: a container's health check")
     worker.set_defaults(run=run_worker)
 
     replay = subparsers.add_parser("replay", help="re-queue dead-lettered events (or, with --notices, dead alerts "
@@ -37,7 +41,14 @@ def register(subparsers) -> None:
     replay.set_defaults(run=run_replay)
 
 
+# How often a running worker writes arq's health-check key (it expires a second later), so that
+# `--check` fails within this long of a worker that died or hangs; arq's default is an hour.
+HEALTH_CHECK_INTERVAL = 10
+
+
 def run_worker(args: argparse.Namespace, settings) -> int:
+    if args.check:
+        return asyncio.run(_check(settings))
     from vinr_recon.jobformat import JOB_FORMAT
     from vinr_recon.redis_connect import failover_retry, queue_pool
     from worker.settings import SchemaNotMigrated, Worker, quiet_arq, worker_settings
@@ -54,7 +65,7 @@ def run_worker(args: argparse.Namespace, settings) -> int:
     # Sentinels, reconnects to the new primary.
     pool = queue_pool(settings, JOB_FORMAT, **failover_retry())
     try:
-        Worker(**options, redis_pool=pool).run()
+        Worker(**options, redis_pool=pool, health_check_interval=HEALTH_CHECK_INTERVAL).run()
     except SchemaNotMigrated as exc:
         print(f"vinr-recon worker: {exc}", flush=True)
         return 2
@@ -65,6 +76,29 @@ def _port(text: str) -> int:
     if not text.isdigit() or int(text) > 65535:
         raise argparse.ArgumentTypeError("a port number from 0 (none) to 65535")
     return int(text)
+
+
+async def _check(settings) -> int:
+    """arq's `--check` for this queue, through our Redis settings (REDIS_URL or the Sentinels)."""
+    from arq.constants import health_check_key_suffix
+    from redis.exceptions import RedisError
+
+    from vinr_recon.redis_connect import redis_for
+
+    queue = settings.queue_name
+    redis = redis_for(settings, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        report = await redis.get(queue + health_check_key_suffix)
+    except (RedisError, OSError) as exc:
+        print(f"unhealthy: Redis cannot be reached ({type(exc).__name__}: {exc})", flush=True)
+        return 1
+    finally:
+        await redis.aclose()
+    if report is None:
+        print(f"unhealthy: no worker of queue {queue} reported in the last {HEALTH_CHECK_INTERVAL} s", flush=True)
+        return 1
+    print(f"healthy: a worker of queue {queue} reported {report.decode(errors='replace')}", flush=True)
+    return 0
 
 
 def run_replay(args: argparse.Namespace, settings) -> int:
