@@ -314,6 +314,42 @@ class VinrClient:
             )
         return customer
 
+    async def get_event(self, event_id: str) -> dict[str, Any]:
+        """The event as VINR's Events API shows it (raw, as received). Raises `NotFound` if there is
+        none (or it is older than VINR's 30 days)."""
+        path = f"/events/{_segment(event_id)}"
+        event = await self.request("GET", path)
+        if not isinstance(event, dict) or not isinstance(event.get("id"), str):
+            raise InvalidResponse(200, "invalid_event", "the body is not an event", method="GET", path=path)
+        return event
+
+    # --- making things happen (the development loop: `vinr-recon sandbox trigger`) ---
+    # Raw dicts: what VINR answered, for the caller to print. A POST is not retried once it
+    # may have reached VINR (see `request`), so a step is never done twice.
+
+    async def create_customer(self, **fields: Any) -> dict[str, Any]:
+        return await self._post("/customers", fields)
+
+    async def create_invoice(self, **fields: Any) -> dict[str, Any]:
+        return await self._post("/invoices", fields)
+
+    async def add_invoice_line(self, invoice_id: str, **fields: Any) -> dict[str, Any]:
+        return await self._post(f"/invoices/{_segment(invoice_id)}/lines", fields)
+
+    async def invoice_action(self, invoice_id: str, action: str, **fields: Any) -> dict[str, Any]:
+        """`POST /invoices/{id}/{action}`: `finalize`, `send`, `void`, `mark_uncollectible`, or
+        `pay` (the sandbox's, with `card=...`); a declined card is an `InvalidRequest` with status 402."""
+        if action not in ("finalize", "send", "void", "mark_uncollectible", "pay"):
+            raise ValueError(f"not an invoice action: {action!r}")
+        return await self._post(f"/invoices/{_segment(invoice_id)}/{action}", fields or None)
+
+    async def _post(self, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
+        answer = await self.request("POST", path, json=body)
+        if not isinstance(answer, dict) or not isinstance(answer.get("id"), str):
+            raise InvalidResponse(200, "invalid_object", "the body is not an object with an id", method="POST",
+                                  path=path)
+        return answer
+
     # --- lists, paged lazily ---
 
     async def iter_invoices(

@@ -55,7 +55,54 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--list-latency", type=_non_negative, default=0.0,
                    help="seconds an invoice list page takes to arrive after it was read")
     p.add_argument("--preload", type=int, default=0, metavar="N", help="create N invoices in every state first")
+    p.add_argument("--quiet", action="store_true", help="no delivery log (the -->/<-- lines on stdout)")
     p.set_defaults(run=run)
+    _register_trigger(p.add_subparsers(dest="sandbox_command", metavar="COMMAND"))
+
+
+def _register_trigger(subparsers: argparse._SubParsersAction) -> None:
+    from vinr.sandbox.scenarios import NAMES
+
+    t = subparsers.add_parser(
+        "trigger",
+        help="make VINR emit an event (the sandbox, or a test-mode account)",
+        description="Walk a new invoice through VINR's REST API (customer, invoice, line, finalize, send, pay "
+        "with the test card...) so that VINR emits EVENT_TYPE and delivers it to its webhook endpoints; print "
+        "each step and the events produced. Reads VINR_API_BASE and VINR_API_KEY.",
+    )
+    t.add_argument("event_type", metavar="EVENT_TYPE", choices=NAMES, help=f"one of: {', '.join(NAMES)}")
+    t.add_argument("--api-base", help="VINR's REST base URL (default: VINR_API_BASE)")
+    t.add_argument("--api-key", help="the key for X-Api-Key (default: VINR_API_KEY)")
+    t.add_argument("--amount", type=int, default=12000, help="the invoice's line in minor units (default 12000)")
+    t.add_argument("--currency", default="EUR", help="ISO 4217 code (default EUR)")
+    t.set_defaults(run=run_trigger)
+
+
+def run_trigger(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    from vinr.client import VinrClient, VinrError
+    from vinr.sandbox.trigger import QUICK_RETRY, lines, quiet_retries, refusal, trigger
+    from vinr_recon.settings import ConfigurationError
+
+    base = args.api_base or settings.vinr_api_base
+    key = args.api_key or (settings.vinr_api_key.get_secret_value() if settings.vinr_api_key else "")
+    if not key.strip():
+        raise ConfigurationError("VINR_API_KEY must be set, or --api-key given (vinr-recon sandbox prints its key)")
+
+    quiet_retries()
+
+    async def go() -> int:
+        async with VinrClient(base, key.strip(), retry=QUICK_RETRY, rate=settings.vinr_api_rate) as client:
+            try:
+                outcome = await trigger(client, args.event_type, amount=args.amount, currency=args.currency)
+            except VinrError as exc:
+                print(f"vinr-recon sandbox trigger: {refusal(exc, base)}", file=sys.stderr)
+                return 1
+        print("\n".join(lines(args.event_type, outcome)), flush=True)
+        return 0
+
+    return asyncio.run(go())
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -91,6 +138,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     )
     app = create_app(config)
     sandbox = app.state.sandbox
+    if not args.quiet:
+        sandbox.deliverer.on_attempt = _print_attempt
     if args.preload:
         sandbox.seed(args.preload)
     sock = bind(args.host, args.port)
@@ -105,3 +154,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     sys.stdout.flush()
     server_for(app).run(sockets=[sock])
     return 0
+
+
+def _print_attempt(report) -> None:
+    """The delivery log: each attempt and its answer, on stdout (a `delivery.Report`)."""
+    from vinr.sandbox.delivery import RETRY_DELAYS
+    from vinr_recon.delivery_log import answered, sent
+
+    attempts = None if report.retry_in is not None else report.attempt
+    print(sent(report.event_id, report.event_type, report.url, report.attempt, report.copy), "\n",
+          answered(report.status, report.seconds, error=report.error, retry_in=report.retry_in,
+                   attempts=attempts if report.attempt > len(RETRY_DELAYS) else None),
+          sep="", flush=True)

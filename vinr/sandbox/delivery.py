@@ -16,6 +16,7 @@ import random
 import re
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +70,22 @@ def attempt_json(attempt: Attempt) -> dict[str, Any]:
         "status": attempt.status,
         "error": attempt.error,
     }
+
+
+@dataclass(slots=True, frozen=True)
+class Report:
+    """One attempt as a delivery log shows it (`vinr-recon sandbox` prints each): what went
+    where, the answer, how long it took, and when it is tried again (None: delivered, or given up)."""
+
+    event_id: str
+    event_type: str
+    url: str
+    copy: int
+    attempt: int
+    status: int | None
+    error: str | None
+    seconds: float
+    retry_in: float | None
 
 
 # --- what a bad day does -----------------------------------------------------------------------
@@ -174,6 +191,8 @@ class Deliverer:
         self._client: httpx.AsyncClient | None = None
         self._outstanding = 0
         self._idle: asyncio.Event | None = None
+        # Told of every attempt once it is answered (or failed), on the loop; e.g. a printer.
+        self.on_attempt: Callable[[Report], None] | None = None
 
     def on_event(self, event: EventRecord) -> None:
         """Decide this event's fate at every endpoint and hand its deliveries to the sender."""
@@ -281,22 +300,32 @@ class Deliverer:
         }
         status: int | None = None
         error: str | None = None
+        started = time.perf_counter()
         try:
             response = await self._client.post(d.endpoint.url, content=d.body, headers=headers)
             status = response.status_code
         except Exception as exc:  # any failure to get an answer is a failed delivery, retried
             error = type(exc).__name__
+        seconds = time.perf_counter() - started
         if d.event.attempts is None:
             d.event.attempts = []
         d.event.attempts.append(Attempt(d.endpoint.id, d.copy, d.attempts, round(self._clock(), 3), status, error))
         context = {"event_id": d.event.id, "endpoint": d.endpoint.id, "copy": d.copy, "attempt": d.attempts}
+        retry_in: float | None = None
         if status is not None and 200 <= status < 300:
             log.debug("webhook delivered", status=status, **context)
             self._finished()
         elif d.attempts <= len(RETRY_DELAYS):
-            delay = RETRY_DELAYS[d.attempts - 1] * self._config.time_scale
-            log.info("webhook delivery failed, will retry", status=status, error=error, retry_in=delay, **context)
-            self._after(delay, d)
+            retry_in = RETRY_DELAYS[d.attempts - 1] * self._config.time_scale
+            log.info("webhook delivery failed, will retry", status=status, error=error, retry_in=retry_in, **context)
+            self._after(retry_in, d)
         else:
             log.warning("webhook delivery abandoned", status=status, error=error, **context)
             self._finished()
+        if self.on_attempt is not None:
+            report = Report(d.event.id, d.event.type, d.endpoint.url, d.copy, d.attempts, status, error, seconds,
+                            retry_in)
+            try:
+                self.on_attempt(report)
+            except Exception:  # a log that cannot be written (a closed stdout) must not stop delivery
+                log.warning("delivery log failed", exc_info=True, event_id=d.event.id)
