@@ -33,8 +33,10 @@ from vinr_recon.settings import Settings
 
 log = structlog.get_logger("receiver.webhooks")
 # A log line costs about as much as the rest of an accepted delivery, so accepted deliveries
-# are logged at DEBUG only (the metrics count them always); every rejection is logged. The
-# request's context is bound (contextvars) only when there is something to log.
+# are logged at DEBUG only (the metrics count them always; LOG_LEVEL=DEBUG shows one line per
+# delivery in a development loop); every rejection is logged. Each line has the event (when
+# known), the status answered and the milliseconds taken. The request's context is bound
+# (contextvars) only when there is something to log.
 _debug_enabled = logging.getLogger("receiver.webhooks").isEnabledFor
 _bind = structlog.contextvars.bind_contextvars
 
@@ -169,6 +171,11 @@ def identify(body: bytes) -> tuple[str, str]:
     return event.id, event.type
 
 
+def _ms_since(began: float) -> float:
+    """Milliseconds since `began` (perf_counter), for the line logged about one delivery."""
+    return round((time.perf_counter() - began) * 1000, 1)
+
+
 # A random tag per process and a counter: unique ids without a uuid4 per request.
 _PROCESS_TAG = os.urandom(4).hex()
 _sequence = itertools.count(1)
@@ -214,20 +221,22 @@ class WebhookEndpoint:
     ) -> Answer:
         """200 once the event is queued (or already was); 400, 413 or 503 otherwise."""
         received_at = time.time()
+        began = time.perf_counter()
         metrics = self.metrics
         try:
             body = await read_body(receive, header(headers, b"content-length"), self.limit, held)
         except BodyTooLarge:
             metrics.delivered(UNKNOWN_TYPE, "too_large")
             _bind(request_id=request_id)
-            log.warning("webhook body over the limit", limit=self.limit)
+            log.warning("webhook body over the limit", limit=self.limit, status=413, ms=_ms_since(began))
             return error(413, f"body over the limit of {self.limit} bytes")
         except ClientGone:
             return error(400, "client disconnected")  # nobody is left to read it
         except OverBudget:  # slow clients hold the budget: refuse at once, VINR retries
             metrics.delivered(UNKNOWN_TYPE, "over_budget")
             _bind(request_id=request_id)
-            log.warning("webhook body refused: the body budget is taken", budget=self.bodies.total)
+            log.warning("webhook body refused: the body budget is taken", budget=self.bodies.total, status=503,
+                        ms=_ms_since(began))
             return error(503, "too many request bodies in flight", (b"retry-after", RETRY_AFTER))
 
         try:
@@ -237,7 +246,7 @@ class WebhookEndpoint:
             metrics.verification_failures.labels(reason).inc()
             metrics.delivered(UNKNOWN_TYPE, "bad_signature")
             _bind(request_id=request_id)
-            log.warning("webhook signature rejected", reason=reason)
+            log.warning("webhook signature rejected", reason=reason, status=400, ms=_ms_since(began))
             return error(400, reason)
 
         try:
@@ -245,7 +254,7 @@ class WebhookEndpoint:
         except InvalidEvent as exc:
             metrics.delivered(UNKNOWN_TYPE, "invalid")
             _bind(request_id=request_id)
-            log.warning("webhook body is not an event", error=str(exc))
+            log.warning("webhook body is not an event", error=str(exc), status=400, ms=_ms_since(began))
             return error(400, f"not an event: {exc}")
 
         job = webhook_job(event_id, event_type, body, kept_headers(headers), received_at)
@@ -256,7 +265,7 @@ class WebhookEndpoint:
             metrics.enqueue_seconds.observe(time.perf_counter() - started)
             metrics.delivered(type_label(event_type), "unavailable")
             _bind(request_id=request_id, event_id=event_id, event_type=event_type)
-            log.error("queue unavailable; VINR will retry", error=str(exc))
+            log.error("queue unavailable; VINR will retry", error=str(exc), status=503, ms=_ms_since(began))
             return error(503, "queue unavailable", (b"retry-after", RETRY_AFTER))
         metrics.enqueue_seconds.observe(time.perf_counter() - started)
 
@@ -264,5 +273,5 @@ class WebhookEndpoint:
         metrics.delivered(type_label(event_type), outcome)
         if _debug_enabled(logging.DEBUG):
             _bind(request_id=request_id, event_id=event_id, event_type=event_type)
-            log.debug("webhook " + outcome)
+            log.debug("webhook " + outcome, status=200, ms=_ms_since(began))
         return RECEIVED_ANSWER
