@@ -149,7 +149,7 @@ async def customers_to_refresh(conn: AsyncConnection, ids: Iterable[str], limit:
     for start in range(0, len(wanted), 500):
         chunk = wanted[start:start + 500]
         rows = await conn.execute(select(customers.c.id, customers.c.refreshed_at).where(customers.c.id.in_(chunk)))
-        refreshed.update({row.id: _utc(row.refreshed_at) for row in rows})
+        refreshed.update({row.id: row.refreshed_at for row in rows})
     never = [i for i in wanted if i not in refreshed]
     stalest = sorted((i for i in wanted if i in refreshed), key=lambda i: (refreshed[i], i))
     return (never + stalest)[:limit]
@@ -169,7 +169,3 @@ async def customers_swept(conn: AsyncConnection, created_since: int | None, limi
         .order_by(customers.c.refreshed_at.asc().nulls_first(), seen.c.id).limit(limit))
     return list(rows.scalars())
 
-
-def _utc(value: datetime) -> datetime:
-    # SQLite hands back naive datetimes: they were written in UTC.
-    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -55,11 +55,6 @@ def period(start: date, end: date) -> tuple[datetime, datetime]:
     return day_start(start), end_of(end)
 
 
-def _utc(moment: datetime) -> datetime:
-    # SQLite hands back naive datetimes; the ledger writes UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 async def journal_rows(conn: AsyncConnection, start: date, end: date) -> AsyncIterator[dict]:
     """Every posting of the entries effective in `[start, end]` (UTC days, inclusive), in entry
     and posting order, as a dict keyed by COLUMNS."""
@@ -76,7 +71,7 @@ async def journal_rows(conn: AsyncConnection, start: date, end: date) -> AsyncIt
     )
     result = await conn.stream(query.execution_options(yield_per=CHUNK_ROWS))
     async for row in result:
-        effective = _utc(row.effective_at)
+        effective = row.effective_at
         debit = row.amount if row.direction == "debit" else 0
         yield {
             "entry_id": row.id, "entry_date": effective.date().isoformat(), "effective_at": effective.isoformat(),

@@ -7,10 +7,11 @@ can name what they alter.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, CheckConstraint, Column, DateTime, Index, LargeBinary, MetaData, false
+from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
 SQLModel.metadata.naming_convention = {
@@ -50,8 +51,19 @@ def _money() -> Any:
     return Field(default=0, sa_type=BigInteger, nullable=False)
 
 
+class UTCDateTime(TypeDecorator):
+    """A moment in UTC, aware on every database: the ledger writes UTC, and SQLite, which keeps no
+    zone, hands back naive datetimes that this reads as UTC (PostgreSQL's come aware)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
 def _when(**kw) -> Any:
-    return Field(sa_type=DateTime(timezone=True), **kw)
+    return Field(sa_type=UTCDateTime, **kw)
 
 
 class Account(SQLModel, table=True):

@@ -5,7 +5,7 @@ Amounts are integers in minor units; times are ISO 8601 in UTC.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -115,7 +115,4 @@ async def dead(conn: AsyncConnection) -> dict[str, int]:
 
 
 def _iso(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    # SQLite hands back naive datetimes; the ledger writes UTC.
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
+    return None if moment is None else moment.isoformat()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-from datetime import UTC
 from typing import IO
 
 from sqlalchemy import select
@@ -23,10 +22,7 @@ CSV_COLUMNS = ("run_id", "invoice_id", "category", "field", "ledger_value", "vin
 
 
 def _iso(value) -> str | None:
-    if value is None:
-        return None
-    # SQLite hands back naive datetimes; the ledger writes UTC.
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+    return None if value is None else value.isoformat()
 
 
 def run_dict(row) -> dict:

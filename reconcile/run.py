@@ -304,7 +304,7 @@ class Reconciler:
                                             runs.c.window_start.is_(None)).order_by(runs.c.id.desc()).limit(1))
         if last is None:
             return True
-        return (last if last.tzinfo else last.replace(tzinfo=UTC)) <= now - self.full_sweep_every  # SQLite: naive
+        return last <= now - self.full_sweep_every
 
     @staticmethod
     def _stopped_status(report: RunReport) -> str:
