@@ -88,13 +88,18 @@ def test_serve_listens_on_port_from_the_environment_and_the_flag_wins(tmp_path):
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
 
 
-def test_a_webhook_secret_only_in_a_secret_file_is_the_one_the_receiver_accepts(tmp_path):
+@pytest.mark.parametrize("said_in", ["environment", ".env"])
+def test_a_webhook_secret_only_in_a_secret_file_is_the_one_the_receiver_accepts(tmp_path, said_in):
     secrets = tmp_path / "secrets"
     secrets.mkdir()
     # Named as Docker names a secret (lower case), with the newline `echo` leaves.
     (secrets / "vinr_webhook_secret").write_text(FILE_SECRET + "\n")
     port = free_port()
-    env = cli_env(tmp_path, SECRETS_DIR=str(secrets), PORT=str(port))
+    env = cli_env(tmp_path, PORT=str(port))
+    if said_in == ".env":  # the working directory's, read like every other setting
+        (tmp_path / ".env").write_text(f"SECRETS_DIR={secrets}\n")
+    else:
+        env["SECRETS_DIR"] = str(secrets)
     with serving(tmp_path, env, port=port) as base:
         assert deliver(base, FILE_SECRET) == 200
         assert deliver(base, WEBHOOK_SECRET) == 400  # signed with anything else: refused

@@ -67,8 +67,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     # A folder of secret files, one per setting, named after it (/run/secrets/vinr_webhook_secret,
-    # any case), as Docker and Kubernetes mount them; the environment and .env still win. Read
-    # from the environment only, by `load_settings`: it says where the other settings are.
+    # any case), as Docker and Kubernetes mount them; the environment and .env still win
+    # (`load_settings` reads them twice: SECRETS_DIR says where the others are).
     secrets_dir: str | None = None
     # The receiver at the socket (receiver/server.py, receiver/limits.py): head cap, deadlines in
     # seconds (head plus body stay within VINR's 10 s), open connections, body bytes in flight.
@@ -192,9 +192,12 @@ class ConfigurationError(Exception):
 def load_settings() -> Settings:
     """The settings of this process; a `ConfigurationError` naming each variable that is wrong
     and what it wants (the value only when it is no secret)."""
-    secrets_dir = _secrets_dir(os.environ.get("SECRETS_DIR"))
     try:
-        return Settings(_secrets_dir=secrets_dir)
+        settings = Settings()
+        # SECRETS_DIR (from the environment or .env, as any setting) says where the others may
+        # be; the files come last, so what the first read found still wins.
+        secrets_dir = _secrets_dir(settings.secrets_dir)
+        return settings if secrets_dir is None else Settings(_secrets_dir=secrets_dir)
     except ValidationError as exc:
         raise ConfigurationError("; ".join(_explain(error) for error in exc.errors())) from None
 
