@@ -81,10 +81,29 @@ async def test_readyz_is_503_naming_the_database_when_it_does_not_answer(setting
     assert response.json()["failed"] == ["database"] and response.json()["checks"]["redis"] == "ok"
 
 
-def test_creating_the_app_connects_to_nothing(settings):
-    settings.redis_url = "redis://127.0.0.1:1/0"
-    settings.database_url = "postgresql://nobody@127.0.0.1:1/nothing"
-    create_app(settings)  # would fail if it tried
+async def test_creating_the_app_connects_to_nothing(settings):
+    """Observed by a listener standing in for Redis and PostgreSQL: nothing reaches it while the
+    app is made, and it does see the app's connections once the app serves (so it can tell)."""
+    attempts: list[int] = []
+
+    async def seen(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        attempts.append(writer.get_extra_info("peername")[1])
+        writer.close()
+
+    listener = await asyncio.start_server(seen, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    settings.redis_url = f"redis://127.0.0.1:{port}/0"
+    settings.database_url = f"postgresql://nobody@127.0.0.1:{port}/nothing"
+    try:
+        app = create_app(settings)
+        await asyncio.sleep(0.3)  # a connection started in the background would have arrived by now
+        assert attempts == []
+        async with served(app) as client:
+            assert (await client.get("/readyz")).status_code == 503
+        assert attempts  # Redis and the database were tried, and the listener saw it
+    finally:
+        listener.close()
+        await listener.wait_closed()
 
 
 # --- metrics ----------------------------------------------------------------------------
