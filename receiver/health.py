@@ -96,8 +96,8 @@ async def _read_ledger(engine: AsyncEngine) -> tuple[dict[str, int], Reconciliat
 
 async def metrics(request: Request) -> Response:
     """The Prometheus text format; the queue depth (Redis), what is dead and the reconciliation's
-    figures (the ledger) are read at scrape time, each NaN when its store does not answer in time. With METRICS_TOKEN, only for
-    `Authorization: Bearer <token>` (401 otherwise)."""
+    figures (the ledger) are read at scrape time, each NaN when its store does not answer in time.
+    With METRICS_TOKEN, only for `Authorization: Bearer <token>` (401 otherwise)."""
     tokens = request.state.settings.metrics_tokens
     if tokens and not token_matches(bearer_token(request.scope), tokens):
         return JSONResponse({"error": "missing or invalid bearer token"}, 401, headers={"www-authenticate": "Bearer"})

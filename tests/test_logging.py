@@ -40,7 +40,8 @@ def test_an_exception_in_json_is_fields_a_log_search_can_query(capture, logger):
             logging.getLogger("arq.worker").exception("it failed")
     (line,) = [line for line in capture.lines() if line["event"] == "it failed"]
     raised, cause = line["exception"]
-    assert (raised["exc_type"], raised["exc_value"], raised["is_cause"]) == ("ValueError", "the ledger refused it", False)
+    assert (raised["exc_type"], raised["exc_value"], raised["is_cause"]) == \
+        ("ValueError", "the ledger refused it", False)
     assert (cause["exc_type"], cause["exc_value"], cause["is_cause"]) == ("KeyError", "'missing'", True)
     assert raised["frames"][-1]["name"] == "fail_with_a_secret_nearby" and raised["frames"][-1]["lineno"] > 0
     assert all("locals" not in frame for stack in line["exception"] for frame in stack["frames"])
