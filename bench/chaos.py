@@ -67,7 +67,7 @@ condition adds:
   uncollectible, paid or void) never goes back, and no `payment_reversal`, `credit_reversal`
   or `credit_applied_reversal` exists. VINR never moves backwards in this world, so each such change is
   drift a run invented (it rolled back a newer webhook);
-- per run (its JSON, `reconcile/report.py::get_run`): every finding recorded as corrected names
+- per run (its JSON, `ledger/runs.py::get_run`): every finding recorded as corrected names
   entries, each of them in the ledger with that run's `run_id` and that invoice; a run that says
   `matches: true` left no finding uncorrected and moved nothing backwards. A difference that
   webhooks closed before the run could correct it is no finding; the run counts it apart

@@ -2,7 +2,7 @@
 
 `GET /api/invoices/{id}`, `/api/balances[?asOf=]`, `/api/journal.csv?from=&to=`,
 `/api/reconciliation/runs[/{id}]` (and a run's findings as CSV). Handlers read through the engine the lifespan opened (`request.state.engine`,
-see receiver.app.ReceiverState); every answer is built by ledger.views, ledger.journal or reconcile.report.
+see receiver.app.ReceiverState); every answer is built by ledger.views, ledger.journal or ledger.runs.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ledger.journal import balances_as_of, csv_chunks, journal_rows
+from ledger.runs import get_run, list_runs, write_csv
 from ledger.views import balances, invoice_view
 from receiver.aging_api import get_aging
-from reconcile.report import get_run, list_runs, write_csv
 from vinr_recon.settings import Settings
 
 MAX_RUNS_PAGE = 200

@@ -2,7 +2,7 @@
 `GET /openapi.json`.
 
 Written by hand, as a plain dict, to say exactly what the handlers answer: `/api/*` from
-receiver.api (shapes built by ledger.views and reconcile.report), `POST /webhooks/vinr` from
+receiver.api (shapes built by ledger.views and ledger.runs), `POST /webhooks/vinr` from
 receiver.webhooks, and the probes of receiver.health. tests/test_schemathesis.py holds the
 live app to it. The document names no secret and holds no data, so it is served without a token.
 """

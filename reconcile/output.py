@@ -13,7 +13,7 @@ from rich.table import Table
 
 from ledger.db import create_engine
 from reconcile.diff import CATEGORIES
-from reconcile.report import get_run, write_csv
+from ledger.runs import get_run, write_csv
 from reconcile.run import RunReport
 
 

@@ -44,24 +44,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import structlog
-from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ledger import outbox
+from ledger import outbox, runs
 from ledger.audit import outdated
-from ledger.book import apply_event, apply_snapshot, lock_position, position_from_row, positions, received, record_dead
+from ledger.book import apply_event, apply_snapshot, lock_position, record_dead
 from ledger.posting import FINAL, CannotApply, Position, post
-from ledger.tables import Finding as FindingRow, JournalEntry, ReconciliationRun
 from reconcile.diff import CATEGORIES, UNREADABLE_AT_VINR, UNSETTLED, Finding, compare
 from vinr.client import (AuthenticationError, InvalidResponse, NotFound, RateLimited, Unreadable, VinrClient,
                          VinrError)
 from vinr.events import Invoice, InvalidEvent, parse_event
 
 log = structlog.get_logger(__name__)
-
-runs = ReconciliationRun.__table__
-findings_table = FindingRow.__table__
-journal = JournalEntry.__table__
 
 PAGE = 100
 IDS_AT_ONCE = 1_000                # ledger ids read at a time for the re-fetch
@@ -242,19 +236,12 @@ class Reconciler:
         if self.adopt:
             since, self._quiet_before, self._adopted = None, started, set()  # everything, quietly
         async with self.engine.begin() as conn:
-            # One run at a time (reconcile.lock): a row still `running` is a run that died.
-            await conn.execute(update(runs).where(runs.c.status == "running").values(
-                status="failed", finished_at=now, message="did not finish: its process stopped before recording an end"))
-            covered = await conn.scalar(
-                select(runs.c.covered_until).where(runs.c.dry_run.is_(False), runs.c.covered_until.is_not(None))
-                .order_by(runs.c.id.desc()).limit(1))
+            await runs.close_dead_runs(conn, now)
+            covered = await runs.last_coverage(conn)
             window = since if since is not None else (
                 None if covered is None or await self._full_sweep_due(conn, now)
                 else covered - int(OVERLAP.total_seconds()))
-            run_id = await conn.scalar(
-                insert(runs).values(started_at=now, status="running", dry_run=self.dry_run, adopt=self.adopt,
-                                    window_start=window, counts={}).returning(runs.c.id)
-            )
+            run_id = await runs.start_run(conn, now, dry_run=self.dry_run, adopt=self.adopt, window=window)
         report = RunReport(run_id=run_id, dry_run=self.dry_run, adopt=self.adopt, window_start=window,
                            covered_until=None if self.dry_run else covered)
         requests_before = self.client.requests_made
@@ -299,9 +286,7 @@ class Reconciler:
         the ledger never saw, created before the window, whose events have expired."""
         if self.full_sweep_every is None:
             return False
-        last = await conn.scalar(
-            select(runs.c.started_at).where(runs.c.status == "completed", runs.c.dry_run.is_(False),
-                                            runs.c.window_start.is_(None)).order_by(runs.c.id.desc()).limit(1))
+        last = await runs.last_full_sweep(conn)
         if last is None:
             return True
         return last <= now - self.full_sweep_every
@@ -316,20 +301,18 @@ class Reconciler:
             staged = {} if self.adopt else await outbox.stage(conn, outbox.for_run(
                 {**report.as_dict(), "unresolved": report.unresolved,
                  "differences": await self._differences(conn, report.run_id)}, self.notices))
-            await conn.execute(
-                update(runs).where(runs.c.id == report.run_id).values(
-                    finished_at=datetime.now(UTC),
-                    status=report.status,
-                    covered_until=report.covered_until,
-                    invoices_checked=report.invoices_checked,
-                    events_backfilled=report.events_backfilled,
-                    corrections_posted=report.corrections_posted,
-                    api_requests=report.api_requests,
-                    counts={c: report.counts.get(c, 0) for c in CATEGORIES},
-                    caught_up=report.caught_up,
-                    adopted=report.adopted,
-                    message=report.message,
-                )
+            await runs.finish_run(
+                conn, report.run_id, datetime.now(UTC),
+                status=report.status,
+                covered_until=report.covered_until,
+                invoices_checked=report.invoices_checked,
+                events_backfilled=report.events_backfilled,
+                corrections_posted=report.corrections_posted,
+                api_requests=report.api_requests,
+                counts={c: report.counts.get(c, 0) for c in CATEGORIES},
+                caught_up=report.caught_up,
+                adopted=report.adopted,
+                message=report.message,
             )
         report.notices += staged.values()
 
@@ -337,14 +320,7 @@ class Reconciler:
         """The first findings of the run, with their invoice's currency, for the drift alert."""
         if self.dry_run or not self.notices.alerts:
             return []
-        rows = await conn.execute(
-            select(findings_table.c.invoice_id, findings_table.c.category, findings_table.c.field,
-                   findings_table.c.ledger_value, findings_table.c.vinr_value, findings_table.c.corrected,
-                   positions.c.currency)
-            .join(positions, positions.c.invoice_id == findings_table.c.invoice_id, isouter=True)
-            .where(findings_table.c.run_id == run_id).order_by(findings_table.c.id).limit(limit))
-        return [{"invoiceId": r.invoice_id, "category": r.category, "field": r.field, "ledger": r.ledger_value,
-                 "vinr": r.vinr_value, "corrected": r.corrected, "currency": r.currency} for r in rows]
+        return await runs.first_findings(conn, run_id, limit)
 
     async def _backfill(self, report: RunReport, since: int) -> None:
         """Record every event of the window that the ledger never received (source backfill).
@@ -353,9 +329,7 @@ class Reconciler:
         async for page in _batches(self.client.iter_events(created_gte=since), PAGE):
             ids = [e["id"] for e in page]
             async with self.engine.connect() as conn:
-                known = set((await conn.execute(
-                    select(received.c.event_id).where(received.c.event_id.in_(ids))
-                )).scalars())
+                known = await runs.received_among(conn, ids)
             if self.dry_run:
                 await self._preview_backfill(report, [raw for raw in page if raw["id"] not in known])
                 continue
@@ -451,17 +425,11 @@ class Reconciler:
             earlier_rule = [i for i in await outdated(conn) if i not in seen]
         await self._refetch(report, earlier_rule)
         seen.update(earlier_rule)
-        condition = positions.c.status.in_(NOT_FINAL)
-        if window is not None:
-            condition = and_(condition, or_(positions.c.created < window, positions.c.created.is_(None)))
         # The ids a chunk at a time, in id order: memory does not grow with the ledger.
         after = ""
         while True:
             async with self.engine.connect() as conn:
-                chunk = list((await conn.execute(
-                    select(positions.c.invoice_id).where(condition, positions.c.invoice_id > after)
-                    .order_by(positions.c.invoice_id).limit(IDS_AT_ONCE)
-                )).scalars())
+                chunk = await runs.not_final_after(conn, NOT_FINAL, window, after, IDS_AT_ONCE)
             if not chunk:
                 return
             after = chunk[-1]
@@ -489,8 +457,7 @@ class Reconciler:
 
     async def _positions(self, ids: list[str]) -> dict[str, Position]:
         async with self.engine.connect() as conn:
-            rows = await conn.execute(select(positions).where(positions.c.invoice_id.in_(ids)))
-            held = {row.invoice_id: position_from_row(row) for row in rows}
+            held = await runs.positions_of(conn, ids)
         return held | {i: self._preview[i] for i in ids if i in self._preview}
 
     async def _settle(self, report: RunReport, checks: list[Check]) -> None:
@@ -556,17 +523,10 @@ class Reconciler:
                     rows += _finding_rows(report.run_id, found, corrected=True)
                     counts.update(f.category for f in found)
             if corrected:
-                entry_ids: dict[str, list[int]] = {}
-                posted = await conn.execute(
-                    select(journal.c.invoice_id, journal.c.id)
-                    .where(journal.c.run_id == report.run_id, journal.c.invoice_id.in_(corrected))
-                    .order_by(journal.c.id))
-                for invoice_id, entry_id in posted:
-                    entry_ids.setdefault(invoice_id, []).append(entry_id)
+                entry_ids = await runs.entries_of_run(conn, report.run_id, corrected)
                 rows = [{**row, "entry_ids": entry_ids.get(row["invoice_id"], [])} if row["corrected"] else row
                         for row in rows]
-            if rows:
-                await conn.execute(insert(findings_table), rows)
+            await runs.record_findings(conn, rows)
         # Counted once the transaction holding the corrections and their findings committed.
         report.counts.update(counts)
         report.corrections_posted += corrections
@@ -585,7 +545,7 @@ class Reconciler:
                     f"still moving after {SETTLE_TRIES} fresh answers") for invoice_id, position in left],
             corrected=False)
         async with self.engine.begin() as conn:
-            await conn.execute(insert(findings_table), rows)
+            await runs.record_findings(conn, rows)
         report.counts[UNSETTLED] += len(rows)
         report.unresolved += len(rows)
         log.warning("invoices still moving, left for the next run", invoices=[i for i, _ in left])

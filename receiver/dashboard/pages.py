@@ -24,7 +24,7 @@ from ledger.views import invoice_view
 from receiver.api import MAX_ID, MAX_INVOICE_ID, token_matches
 from receiver.dashboard import access, aging, queries
 from receiver.dashboard.activity import ActivityCache
-from reconcile.report import write_csv
+from ledger.runs import write_csv
 from vinr_recon.settings import Settings
 from worker.deadletters import pending, replay
 from ledger.book import trial_balance
