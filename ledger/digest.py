@@ -12,6 +12,11 @@ them in the order payment failed, overdue, uncollectible (written off already).
 Lists are bounded (`LISTED` per manager, the most pressing first); the totals per currency count
 every invoice on the list. Two queries, each bounded by the number of managers and `LISTED`,
 whatever the size of the ledger.
+
+Beside the list, `digests` gives each manager the matters closed since the last digest: the
+invoices that alerted as payment failed (an outbox `payment_failed` notice that was not held or
+resolved by a backfill) and that the ledger moved to paid after that digest was staged, and each
+listed failure's code, so a 3-D Secure challenge (`authentication_required`) reads as such.
 """
 
 from __future__ import annotations
