@@ -77,8 +77,8 @@ def balance_table(balances: dict[tuple[str, str], tuple[int, int]], kept: list, 
     unbalanced: list[str] = []
     verdicts: list[str] = []
     for currency in currencies:
-        accounts = sorted({a for a, c in balances if c == currency} | {p.account for p in kept if p.currency == currency},
-                          key=lambda a: (order.get(a, len(order)), a))
+        named = {a for a, c in balances if c == currency} | {p.account for p in kept if p.currency == currency}
+        accounts = sorted(named, key=lambda a: (order.get(a, len(order)), a))
         total_debits = total_credits = 0
         for account in accounts:
             debits, credits = balances.get((account, currency), (0, 0))
@@ -97,7 +97,8 @@ def balance_table(balances: dict[tuple[str, str], tuple[int, int]], kept: list, 
         rows.append((currency, "Total (trial balance)", format_money(total_debits, currency, locale),
                      format_money(total_credits, currency, locale),
                      format_balance(total_debits, total_credits, currency, locale), ""))
-        verdicts.append(f"trial balance {currency}: {difference}" + ("" if difference == 0 else "  <- does not balance"))
+        verdicts.append(f"trial balance {currency}: {difference}"
+                        + ("" if difference == 0 else "  <- does not balance"))
         if difference:
             unbalanced.append(currency)
     if not rows:

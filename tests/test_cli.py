@@ -79,7 +79,8 @@ def test_replay_of_an_event_that_is_no_dead_letter_says_so_in_one_line_and_fails
     env |= {"DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}", "REDIS_URL": REDIS_URL,
             "QUEUE_NAME": unique("arq:queue:cli"), "LOG_LEVEL": "WARNING"}
     cli = [sys.executable, "-m", "vinr_recon"]
-    assert subprocess.run([*cli, "db", "upgrade"], env=env, cwd=tmp_path, capture_output=True, timeout=60).returncode == 0
+    upgraded = subprocess.run([*cli, "db", "upgrade"], env=env, cwd=tmp_path, capture_output=True, timeout=60)
+    assert upgraded.returncode == 0
     done = subprocess.run([*cli, "replay", "--event", "evt_unknown", "--event", "evt_other"], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)
     lines = done.stderr.strip().splitlines()
