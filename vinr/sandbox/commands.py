@@ -30,7 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "sandbox",
         help="run the VINR sandbox (REST API and webhook delivery)",
         description="Emulate VINR: the REST API under /v1, signed webhook delivery with retries, "
-        "and bad days on purpose. Prints the API base URL and the test key, then serves.",
+        "and bad days on purpose. Prints the API base URL and the test key, then serves, printing each "
+        "delivery attempt and its answer (-->/<--) on stdout. `vinr-recon sandbox trigger EVENT_TYPE` makes an "
+        "event happen.",
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8111, help="0 picks a free port (default: 8111)")
