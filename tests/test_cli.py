@@ -87,6 +87,11 @@ def test_replay_of_an_event_that_is_no_dead_letter_says_so_in_one_line_and_fails
     assert done.returncode == 1 and len(lines) == 1, done.stderr
     assert lines[0].startswith("vinr-recon replay: no dead letter waiting to be replayed for evt_other, evt_unknown")
     assert done.stdout == ""
+    notices = subprocess.run([*cli, "replay", "--notice", "999999"], env=env, cwd=tmp_path, capture_output=True,
+                             text=True, timeout=60)
+    assert notices.returncode == 1 and notices.stdout == ""
+    assert notices.stderr.strip().splitlines() == [
+        "vinr-recon replay: no dead notice 999999 (unknown, never dead, or sent since)"]
     # Nothing named, nothing dead: nothing to do is no error.
     quiet = subprocess.run([*cli, "replay"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert (quiet.returncode, quiet.stdout.strip()) == (0, "no dead letters pending")

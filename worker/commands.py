@@ -126,11 +126,13 @@ async def _replay_notices(settings, ids: list[int] | None) -> int:
         print(f"{state} notice {notice.id} ({notice.kind} by {notice.channel}, invoice {notice.invoice_id or '-'}; "
               f"died after {notice.attempts} tries with: {notice.last_error})")
     missing = sorted(set(ids or ()) - {notice.id for notice, _ in queued})
-    for notice_id in missing:
-        print(f"no dead notice {notice_id}")
-    if not queued and not missing:
+    if missing:
+        print(f"vinr-recon replay: no dead notice {', '.join(map(str, missing))} (unknown, never dead, or sent "
+              "since)", file=sys.stderr)
+        return 1
+    if not queued:
         print("no dead notices")
-    return 1 if missing else 0
+    return 0
 
 
 async def _replay(settings, events: list[str] | None) -> int:
