@@ -416,7 +416,9 @@ class Chaos:
         self.queue = f"vinr-recon-chaos:{token_hex(6)}"
         self.workers: dict[int, Child] = {}
         self.killed: set[int] = set()  # pids we killed on purpose
-        self.crashes: list[float] = []  # when a worker was killed or died, or Redis went down
+        # [start, end] of each fault of the run's making (a worker killed or dead, Redis down or
+        # isolated, PostgreSQL restarted, a host cut off): end is start for one of no duration.
+        self.crashes: list[list[float]] = []
         self.redis: Child | None = None
         self.redis_port = 0
         self.redis_url = ""
@@ -469,7 +471,7 @@ class Chaos:
     def kill_worker(self, n: int) -> None:
         child = self.workers[n]
         self.killed.add(child.popen.pid)
-        self.crashes.append(time.monotonic())
+        self.crashes.append([time.monotonic()] * 2)
         os.killpg(child.popen.pid, signal.SIGKILL)
         child.popen.wait(10)
         self.start_worker(n)
@@ -479,7 +481,7 @@ class Chaos:
         self.redis_restarting = True
         try:
             child = self.redis
-            self.crashes.append(time.monotonic())
+            self.crashes.append([time.monotonic()] * 2)
             os.killpg(child.popen.pid, signal.SIGTERM)  # redis: fsync the AOF, then exit
             await asyncio.to_thread(child.popen.wait, 30)
             await asyncio.sleep(self.cfg.redis_down)
@@ -499,7 +501,7 @@ class Chaos:
             if child in self.workers.values():
                 n = next(k for k, v in self.workers.items() if v is child)
                 self.figures.unexpected_exits.append(f"worker-{n} exited with {child.popen.returncode}")
-                self.crashes.append(time.monotonic())
+                self.crashes.append([time.monotonic()] * 2)
                 self.killed.add(child.popen.pid)
                 self.start_worker(n)
                 continue
@@ -1336,7 +1338,7 @@ server_login_retry = 1
         other = "redis-b" if victim == "redis-a" else "redis-a"
         child = self.redis_nodes[victim]
         self.killed.add(child.popen.pid)
-        self.crashes.append(time.monotonic())
+        self.crashes.append([time.monotonic()] * 2)
         started = time.monotonic()
         os.killpg(child.popen.pid, signal.SIGKILL)
         await asyncio.to_thread(child.popen.wait, 10)
@@ -1354,9 +1356,10 @@ server_login_retry = 1
         Sentinels make the old primary a replica of the new one, and it drops what it took alone."""
         victim = self.primary
         other = "redis-b" if victim == "redis-a" else "redis-a"
-        self.crashes.append(time.monotonic())
+        self.crashes.append([time.monotonic()] * 2)
         started = time.monotonic()
         cut = [self.host(other), *(self.host(f"sentinel-{n}") for n in (1, 2, 3))]
+        fault = self.crashes[-1]
         self.host(victim).partition(peers=cut)
         try:
             promoted_ip = self.host(other).ip
@@ -1367,6 +1370,7 @@ server_login_retry = 1
             await asyncio.sleep(self.cfg.isolate_seconds)
         finally:
             self.host(victim).heal()
+            fault[1] = time.monotonic()
         import redis as sync_redis
 
         def demoted() -> bool:
@@ -1383,21 +1387,25 @@ server_login_retry = 1
     async def restart_postgres(self) -> str:
         child = self.pg
         self.killed.add(child.popen.pid)
-        self.crashes.append(time.monotonic())
+        fault = [time.monotonic()] * 2
+        self.crashes.append(fault)
         started = time.monotonic()
         os.killpg(child.popen.pid, signal.SIGINT)  # PostgreSQL's fast shutdown: every session cut
         await asyncio.to_thread(child.popen.wait, 30)
         await self.start_postgres()
+        fault[1] = time.monotonic()
         return f"PostgreSQL restarted (down {time.monotonic() - started:.1f} s)"
 
     async def partition_worker(self, n: int) -> str:
         host = self.host(f"worker-{n}")
-        self.crashes.append(time.monotonic())
+        self.crashes.append([time.monotonic()] * 2)
+        fault = self.crashes[-1]
         host.partition(peers=[self.host("pgbouncer"), self.host("pg")])
         try:
             await asyncio.sleep(self.cfg.partition_seconds)
         finally:
             host.heal()
+            fault[1] = time.monotonic()
         return f"worker-{n}'s host cut off from PgBouncer and PostgreSQL for {self.cfg.partition_seconds:g} s"
 
     async def chaos_acts(self, progress: list[int], total: int) -> None:
@@ -1576,22 +1584,24 @@ class Arrival:
     copy: str  # equal for two arrivals of one notice (Message-ID, idempotency key, text)
 
 
-# A worker killed between a send and the commit of its `sent` leaves the notice pending, and the
-# next try sends it again (delivery is at least once: ledger/outbox.py, worker/notices.py). Such a
-# second arrival is a redelivery, not a second alert, when it is an identical copy of the first
-# (same Message-ID or idempotency key, by which the peer recognises it) and a crash of the
-# run's own making fell within this many seconds after the first arrival, before the second.
+# A worker killed (or cut off from the database) between a send and the commit of its `sent`
+# leaves the notice pending, and the next try sends it again (delivery is at least once:
+# ledger/outbox.py, worker/notices.py). Such a second arrival is a redelivery, not a second alert,
+# when it is an identical copy of the first (same Message-ID or idempotency key, by which the peer
+# recognises it) and a fault of the run's own making was under way within this many seconds
+# after the first arrival, before the second.
 CRASH_WINDOW = 10.0
 
 
-def tally(arrivals: list[Arrival], expected: set, crashes: list[float], detail: str) -> dict[str, Any]:
+def tally(arrivals: list[Arrival], expected: set, crashes: list[list[float]], detail: str) -> dict[str, Any]:
     by_key: dict[Any, list[Arrival]] = defaultdict(list)
     for arrival in sorted(arrivals, key=lambda a: a.at):
         by_key[arrival.key].append(arrival)
     duplicates, redelivered = [], []
     for key, copies in by_key.items():
         for first, again in zip(copies, copies[1:]):
-            crash = any(first.at - 0.5 <= c <= min(first.at + CRASH_WINDOW, again.at) for c in crashes)
+            crash = any(start <= min(first.at + CRASH_WINDOW, again.at) and end >= first.at - 0.5
+                        for start, end in crashes)
             (redelivered if crash and again.copy == copies[0].copy else duplicates).append(str(key))
     return {
         "expected": len(expected), "received": len(arrivals),

@@ -140,15 +140,18 @@ def test_a_change_that_moves_an_invoice_backwards_is_drift_the_service_invented(
 
 def test_only_an_identical_copy_after_a_crash_counts_as_a_redelivery():
     """The harness's own judge: a second arrival is forgiven only when it is the same copy and
-    one of the run's crashes fell between the two, shortly after the first."""
+    one of the run's faults was under way between the two, shortly after the first (a partition
+    that began before the first and lasted past it counts: the `sent` could not be recorded)."""
     A = chaos.Arrival
-    crash_at = [100.0]
-    expected = {("inv_1", 1), ("inv_2", 1), ("inv_3", 1), ("inv_4", 1)}
+    faults = [[100.0, 100.0], [200.0, 210.0]]  # a worker killed; a host cut off for 10 s
+    expected = {("inv_1", 1), ("inv_2", 1), ("inv_3", 1), ("inv_4", 1), ("inv_5", 1), ("inv_6", 1)}
     arrivals = [A(("inv_1", 1), 99.9, "<a@x>"), A(("inv_1", 1), 130.0, "<a@x>"),  # killed mid-send
-                A(("inv_2", 1), 50.0, "<b@x>"), A(("inv_2", 1), 130.0, "<b@x>"),  # no crash near the first
+                A(("inv_2", 1), 50.0, "<b@x>"), A(("inv_2", 1), 130.0, "<b@x>"),  # no fault near the first
                 A(("inv_3", 1), 99.0, "<c@x>"), A(("inv_3", 1), 130.0, "<other@x>"),  # not the same copy
-                A(("inv_4", 1), 99.5, "<d@x>")]
-    result = chaos.tally(arrivals, expected, crash_at, "")
-    assert result["redelivered"] == ["('inv_1', 1)"]
-    assert result["duplicates"] == ["('inv_2', 1)", "('inv_3', 1)"]
-    assert result["missing"] == [] and result["unexpected"] == [] and result["received"] == 7
+                A(("inv_4", 1), 99.5, "<d@x>"),
+                A(("inv_5", 1), 205.0, "<e@x>"), A(("inv_5", 1), 230.0, "<e@x>"),  # sent during the partition
+                A(("inv_6", 1), 180.0, "<f@x>"), A(("inv_6", 1), 181.0, "<f@x>")]  # before it: a real duplicate
+    result = chaos.tally(arrivals, expected, faults, "")
+    assert result["redelivered"] == ["('inv_1', 1)", "('inv_5', 1)"]
+    assert result["duplicates"] == ["('inv_2', 1)", "('inv_3', 1)", "('inv_6', 1)"]
+    assert result["missing"] == [] and result["unexpected"] == [] and result["received"] == 11
