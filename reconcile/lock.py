@@ -1,8 +1,12 @@
 """One reconciliation at a time across every worker and command line: a Redis lock with an expiry.
 
-The holder renews it in the background. A holder that can no longer renew it (Redis refused, or
-the lock expired and someone else took it) must stop: another run may start beside it. So the
-renewer cancels the holding task with `LOCK_LOST` as the reason, and the run records that.
+redis-py's `redis.asyncio.lock.Lock` takes it (SET NX PX, a token of its own), renews it
+(`reacquire`: back to the full expiry, only while the token is ours) and releases it (only ours:
+a run that outlived its expiry must not free the next run's lock). What it has no part for is
+kept here: the holder renews it in the background, and a holder that can no longer renew it
+(Redis refused, or the lock expired and someone else took it) must stop, as another run may
+start beside it. So the renewer cancels the holding task with `LOCK_LOST` as the reason, and the
+run records that.
 """
 
 from __future__ import annotations
@@ -10,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections.abc import AsyncIterator
 
 import structlog
 from redis.asyncio import Redis
+from redis.asyncio.lock import Lock
+from redis.exceptions import LockNotOwnedError
 
 log = structlog.get_logger(__name__)
 
@@ -26,16 +31,6 @@ def lock_key(queue_name: str) -> str:
     """One lock per installation: two that share a Redis (each with its own QUEUE_NAME) must not
     skip each other's runs."""
     return f"{LOCK_KEY}:{queue_name}"
-
-# Release only our own lock: a run that outlived its expiry must not free the next run's lock.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-_EXTEND = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
 
 
 class LockLost(Exception):
@@ -50,8 +45,9 @@ async def exclusive(redis: Redis, ttl: float = 120.0, key: str = LOCK_KEY) -> As
     lock is lost while held, the holding task is cancelled (its CancelledError says `LOCK_LOST`)
     and `LockLost` is raised from here.
     """
-    token = uuid.uuid4().hex
-    if not await redis.set(key, token, nx=True, px=int(ttl * 1000)):
+    # Not thread-local: the renewer is another task, and the token is this call's alone anyway.
+    lock = Lock(redis, key, timeout=ttl, blocking=False, thread_local=False)
+    if not await lock.acquire():
         yield False
         return
 
@@ -64,13 +60,17 @@ async def exclusive(redis: Redis, ttl: float = 120.0, key: str = LOCK_KEY) -> As
         while True:
             await asyncio.sleep(ttl / 3)
             try:
-                renewed = await redis.eval(_EXTEND, 1, key, token, int(ttl * 1000))
+                await lock.reacquire()
+            except LockNotOwnedError:  # expired, and maybe taken by another run
+                renewed = False
             except Exception as exc:  # Redis away: keep trying while the lock may still be ours
                 log.warning("reconciliation lock not renewed, retrying", error=repr(exc))
-                renewed = None if time.monotonic() < held_until - ttl / 6 else 0
-            if renewed == 1:
+                renewed = None if time.monotonic() < held_until - ttl / 6 else False
+            else:
+                renewed = True
+            if renewed:
                 held_until = time.monotonic() + ttl
-            elif renewed == 0:
+            elif renewed is False:
                 lost = True
                 log.error("reconciliation lock lost; stopping the run")
                 if holder is not None:
@@ -88,5 +88,5 @@ async def exclusive(redis: Redis, ttl: float = 120.0, key: str = LOCK_KEY) -> As
         renewer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await renewer
-        with contextlib.suppress(Exception):  # an expired lock frees itself
-            await redis.eval(_RELEASE, 1, key, token)
+        with contextlib.suppress(Exception):  # not ours any more (LockNotOwnedError), or it expires by itself
+            await lock.release()
