@@ -1570,7 +1570,7 @@ def alert_key(subject: str, text: str, *, plain: bool) -> tuple:
     if subject.startswith("Uncollectible"):
         inv = ALERT_INVOICE.search(text)
         return ("uncollectible", inv.group(1) if inv else None)
-    if subject.startswith("Payment failed"):
+    if subject.startswith(("Payment failed", "Authentication required")):  # the latter: a 3-D Secure attempt
         inv, attempts = ALERT_INVOICE.search(text), ALERT_ATTEMPTS.search(text)
         return (inv.group(1) if inv else None, int(attempts.group(1)) if attempts else None)
     run = DRIFT_RUN.search(subject)
