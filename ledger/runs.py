@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, Any
 
@@ -110,6 +111,37 @@ async def not_final_after(conn: AsyncConnection, statuses: tuple[str, ...], crea
     return list((await conn.execute(
         select(positions.c.invoice_id).where(condition, positions.c.invoice_id > after)
         .order_by(positions.c.invoice_id).limit(limit))).scalars())
+
+
+# --- The figures the metrics show ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LastRun:
+    started_at: datetime
+    finished_at: datetime
+    status: str
+    api_requests: int
+    findings: dict[str, int]
+
+
+@dataclass(frozen=True)
+class ReconciliationFigures:
+    last_success: datetime | None  # when the newest completed run (not a dry run) finished
+    last_run: LastRun | None  # the newest run that finished, however it ended (not a dry run)
+
+
+async def reconciliation_figures(conn: AsyncConnection) -> ReconciliationFigures:
+    """What the ledger says of its runs; dry runs are previews and count for nothing here."""
+    real = runs.c.dry_run.is_(False)
+    last_success = await conn.scalar(
+        select(runs.c.finished_at).where(real, runs.c.status == "completed").order_by(runs.c.id.desc()).limit(1))
+    row = (await conn.execute(
+        select(runs.c.started_at, runs.c.finished_at, runs.c.status, runs.c.api_requests, runs.c.counts)
+        .where(real, runs.c.status != "running").order_by(runs.c.id.desc()).limit(1))).first()
+    last_run = None if row is None else LastRun(
+        row.started_at, row.finished_at or row.started_at, row.status, row.api_requests,
+        {category: int(count) for category, count in (row.counts or {}).items()})
+    return ReconciliationFigures(last_success, last_run)
 
 
 # --- Reading runs back -----------------------------------------------------------------------

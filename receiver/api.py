@@ -7,7 +7,6 @@ see receiver.app.ReceiverState); every answer is built by ledger.views, ledger.j
 
 from __future__ import annotations
 
-import hmac
 import io
 from datetime import date
 
@@ -23,6 +22,7 @@ from ledger.runs import get_run, list_runs, write_csv
 from ledger.views import balances, invoice_view
 from receiver.aging_api import get_aging
 from vinr_recon.settings import Settings
+from vinr_recon.tokens import token_matches
 
 MAX_RUNS_PAGE = 200
 # Ids are the database's integer keys (32-bit on PostgreSQL): beyond, nothing can exist, and
@@ -137,15 +137,6 @@ routes = [
     Route("/reconciliation/runs/{run_id:int}", get_run_by_id, methods=["GET"]),
     Route("/reconciliation/runs/{run_id:int}/findings.csv", get_run_csv, methods=["GET"]),
 ]
-
-
-def token_matches(presented: str, tokens: list[str]) -> bool:
-    """Constant-time comparison against every configured token, with no early exit."""
-    candidate = presented.encode("latin-1", "replace")
-    matched = False
-    for token in tokens:
-        matched |= hmac.compare_digest(token.encode(), candidate)
-    return matched
 
 
 class RequireBearerToken:

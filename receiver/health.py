@@ -13,11 +13,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ledger.runs import ReconciliationFigures, reconciliation_figures
 from ledger.views import dead
-from receiver.api import bearer_token, token_matches
+from receiver.api import bearer_token
 from receiver.metrics import CONTENT_TYPE, Metrics
 from vinr_recon.redis_connect import primary_answers
-from worker.metrics import ReconciliationFigures, reconciliation_figures
+from vinr_recon.tokens import token_matches
 
 log = structlog.get_logger("receiver.health")
 

@@ -2,7 +2,7 @@
 
 Each app gets its own `CollectorRegistry` (never the process-global one), so several apps in
 one process, as in the tests, do not clash over metric names. It also carries the process and
-Python collectors and the reconciliation's figures (worker.metrics: the worker serves them too).
+Python collectors and the reconciliation's figures (ledger.metrics: the worker serves them too).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from ledger.metrics import ReconciliationGauges, add_runtime_collectors
 from vinr.events import INVOICE_EVENT_TYPES
-from worker.metrics import ReconciliationGauges, add_runtime_collectors
 
 # Event types come from the payload: anything outside the known set is one label value, so a
 # stream of novel types cannot grow the number of series without bound.

@@ -12,7 +12,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ledger.db import create_engine
-from reconcile.diff import CATEGORIES
+from ledger.findings import CATEGORIES
 from ledger.runs import get_run, write_csv
 from reconcile.run import RunReport
 

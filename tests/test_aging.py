@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from sqlalchemy import insert
 
-from ledger.aging import (KEYS, UNASSIGNED, aging, bucket_of, day_start, days_past_due, due_range, parse_as_of,
+from ledger.aging import (KEYS, UNASSIGNED, aging, bucket_of, days_past_due, due_range, parse_as_of,
                           tabulate, worklist)
 from ledger.tables import Customer, InvoicePosition, ReceivedEvent
 

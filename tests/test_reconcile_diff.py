@@ -1,7 +1,6 @@
+from ledger.findings import AMOUNT_MISMATCH, CURRENCY_MISMATCH, MISSING_AT_VINR, MISSING_IN_LEDGER, STATUS_MISMATCH
 from ledger.posting import Position, post
-from reconcile.diff import (
-    AMOUNT_MISMATCH, CURRENCY_MISMATCH, MISSING_AT_VINR, MISSING_IN_LEDGER, STATUS_MISMATCH, compare,
-)
+from reconcile.diff import compare
 from vinr.events import Invoice
 
 

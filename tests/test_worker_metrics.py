@@ -22,7 +22,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import insert
 
 from conftest import WEBHOOK_SECRET, copy_of
-from ledger.db import create_engine
 from ledger.tables import ReconciliationRun
 from lifecycles import Event, enqueue, snapshot
 from receiver_support import free_port, signed
@@ -30,7 +29,8 @@ from test_worker_processes import finish, redis, start, until_listening  # noqa:
 from vinr.sandbox.app import create_app
 from vinr.sandbox.config import SandboxConfig
 from vinr.sandbox.serving import serve_in_thread
-from worker.metrics import ReconciliationGauges, WorkerMetrics, reconciliation_figures
+from ledger.runs import reconciliation_figures
+from worker.metrics import WorkerMetrics
 from worker.settings import MetricsPortTaken, worker_settings
 
 pytestmark = pytest.mark.slow
