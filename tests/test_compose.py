@@ -52,10 +52,13 @@ def test_every_process_runs_a_real_vinr_recon_subcommand_on_the_projects_image(s
         assert (parsed.command, *([parsed.db_command] if parsed.command == "db" else [])) == expected[name]
         shown = subprocess.run([str(script), *words[1:], "--help"], capture_output=True, text=True, timeout=60)
         assert shown.returncode == 0 and shown.stdout.startswith(f"usage: vinr-recon {' '.join(words[1:])}"), name
-    # The web is published on the image's PORT, which it listens on (it is given no --port).
-    port = re.search(r"^ENV .*\bPORT=(\d+)", dockerfile.replace("\\\n", " "), re.MULTILINE)[1]
+    # The web is published on the PORT it listens on (it is given no --port), on every interface
+    # of its container: a .env copied from .env.example says HOST=127.0.0.1, and must not win.
+    image_port = re.search(r"^ENV .*\bPORT=(\d+)", dockerfile.replace("\\\n", " "), re.MULTILINE)[1]
+    environment = services["web"]["environment"]
     [published] = services["web"]["ports"]
-    assert published.rsplit(":", 1)[1] == port and build_parser().parse_args(argv(services["web"])[1:]).port is None
+    assert published.rsplit(":", 1)[1] == str(environment["PORT"]) == image_port
+    assert environment["HOST"] == "0.0.0.0" and build_parser().parse_args(argv(services["web"])[1:]).port is None
 
 
 def test_redis_keeps_the_queue_with_aof_in_a_volume_and_postgresql_its_data_in_another(services):
