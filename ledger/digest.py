@@ -215,10 +215,7 @@ async def last_failures(conn: AsyncConnection, invoice_ids: list[str]) -> dict[s
 
 async def last_digest_at(conn: AsyncConnection) -> datetime | None:
     """When the last digest was staged (any manager's: one job stages them all)."""
-    moment = await conn.scalar(select(func.max(outbox.c.created_at)).where(outbox.c.kind == "digest"))
-    if moment is None:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return await conn.scalar(select(func.max(outbox.c.created_at)).where(outbox.c.kind == "digest"))
 
 
 async def resolved_since(conn: AsyncConnection, since: datetime, default_manager: str | None,

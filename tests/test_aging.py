@@ -9,8 +9,7 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from sqlalchemy import insert
 
-from ledger.aging import (KEYS, UNASSIGNED, aging, bucket_of, days_past_due, due_range, parse_as_of,
-                          tabulate, worklist)
+from ledger.aging import KEYS, UNASSIGNED, aging, bucket_of, days_past_due, due_range, parse_as_of, tabulate, worklist
 from ledger.tables import Customer, InvoicePosition, ReceivedEvent
 
 AS_OF = date(2026, 12, 2)

@@ -7,12 +7,11 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from sqlalchemy import select
 
 from conftest import clear_ledger
-from ledger.batch import PoisonInBatch, Received, apply_events
+from ledger.book import PoisonInBatch, Received, apply_events
 from ledger.posting import CannotApply
 from ledger.tables import InvoicePosition, JournalEntry, Posting, ReceivedEvent
 from lifecycles import Event, snapshot

@@ -188,7 +188,7 @@ async def test_a_dashboard_replay_that_dies_again_says_so_with_its_new_error(cli
 
     from conftest import unique
     from lifecycles import drain
-    from worker.deadletters import bury
+    from ledger.deadletters import bury
 
     event_id = unique("evt_poison")
     poison = {**snapshot("inv_poison", "paid", 1000, 1000), "total": 1000.0}  # amounts are never floats

@@ -27,7 +27,7 @@ from receiver.webhooks import identify
 from receiver_support import forget_queue, served, signed
 from vinr.events import InvalidEvent, parse_event
 from vinr_recon.jobformat import loads
-from worker.deadletters import storable
+from ledger.deadletters import storable
 
 URL = "/webhooks/vinr"
 dead_letters, entries, received = DeadLetter.__table__, JournalEntry.__table__, ReceivedEvent.__table__

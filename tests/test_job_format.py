@@ -22,13 +22,13 @@ from sqlalchemy import select
 
 from conftest import REDIS_URL, copy_of, unique
 from ledger.db import create_engine
+from ledger.deadletters import Letter
 from ledger.tables import ReceivedEvent
 from lifecycles import Event, drain, snapshot
 from receiver_support import LogCapture
 from vinr_recon.convert import convert_queue, unpickle_job
 from vinr_recon.jobformat import NotDataJob, dumps, kind_of, loads
-from vinr_recon.jobs import APPLY_EVENT, enqueue_notices, job_key, refused_key
-from worker.deadletters import Letter, replay
+from vinr_recon.jobs import APPLY_EVENT, enqueue_notices, job_key, queue_replays, refused_key
 from worker.settings import Worker, worker_settings
 
 received = ReceivedEvent.__table__
@@ -255,7 +255,7 @@ async def test_every_way_of_queueing_writes_data_only_jobs(installation, redis):
     queue = installation.queue_name
     await enqueue_notices(redis, queue, [1, 2])
     letter = Letter(1, unique("evt"), "invoice.paid", b"{}", {}, datetime.now(UTC), "boom")
-    [(_, replayed, fresh)] = await replay(ArqRedis(redis.connection_pool), queue, [letter])
+    [(_, replayed, fresh)] = await queue_replays(ArqRedis(redis.connection_pool), queue, [letter])
     assert fresh
 
     at = (datetime.now(UTC) + timedelta(hours=2)).replace(second=0, microsecond=0)

@@ -8,8 +8,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 
 from conftest import clear_ledger
-from ledger.batch import Received, apply_events
-from ledger.book import apply_event, apply_snapshot
+from ledger.book import Received, apply_event, apply_events, apply_snapshot
 from ledger.tables import InvoicePosition
 from lifecycles import T0, Event, snapshot
 from vinr.events import Invoice, parse_event

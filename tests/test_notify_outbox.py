@@ -10,14 +10,13 @@ from pydantic import SecretStr
 from sqlalchemy import func, select
 
 from ledger import outbox
-from ledger.batch import Received, apply_events
-from ledger.book import apply_event, apply_snapshot
+from ledger.book import Received, apply_event, apply_events, apply_snapshot
+from ledger.money import format_money
 from ledger.tables import metadata
 from lifecycles import Event as Sent, snapshot
 from vinr.events import Invoice, parse_event
 from vinr_recon.settings import ConfigurationError, Settings
 from worker.notices import recipient
-from ledger.money import format_money
 from worker.render import payment_failed, slack_message
 
 ALL = outbox.Channels(email=True, chat=True, fulfilment=True)

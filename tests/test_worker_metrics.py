@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import insert
 
 from conftest import WEBHOOK_SECRET, copy_of
+from ledger.runs import reconciliation_figures
 from ledger.tables import ReconciliationRun
 from lifecycles import Event, enqueue, snapshot
 from receiver_support import free_port, signed
@@ -29,7 +30,6 @@ from test_worker_processes import finish, redis, start, until_listening  # noqa:
 from vinr.sandbox.app import create_app
 from vinr.sandbox.config import SandboxConfig
 from vinr.sandbox.serving import serve_in_thread
-from ledger.runs import reconciliation_figures
 from worker.metrics import WorkerMetrics
 from worker.settings import MetricsPortTaken, worker_settings
 

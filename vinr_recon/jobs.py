@@ -13,9 +13,15 @@ ids from its queue, whatever their shape, and the ledger deduplicates by event i
 
 from __future__ import annotations
 
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
 from arq.connections import ArqRedis
 
 from vinr_recon.jobformat import JOB_FORMAT
+
+if TYPE_CHECKING:  # the queue's contract names the ledger's letters, and imports nothing of it
+    from ledger.deadletters import Letter
 
 # apply_event(ctx, event_id: str, event_type: str, body: bytes, headers: dict[str, str], received_at: float)
 APPLY_EVENT = "apply_event"
@@ -82,3 +88,25 @@ async def enqueue_notices(redis, queue_name: str, notice_ids) -> None:
     for notice_id in dict.fromkeys(notice_ids):
         await redis.enqueue_job(DELIVER_NOTICE, notice_id, _job_id=notice_job_id(queue_name, notice_id),
                                 _queue_name=queue_name)
+
+
+# arq's enqueue_job always sets an expiry on the job; a replay must outlive any outage the
+# job's own retries ride out, so give it a month rather than arq's default day.
+REPLAY_EXPIRES = timedelta(days=30)
+
+
+async def queue_replays(redis, queue_name: str, letters: list[Letter]) -> list[tuple[Letter, str, bool]]:
+    """Queue each letter as an `apply_event` job with replay=True and a fresh job id.
+
+    Returns (letter, job id, queued); queued is False when that job is already queued or done.
+    """
+    queued, redis = [], queue_redis(redis)
+    for letter in letters:
+        job_id = replay_job_id(queue_name, letter.event_id, letter.id)
+        job = await redis.enqueue_job(
+            APPLY_EVENT, letter.event_id, letter.type, letter.body, letter.headers, letter.received_at.timestamp(),
+            replay=True, dead_letter_id=letter.id,
+            _job_id=job_id, _queue_name=queue_name, _expires=REPLAY_EXPIRES,
+        )
+        queued.append((letter, job_id, job is not None))
+    return queued

@@ -19,8 +19,7 @@ import contextvars
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ledger.batch import PoisonInBatch, Received, apply_events
-from ledger.book import EventResult
+from ledger.book import EventResult, PoisonInBatch, Received, apply_events
 from ledger.db import is_connection_failure
 from ledger.outbox import EVERY_CHANNEL, NO_CHANNELS, Channels, stage_results
 from worker.metrics import WorkerMetrics

@@ -139,14 +139,15 @@ async def _replay(settings, events: list[str] | None) -> int:
     from vinr_recon.jobformat import JOB_FORMAT
     from vinr_recon.redis_connect import queue_pool
     from ledger.db import create_engine
-    from worker.deadletters import pending, replay
+    from ledger.deadletters import pending
+    from vinr_recon.jobs import queue_replays
 
     engine = create_engine(settings.database_url, writer=False)
     redis = queue_pool(settings, JOB_FORMAT)
     try:
         async with engine.connect() as conn:
             letters = await pending(conn, events)
-        queued = await replay(redis, settings.queue_name, letters)
+        queued = await queue_replays(redis, settings.queue_name, letters)
     finally:
         await redis.aclose()
         await engine.dispose()

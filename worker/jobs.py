@@ -23,24 +23,19 @@ from typing import Any
 
 import structlog
 from arq import Retry
-from sqlalchemy import update
 
-from ledger.batch import Received
-from ledger.book import EventResult
-from ledger.book import apply_event as book_apply_event
+from ledger.book import EventResult, PoisonInBatch, Received, apply_events
 from ledger.db import is_connection_failure
+from ledger.deadletters import bury, mark_replayed
 from ledger.outbox import EVERY_CHANNEL, NO_CHANNELS, stage_results
 from ledger.posting import CannotApply
-from ledger.tables import DeadLetter
 from vinr.events import InvalidEvent, parse_event
 from vinr_recon.jobs import enqueue_notices
-from worker.deadletters import bury
 from worker.defaults import TRIES
 
 log = structlog.get_logger("worker.jobs")
 
 POISON = (InvalidEvent, CannotApply)
-dead_letters = DeadLetter.__table__
 
 
 @dataclass(frozen=True)
@@ -115,18 +110,22 @@ async def _apply(ctx, body, headers, received, replay, dead_letter_id) -> EventR
     event = parse_event(body)  # InvalidEvent is poison
     invoice = event.invoice() if event.is_invoice_event else None
     structlog.contextvars.bind_contextvars(invoice_id=invoice.id if invoice else None)  # this job's task only
+    item = Received(event, invoice, body, headers, received)
     batcher = ctx.get("batcher")
     if batcher is not None and not replay:
         # Each batch has a deadline of its own (see RetryPolicy.attempt_timeout).
-        return await batcher.apply(Received(event, invoice, body, headers, received))
+        return await batcher.apply(item)
     async with asyncio.timeout(ctx["policy"].attempt_timeout):
         async with _write_lock(ctx), ctx["engine"].begin() as conn:
-            result = await book_apply_event(conn, event, body, headers, received_at=received, replay=replay)
+            try:
+                (result,) = await apply_events(conn, [item], replay=replay)
+            except PoisonInBatch as poison:  # a batch of one: its own event's
+                raise poison.error from None
             (result,) = await stage_results(conn, [event], [result], source="webhook",
                                             channels=ctx.get("channels", NO_CHANNELS),
                                             deliverable=ctx.get("deliverable", EVERY_CHANNEL))
             if dead_letter_id is not None:
-                await conn.execute(_mark_replayed(dead_letter_id))
+                await mark_replayed(conn, dead_letter_id)
     return result
 
 
@@ -139,14 +138,6 @@ async def queue_notices(ctx: dict[str, Any], notice_ids: tuple[int, ...]) -> Non
         await enqueue_notices(ctx["redis"], ctx["queue_name"], notice_ids)
     except Exception as exc:
         log.warning("notices not queued, the sweep will", notices=list(notice_ids), error=_describe(exc))
-
-
-def _mark_replayed(dead_letter_id: int):
-    return (
-        update(dead_letters)
-        .where(dead_letters.c.id == dead_letter_id, dead_letters.c.replayed_at.is_(None))
-        .values(replayed_at=datetime.now(UTC))
-    )
 
 
 async def _dead_letter(ctx, event_id, event_type, body, headers, received, error, attempt, dead_letter_id) -> str:

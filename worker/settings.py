@@ -15,6 +15,7 @@ import structlog
 from arq.constants import abort_jobs_ss, in_progress_key_prefix, retry_key_prefix
 from arq.utils import to_ms
 from arq.worker import Worker as ArqWorker, func
+from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError, WatchError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.outbox import EVERY_CHANNEL
@@ -29,8 +30,11 @@ from worker.metrics import WorkerMetrics
 from worker.nightly import nightly_cron
 from worker.notices import NOTICE_RETRY, Notifier, notice_crons, notice_functions
 
-
 log = structlog.get_logger("worker")
+
+# What Redis going away under a poll raises (a failover, a restart, a dropped connection).
+REDIS_AWAY = (RedisConnectionError, RedisTimeoutError, WatchError)
+POLL_RETRY = 0.5  # seconds before the poll after one that Redis failed
 
 
 class SchemaNotMigrated(RuntimeError):
@@ -70,6 +74,27 @@ class Worker(ArqWorker):
         self.in_progress_timeout_s = self.job_timeout_s + 10
         self.metrics = self.ctx.setdefault("metrics", WorkerMetrics())
         self.registry = self.metrics.registry
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        # One at a time, so that a job whose start Redis failed gives back the slot arq took for it.
+        for job_id in job_ids:
+            try:
+                await super().start_jobs([job_id])
+            except REDIS_AWAY:
+                self.job_counter -= 1
+                self.sem.release()
+                raise
+
+    async def _poll_iteration(self) -> None:
+        # arq lets an error of Redis out of its poll loop, and the worker exits: seen as a
+        # WatchError ("A ConnectionError occurred on while watching") in a Sentinel failover.
+        # The poll is tried again instead, as every other command is (vinr_recon.redis_connect).
+        try:
+            await super()._poll_iteration()
+        except REDIS_AWAY as exc:
+            log.warning("Redis failed during a poll; polling again", error=f"{type(exc).__name__}: {exc}",
+                        retry_in=POLL_RETRY)
+            await asyncio.sleep(POLL_RETRY)
 
     async def finish_job(self, job_id: str, finish: bool, result_data: bytes | None, result_timeout_s: float | None,
                          keep_result_forever: bool, incr_score: int | None, keep_in_progress: float | None) -> None:

@@ -19,16 +19,17 @@ from starlette.routing import Mount, Route, Router
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from ledger.book import trial_balance
+from ledger.deadletters import pending
+from ledger.money import field_amount, format_balance, format_money
+from ledger.runs import write_csv
 from ledger.tables import ACCOUNTS
 from ledger.views import invoice_view
 from receiver.api import MAX_ID, MAX_INVOICE_ID, token_matches
 from receiver.dashboard import access, aging, queries
 from receiver.dashboard.activity import ActivityCache
-from ledger.runs import write_csv
+from vinr_recon.jobs import queue_replays
 from vinr_recon.settings import Settings
-from worker.deadletters import pending, replay
-from ledger.book import trial_balance
-from ledger.money import field_amount, format_balance, format_money
 
 log = structlog.get_logger("receiver.dashboard")
 
@@ -247,7 +248,7 @@ class Pages:
         return self.render(request, "dead_letters.html", waiting=waiting, replayed=replayed, notices=notices)
 
     async def replay_letter(self, request: Request) -> Response:
-        """Queue the dead letter again (worker.deadletters.replay); the worker applies it."""
+        """Queue the dead letter again (vinr_recon.jobs.queue_replays); the worker applies it."""
         if not await access.csrf_ok(request, self.public_origin):
             return Response("cross-site request refused", 403)
         letter_id = request.path_params["letter_id"]
@@ -263,7 +264,7 @@ class Pages:
             return back
         redis = ArqRedis(connection_pool=request.state.redis.connection_pool)
         try:
-            ((_, job_id, fresh),) = await replay(redis, self.settings.queue_name, [letter])
+            ((_, job_id, fresh),) = await queue_replays(redis, self.settings.queue_name, [letter])
         except (RedisError, OSError):
             request.session["flash"] = "Redis did not answer: nothing was queued. Try again."
             return back

@@ -1,32 +1,25 @@
 """Dead letters: events the worker gave up on, kept with their error until they are replayed.
 
 A dead letter is written in its own transaction, together with the received event's outcome
-`dead`. `replay` queues it again as an `apply_event` job with a fresh job id; the replayed job
-marks the dead letter replayed in the same transaction that applies the event, so `replayed_at`
-means "the replay reached an outcome", never merely "it was queued". A replay that dies again
-marks the old letter replayed and leaves a new one in its place.
+`dead`. A replay (vinr_recon.jobs.queue_replays) queues it again as an `apply_event` job with a
+fresh job id; the replayed job marks the dead letter replayed in the same transaction that
+applies the event, so `replayed_at` means "the replay reached an outcome", never merely "it was
+queued". A replay that dies again marks the old letter replayed and leaves a new one in its place.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
-from arq.connections import ArqRedis
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.book import record_dead
 from ledger.tables import DeadLetter, ReceivedEvent
-from vinr_recon.jobs import APPLY_EVENT, queue_redis, replay_job_id
 
 dead_letters = DeadLetter.__table__
 received = ReceivedEvent.__table__
-
-# arq's enqueue_job always sets an expiry on the job; a replay must outlive any outage the
-# job's own retries ride out, so give it a month rather than arq's default day.
-REPLAY_EXPIRES = timedelta(days=30)
-
 
 async def bury(
     conn: AsyncConnection,
@@ -109,28 +102,15 @@ async def pending(conn: AsyncConnection, event_ids: list[str] | None = None) -> 
     if event_ids:
         query = query.where(dead_letters.c.event_id.in_(event_ids))
     return [
-        Letter(row.id, row.event_id, row.type, row.body, row.headers, _utc(row.received_at or row.dead_at), row.error)
+        Letter(row.id, row.event_id, row.type, row.body, row.headers, row.received_at or row.dead_at, row.error)
         for row in await conn.execute(query)
     ]
 
 
-async def replay(redis: ArqRedis, queue_name: str, letters: list[Letter]) -> list[tuple[Letter, str, bool]]:
-    """Queue each letter as an `apply_event` job with replay=True and a fresh job id.
-
-    Returns (letter, job id, queued); queued is False when that job is already queued or done.
-    """
-    queued, redis = [], queue_redis(redis)
-    for letter in letters:
-        job_id = replay_job_id(queue_name, letter.event_id, letter.id)
-        job = await redis.enqueue_job(
-            APPLY_EVENT, letter.event_id, letter.type, letter.body, letter.headers, letter.received_at.timestamp(),
-            replay=True, dead_letter_id=letter.id,
-            _job_id=job_id, _queue_name=queue_name, _expires=REPLAY_EXPIRES,
-        )
-        queued.append((letter, job_id, job is not None))
-    return queued
-
-
-def _utc(moment: datetime) -> datetime:
-    # SQLite hands back naive datetimes; the ledger writes UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+async def mark_replayed(conn: AsyncConnection, dead_letter_id: int) -> None:
+    """The replay of this letter reached an outcome (in the transaction that applied it)."""
+    await conn.execute(
+        update(dead_letters)
+        .where(dead_letters.c.id == dead_letter_id, dead_letters.c.replayed_at.is_(None))
+        .values(replayed_at=datetime.now(UTC))
+    )
