@@ -8,10 +8,15 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $@
 
-.PHONY: install test demo screenshots
+.PHONY: install lint test demo screenshots
 install: $(VENV)/.installed
 
-test: $(VENV)/.installed
+# Unused or undefined names, unsorted imports, and imports against the layers (pyproject.toml).
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check --no-cache .
+	$(VENV)/bin/lint-imports --no-cache
+
+test: lint
 	bash .ci/services
 	$(PY) -m pytest $(PYTEST_ARGS)
 

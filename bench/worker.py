@@ -338,8 +338,9 @@ def _name(phase: str, workers: int) -> str:
 def through_pgbouncer(stack: contextlib.ExitStack, url: str) -> str:
     """`url` through a private PgBouncer in transaction pooling mode (closed with `stack`)."""
     sys.path.insert(0, str(ROOT / "tests"))
-    from pg_support import owned_by_service_user, pgbouncer
     from sqlalchemy.engine import make_url
+
+    from pg_support import owned_by_service_user, pgbouncer
 
     folder = Path(tempfile.mkdtemp(prefix="vinr-bench-pgbouncer-"))
     owned_by_service_user(folder)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 
-from prometheus_client import CollectorRegistry, GCCollector, Gauge, PlatformCollector, ProcessCollector
+from prometheus_client import CollectorRegistry, Gauge, GCCollector, PlatformCollector, ProcessCollector
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.findings import CATEGORIES
@@ -69,17 +69,6 @@ class ReconciliationGauges:
     async def refresh(self, engine: AsyncEngine) -> None:
         """Read the figures from the ledger (NaN when it does not answer in time)."""
         self.show(await read_figures(engine))
-
-
-async def read_figures(engine: AsyncEngine, timeout: float = SCRAPE_TIMEOUT) -> ReconciliationFigures | None:
-    async def read() -> ReconciliationFigures:
-        async with engine.connect() as conn:
-            return await reconciliation_figures(conn)
-
-    try:
-        return await asyncio.wait_for(read(), timeout)
-    except Exception:  # the scrape still answers; NaN says the figures are unknown
-        return None
 
 
 async def read_figures(engine: AsyncEngine, timeout: float = SCRAPE_TIMEOUT) -> ReconciliationFigures | None:

@@ -30,9 +30,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.book import EventResult
 from ledger.posting import FINAL, Outcome
-from ledger.tables import InvoicePosition
-from ledger.tables import Notice as NoticeRow
+from ledger.tables import InvoicePosition, Notice as NoticeRow
 from vinr.events import Event, Invoice
+from vinr_recon.settings import ConfigurationError, Settings
 
 outbox = NoticeRow.__table__
 positions = InvoicePosition.__table__
@@ -54,6 +54,19 @@ class Channels:
 
     def __bool__(self) -> bool:
         return self.email or self.chat or self.fulfilment
+
+
+def configured_channels(settings: Settings) -> Channels:
+    """The alert and callback channels `settings` configure: the ledger stages notices for these.
+    `ConfigurationError` for a callback URL without its secret, or an SMTP_URL of another scheme."""
+    smtp = settings.smtp_url.get_secret_value().strip() if settings.smtp_url else ""
+    chat = settings.alert_webhook_url.get_secret_value().strip() if settings.alert_webhook_url else ""
+    secret = settings.fulfilment_secret.get_secret_value().strip() if settings.fulfilment_secret else ""
+    if settings.fulfilment_url and not secret:
+        raise ConfigurationError("FULFILMENT_SECRET must be set with FULFILMENT_URL (see .env.example)")
+    if smtp and not smtp.startswith(("smtp://", "smtps://")):
+        raise ConfigurationError("SMTP_URL must look like smtp://user:password@host:port (or smtps://)")
+    return Channels(email=bool(smtp), chat=bool(chat), fulfilment=bool(settings.fulfilment_url))
 
 
 NO_CHANNELS = Channels()

@@ -10,11 +10,11 @@ from __future__ import annotations
 import io
 from datetime import date
 
+from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route, Router
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ledger.journal import balances_as_of, csv_chunks, journal_rows

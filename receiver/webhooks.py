@@ -25,7 +25,13 @@ from receiver.enqueue import Enqueuer, QueueUnavailable, webhook_job
 from receiver.limits import BodyBudget, Held
 from receiver.metrics import UNKNOWN_TYPE, Metrics, type_label
 from vinr.events import (
-    INVOICE_EVENT_TYPES, INVOICE_KEYS, Id, InvalidEvent, Timestamp, invoice_fields_problem, parse_event,
+    INVOICE_EVENT_TYPES,
+    INVOICE_KEYS,
+    Id,
+    InvalidEvent,
+    Timestamp,
+    invoice_fields_problem,
+    parse_event,
 )
 from vinr.signature import SignatureError, verify
 from vinr_recon.jobs import KEPT_HEADERS

@@ -7,8 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ledger.findings import (AMOUNT_MISMATCH, CURRENCY_MISMATCH, MISSING_AT_VINR, MISSING_IN_LEDGER, POSTING_RULE,
-                             STATUS_MISMATCH)
+from ledger.findings import (
+    AMOUNT_MISMATCH,
+    CURRENCY_MISMATCH,
+    MISSING_AT_VINR,
+    MISSING_IN_LEDGER,
+    POSTING_RULE,
+    STATUS_MISMATCH,
+)
 from ledger.posting import Position, target_facts
 from vinr.events import Invoice
 

@@ -48,13 +48,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger import outbox, runs
 from ledger.audit import outdated
-from ledger.findings import CATEGORIES, UNREADABLE_AT_VINR, UNSETTLED
 from ledger.book import apply_event, apply_snapshot, lock_position, record_dead
+from ledger.findings import CATEGORIES, UNREADABLE_AT_VINR, UNSETTLED
 from ledger.posting import FINAL, CannotApply, Position, post
 from reconcile.diff import Finding, compare
-from vinr.client import (AuthenticationError, InvalidResponse, NotFound, RateLimited, Unreadable, VinrClient,
-                         VinrError)
-from vinr.events import Invoice, InvalidEvent, parse_event
+from vinr.client import AuthenticationError, InvalidResponse, NotFound, RateLimited, Unreadable, VinrClient, VinrError
+from vinr.events import InvalidEvent, Invoice, parse_event
 
 log = structlog.get_logger(__name__)
 

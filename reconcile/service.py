@@ -11,14 +11,14 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.db import create_engine
-from ledger.outbox import EVERY_CHANNEL
+from ledger.outbox import EVERY_CHANNEL, configured_channels
 from reconcile.customers import refresh_swept_customers
 from reconcile.lock import exclusive, lock_key
 from reconcile.run import Reconciler, RunReport
 from vinr.client import VinrClient
 from vinr_recon.jobs import enqueue_notices
 from vinr_recon.redis_connect import redis_for
-from vinr_recon.settings import Settings, require
+from vinr_recon.settings import Settings, require, vinr_client
 
 log = structlog.get_logger(__name__)
 
@@ -44,12 +44,12 @@ async def reconcile_once(
     Resources passed in stay open; those created here are closed here.
     """
     require(settings, "vinr_api_key")
-    settings.notice_channels()  # validated here; the worker's configuration decides delivery
+    configured_channels(settings)  # validated here; the worker's configuration decides delivery
     channels = EVERY_CHANNEL  # what a fact owes, whatever this process has configured
     own_engine, own_redis, own_client = engine is None, redis is None, client is None
     engine = engine or create_engine(settings.database_url)
     redis = redis or redis_for(settings)  # REDIS_URL, or the primary REDIS_SENTINELS name
-    client = client or VinrClient.from_settings(settings)
+    client = client or vinr_client(settings)
     try:
         async with exclusive(redis, ttl=lock_ttl, key=lock_key(settings.queue_name)) as acquired:
             if not acquired:

@@ -12,11 +12,11 @@ from sqlalchemy import insert
 
 from conftest import API_TOKEN, WEBHOOK_SECRET, unique
 from ledger.book import apply_event, apply_snapshot
+from ledger.deadletters import bury
 from ledger.tables import Finding, InvoicePosition, Notice, ReconciliationRun
 from lifecycles import body, snapshot
 from vinr.events import Invoice, parse_event
 from vinr_recon.jobs import job_key, replay_job_id, result_key
-from ledger.deadletters import bury
 
 # The seed guide's invoice: Acme GmbH, implementation + 8 support hours, EUR 1,960.00, paid by card.
 GUIDE_ID = "in_guide_acme"

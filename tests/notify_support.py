@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import pytest
 from aiosmtpd.controller import Controller
-from arq.connections import RedisSettings, create_pool
 from aiosmtpd.smtp import AuthResult, LoginPassword
+from arq.connections import RedisSettings, create_pool
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse

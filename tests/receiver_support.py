@@ -12,8 +12,8 @@ import shutil
 import socket
 import subprocess
 import time
-from contextlib import asynccontextmanager
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import httpx
 import pytest

@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import insert
 
 from conftest import API_TOKEN
+from ledger.money import format_money
 from ledger.tables import Customer, InvoicePosition
 from receiver.app import create_app
 from receiver_support import served
@@ -23,7 +24,6 @@ from reconcile_support import deployment
 from vinr.sandbox.errors import CardError
 from vinr.sandbox.state import CARD_DECLINED, CARD_SUCCEEDS
 from vinr.sandbox.views import invoice_json
-from ledger.money import format_money
 
 DAY = 86400
 AM1, AM2, FINANCE = "am1@merchant.example", "am2@merchant.example", "finance@merchant.example"

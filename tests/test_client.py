@@ -38,7 +38,7 @@ from vinr.client import (
     VinrClient,
 )
 from vinr.events import Invoice, parse_event
-from vinr_recon.settings import ConfigurationError
+from vinr_recon.settings import ConfigurationError, vinr_client
 
 API_KEY = "vinr_sk_test_" + "Zq7" * 8
 WRONG_KEY = "vinr_sk_test_" + "Wx4" * 8
@@ -563,16 +563,16 @@ async def test_runs_in_process_on_an_asgi_transport(vinr):
     assert vinr.seen[0].path == "/v1/invoices/inv_1"
 
 
-async def test_from_settings_needs_the_key_and_uses_the_base(vinr, settings):
+async def test_the_client_from_settings_needs_the_key_and_uses_the_base(vinr, settings):
     with pytest.raises(ConfigurationError, match="VINR_API_KEY"):
-        VinrClient.from_settings(settings)
+        vinr_client(settings)
 
     configured = settings.model_copy(
         update={"vinr_api_key": SecretStr(API_KEY), "vinr_api_base": "http://vinr.test/v1"}
     )
     vinr.invoices = [invoice(1)]
     transport = httpx.ASGITransport(vinr.app)
-    async with VinrClient.from_settings(configured, transport=transport, retry=POLICY) as client:
+    async with vinr_client(configured, transport=transport, retry=POLICY) as client:
         assert (await client.get_invoice("inv_1")).id == "inv_1"
         assert client.retry is POLICY
 

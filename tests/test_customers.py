@@ -13,6 +13,7 @@ import pytest
 from pydantic import SecretStr
 
 from conftest import API_TOKEN
+from ledger.book import apply_snapshot
 from ledger.customers import (
     account_manager_of,
     cached_customer,
@@ -20,7 +21,8 @@ from ledger.customers import (
     names_for,
     upsert_customers,
 )
-from ledger.book import apply_snapshot
+from lifecycles import snapshot
+from notify_support import smtp, wait_for  # noqa: F401  (smtp: a fixture)
 from receiver.app import create_app
 from receiver_support import served
 from reconcile.customers import refresh_customers, refresh_swept_customers
@@ -29,8 +31,6 @@ from reconcile_support import deployment
 from vinr.events import Invoice
 from vinr.sandbox.errors import CardError
 from vinr.sandbox.state import CARD_DECLINED
-from lifecycles import snapshot
-from notify_support import smtp, wait_for  # noqa: F401  (smtp: a fixture)
 
 T = datetime(2026, 12, 1, tzinfo=UTC)
 

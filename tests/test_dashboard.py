@@ -11,8 +11,17 @@ from arq.connections import RedisSettings, create_pool
 from pydantic import SecretStr
 
 from conftest import API_TOKEN, WEBHOOK_SECRET
-from dashboard_support import (ACME, FILLER_CUSTOMER, FILLERS, GUIDE_ID, GUIDE_NUMBER, SIGNATURE, csrf_of,
-                               forget_replays, seed)
+from dashboard_support import (
+    ACME,
+    FILLER_CUSTOMER,
+    FILLERS,
+    GUIDE_ID,
+    GUIDE_NUMBER,
+    SIGNATURE,
+    csrf_of,
+    forget_replays,
+    seed,
+)
 from ledger.book import apply_event
 from lifecycles import body, snapshot
 from receiver.app import create_app
@@ -86,8 +95,10 @@ async def test_the_sign_in_sends_nowhere_but_the_dashboard(client):
 
 
 async def test_a_forged_cookie_is_not_a_session(client, ledger_settings):
+    import base64
+    import json
+
     from itsdangerous import TimestampSigner
-    import base64, json
     forged = TimestampSigner("not-the-secret").sign(base64.b64encode(json.dumps({"signed_in": 1}).encode()))
     client.cookies.set(SESSION_COOKIE, forged.decode(), domain="127.0.0.1", path="/dashboard")
     assert (await client.get("/dashboard/")).status_code == 303
@@ -187,8 +198,8 @@ async def test_a_dashboard_replay_that_dies_again_says_so_with_its_new_error(cli
     from datetime import UTC, datetime
 
     from conftest import unique
-    from lifecycles import drain
     from ledger.deadletters import bury
+    from lifecycles import drain
 
     event_id = unique("evt_poison")
     poison = {**snapshot("inv_poison", "paid", 1000, 1000), "total": 1000.0}  # amounts are never floats

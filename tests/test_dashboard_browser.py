@@ -19,16 +19,15 @@ import pytest
 from arq.connections import RedisSettings, create_pool
 from sqlalchemy import insert
 
-from conftest import API_TOKEN, _in_thread, copy_of
-from lifecycles import drain
-from dashboard_support import DEAD_INVOICE, GUIDE_ID, GUIDE_NUMBER, forget_replays, seed
 from api_support import served_in_thread
+from browser_support import CHROMIUM, FLAGS, SCREENSHOTS_DIR, sync_api  # (skips this module without a browser)
+from conftest import API_TOKEN, _in_thread, copy_of
+from dashboard_support import DEAD_INVOICE, GUIDE_ID, GUIDE_NUMBER, forget_replays, seed
 from ledger.db import create_engine
 from ledger.tables import Customer, InvoicePosition
+from lifecycles import drain
 from receiver.app import create_app
 from receiver_support import forget_queue
-
-from browser_support import CHROMIUM, FLAGS, SCREENSHOTS_DIR, sync_api  # (skips this module without a browser)
 
 pytestmark = pytest.mark.slow
 

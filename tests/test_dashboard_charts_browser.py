@@ -13,12 +13,11 @@ from pathlib import Path
 import pytest
 
 from api_support import served_in_thread
+from browser_support import CHROMIUM, FLAGS, SCREENSHOTS_DIR, sync_api  # (skips this module without a browser)
 from conftest import API_TOKEN, _in_thread, copy_of
 from journal_support import three_days
 from ledger.db import create_engine
 from receiver.app import create_app
-
-from browser_support import CHROMIUM, FLAGS, SCREENSHOTS_DIR, sync_api  # (skips this module without a browser)
 
 pytestmark = pytest.mark.slow
 

@@ -24,13 +24,13 @@ from starlette.routing import Route
 
 from conftest import API_TOKEN, REDIS_URL, WEBHOOK_SECRET, unique
 from test_e2e import Parts, drop_keys, free_port, ready, sandbox_url, wait_until
+from vinr import delivery_log
 from vinr.client import VinrClient
 from vinr.sandbox.app import create_app
 from vinr.sandbox.config import EndpointConfig, SandboxConfig
 from vinr.sandbox.scenarios import NAMES
 from vinr.sandbox.serving import serve
 from vinr.sandbox.trigger import trigger
-from vinr_recon import delivery_log
 from vinr_recon.events_commands import DEFAULT_TARGET, delivery_body, target_url
 from vinr_recon.settings import ConfigurationError
 

@@ -25,8 +25,7 @@ from ledger import digest as facts
 from ledger.outbox import outbox
 from ledger.tables import Customer
 from lifecycles import Event, drain, enqueue, snapshot
-from notify_support import SmtpSink
-from notify_support import redis, smtp, trust_the_test_smtp_server  # noqa: F401  (fixtures)
+from notify_support import SmtpSink, redis, smtp, trust_the_test_smtp_server  # noqa: F401  (fixtures)
 from vinr_recon.settings import Settings
 from worker import render
 from worker.digest import digest_crons, due_day, notice_key, payload

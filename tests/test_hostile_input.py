@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from sqlalchemy import func, select
 
 from conftest import REDIS_URL, unique
+from ledger.deadletters import storable
 from ledger.tables import DeadLetter, JournalEntry, ReceivedEvent
 from lifecycles import Event, drain, enqueue, snapshot
 from receiver.app import create_app
@@ -27,7 +28,6 @@ from receiver.webhooks import identify
 from receiver_support import forget_queue, served, signed
 from vinr.events import InvalidEvent, parse_event
 from vinr_recon.jobformat import loads
-from ledger.deadletters import storable
 
 URL = "/webhooks/vinr"
 dead_letters, entries, received = DeadLetter.__table__, JournalEntry.__table__, ReceivedEvent.__table__

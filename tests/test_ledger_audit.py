@@ -7,8 +7,8 @@ from sqlalchemy import update
 
 from ledger.audit import Disagreement, disagreements, postings_without_position
 from ledger.tables import InvoicePosition
-from test_book import apply
 from lifecycles import snapshot
+from test_book import apply
 
 positions = InvoicePosition.__table__
 

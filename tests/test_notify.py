@@ -25,11 +25,10 @@ from ledger import outbox as outbox_module
 from ledger.outbox import outbox
 from ledger.tables import InvoicePosition, ReceivedEvent
 from lifecycles import Event, drain, enqueue, snapshot
-from notify_support import SMTP_PASSWORD, SmtpSink, http_sink, wait_for
-from notify_support import redis, smtp, trust_the_test_smtp_server  # noqa: F401  (fixtures)
-from reconcile.service import reconcile_once
+from notify_support import SMTP_PASSWORD, SmtpSink, http_sink, redis, smtp, trust_the_test_smtp_server, wait_for  # noqa: F401  (fixtures)
 from receiver.app import create_app as create_receiver
 from receiver_support import LogCapture, served
+from reconcile.service import reconcile_once
 from tests.conftest import REDIS_URL
 from vinr.client import RetryPolicy as ClientRetry, VinrClient
 from vinr.events import Invoice
@@ -283,7 +282,7 @@ async def test_with_no_recipient_anywhere_the_email_is_undeliverable_at_once_and
 async def test_a_notice_committed_but_never_queued_is_found_by_the_sweep(ledger_settings, ledger_engine, redis, smtp, http):
     settings = with_channels(ledger_settings, smtp.url, http)
     invoice = Invoice.model_validate(failed("inv_e005", 990))
-    owed = outbox_module.payment_failed("evt_crashed", invoice, "webhook", settings.notice_channels())
+    owed = outbox_module.payment_failed("evt_crashed", invoice, "webhook", outbox_module.configured_channels(settings))
     # Staged a minute ago by a worker that died before it could queue the delivery.
     async with ledger_engine.begin() as conn:
         await outbox_module.stage(conn, owed, now=datetime.now(UTC) - timedelta(minutes=1))

@@ -47,13 +47,13 @@ def test_a_chat_message_keeps_a_customer_s_name_as_text():
 
 def test_channels_come_from_the_settings_and_a_callback_needs_its_secret():
     base = Settings(_env_file=None)
-    assert not base.notice_channels()
+    assert not outbox.configured_channels(base)
     configured = base.model_copy(update={"smtp_url": SecretStr("smtp://u:p@h:25"), "fulfilment_url": "http://app",
                                          "fulfilment_secret": SecretStr("s")})
-    assert configured.notice_channels() == outbox.Channels(email=True, fulfilment=True)
-    assert configured.notice_channels().alerts == ("email",)
+    assert outbox.configured_channels(configured) == outbox.Channels(email=True, fulfilment=True)
+    assert outbox.configured_channels(configured).alerts == ("email",)
     with pytest.raises(ConfigurationError, match="FULFILMENT_SECRET"):
-        base.model_copy(update={"fulfilment_url": "http://app"}).notice_channels()
+        outbox.configured_channels(base.model_copy(update={"fulfilment_url": "http://app"}))
 
 
 def event(event_id: str, event_type: str, invoice: dict, created: int = 1_763_800_000):

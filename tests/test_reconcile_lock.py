@@ -10,8 +10,8 @@ import pytest
 from redis.asyncio import Redis
 
 from conftest import REDIS_URL, unique
-from reconcile.lock import LOCK_LOST, LockLost, exclusive, lock_key
 from receiver_support import private_redis  # noqa: F401  (a fixture)
+from reconcile.lock import LOCK_LOST, LockLost, exclusive, lock_key
 
 
 @pytest.fixture

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from api_support import INVOICES, seed
 from conftest import API_TOKEN, WEBHOOK_SECRET, unique
 from receiver import api
 from receiver.api import token_matches
 from receiver.app import create_app
 from receiver.openapi import DOCUMENT
-from api_support import INVOICES, seed
 from receiver_support import LogCapture, assert_no_secret_in, event_body, forget_queue, free_port, served, signed
 
 ROOT = Path(__file__).resolve().parent.parent

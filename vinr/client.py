@@ -24,7 +24,6 @@ import structlog
 from pydantic import SecretStr, ValidationError
 
 from vinr.events import Invoice, describe_errors
-from vinr_recon.settings import Settings, require
 
 log = structlog.get_logger(__name__)
 
@@ -174,16 +173,6 @@ class VinrClient:
             timeout=timeout,
             transport=transport,
         )
-
-    @classmethod
-    def from_settings(
-        cls, settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None, **kwargs: Any
-    ) -> VinrClient:
-        """A client for `VINR_API_BASE` with `VINR_API_KEY`; `ConfigurationError` if the key is unset."""
-        require(settings, "vinr_api_key")
-        assert settings.vinr_api_key is not None  # for the type checker; `require` made sure
-        kwargs.setdefault("rate", settings.vinr_api_rate)
-        return cls(settings.vinr_api_base, settings.vinr_api_key, transport=transport, **kwargs)
 
     def __repr__(self) -> str:
         return f"VinrClient(base_url={self.base_url!r}, requests_made={self.requests_made})"

@@ -21,7 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ledger.commands",
     "ledger.journal_commands",
     "worker.commands",
-    "vinr.sandbox.commands",
+    "vinr_recon.sandbox_commands",
     "vinr_recon.demo.commands",
     "vinr_recon.queue_commands",
     "vinr_recon.events_commands",

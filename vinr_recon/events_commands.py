@@ -88,9 +88,9 @@ async def _resend(event_id: str, url: str, base: str, key: str, settings: Settin
     import httpx
 
     from vinr.client import NotFound, VinrClient, VinrError
+    from vinr.delivery_log import answered, sent
     from vinr.sandbox.trigger import QUICK_RETRY, refusal
     from vinr.signature import sign
-    from vinr_recon.delivery_log import answered, sent
 
     async with VinrClient(base, key, retry=QUICK_RETRY, rate=settings.vinr_api_rate) as client:
         try:

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from vinr.client import VinrClient
 
 
 def _split(value: SecretStr | None) -> list[str]:
     if value is None:
         return []
     return [part.strip() for part in value.get_secret_value().split(",") if part.strip()]
-
-
-def _present(value: SecretStr | None) -> bool:
-    return value is not None and bool(value.get_secret_value().strip())
 
 
 class Settings(BaseSettings):
@@ -172,18 +172,6 @@ class Settings(BaseSettings):
         """`ALLOWED_HOSTS`, comma-separated (`*.example.com` allowed); empty: any Host."""
         return [host.strip().lower() for host in (self.allowed_hosts or "").split(",") if host.strip()]
 
-    def notice_channels(self):
-        """The alert and callback channels configured (`ledger.outbox.Channels`): the ledger stages
-        notices for these only. `ConfigurationError` for a callback URL without its secret."""
-        from ledger.outbox import Channels
-
-        if self.fulfilment_url and not _present(self.fulfilment_secret):
-            raise ConfigurationError("FULFILMENT_SECRET must be set with FULFILMENT_URL (see .env.example)")
-        if _present(self.smtp_url) and not self.smtp_url.get_secret_value().startswith(("smtp://", "smtps://")):
-            raise ConfigurationError("SMTP_URL must look like smtp://user:password@host:port (or smtps://)")
-        return Channels(email=_present(self.smtp_url), chat=_present(self.alert_webhook_url),
-                        fulfilment=bool(self.fulfilment_url))
-
 
 class ConfigurationError(Exception):
     """A setting a command needs is missing; the message names it and never shows a value."""
@@ -270,3 +258,14 @@ def check_receiver(settings: Settings) -> None:
     for pattern in settings.trusted_hosts:
         if "*" in pattern[1:] or (pattern.startswith("*") and pattern != "*" and not pattern.startswith("*.")):
             raise ConfigurationError("ALLOWED_HOSTS: a wildcard must look like *.example.com")
+
+
+def vinr_client(settings: Settings, **kwargs: Any) -> VinrClient:
+    """A client for `VINR_API_BASE` with `VINR_API_KEY`; `ConfigurationError` if the key is unset.
+    The provider's client takes a base URL and a key: these are the two settings it reads."""
+    from vinr.client import VinrClient  # httpx: imported only by a command that talks to VINR
+
+    require(settings, "vinr_api_key")
+    assert settings.vinr_api_key is not None  # for the type checker; `require` made sure
+    kwargs.setdefault("rate", settings.vinr_api_rate)
+    return VinrClient(settings.vinr_api_base, settings.vinr_api_key, **kwargs)

@@ -109,9 +109,9 @@ def run_replay(args: argparse.Namespace, settings) -> int:
 
 
 async def _replay_notices(settings, ids: list[int] | None) -> int:
+    from ledger.db import create_engine
     from vinr_recon.jobformat import JOB_FORMAT
     from vinr_recon.redis_connect import queue_pool
-    from ledger.db import create_engine
     from worker.notices import replay_notices
 
     engine = create_engine(settings.database_url)
@@ -136,11 +136,11 @@ async def _replay_notices(settings, ids: list[int] | None) -> int:
 
 
 async def _replay(settings, events: list[str] | None) -> int:
-    from vinr_recon.jobformat import JOB_FORMAT
-    from vinr_recon.redis_connect import queue_pool
     from ledger.db import create_engine
     from ledger.deadletters import pending
+    from vinr_recon.jobformat import JOB_FORMAT
     from vinr_recon.jobs import queue_replays
+    from vinr_recon.redis_connect import queue_pool
 
     engine = create_engine(settings.database_url, writer=False)
     redis = queue_pool(settings, JOB_FORMAT)

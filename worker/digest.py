@@ -31,7 +31,7 @@ from arq.cron import CronJob, cron
 from sqlalchemy import select
 
 from ledger import digest as facts
-from ledger.outbox import Channels, Notice, outbox, stage
+from ledger.outbox import Channels, Notice, configured_channels, outbox, stage
 from vinr_recon.jobs import cron_name, enqueue_notices
 from vinr_recon.settings import Settings
 
@@ -176,7 +176,7 @@ def digest_crons(settings: Settings, clock: Callable[[], datetime] | None = None
     at = digest_time(settings)
     if at is None:
         return []
-    if not settings.notice_channels().email:
+    if not configured_channels(settings).email:
         log.warning("daily digest is off: ALERT_DIGEST_AT is set but SMTP_URL is not")
         return []
     return [cron(digest_job(settings, clock), name=cron_name(settings.queue_name, "stage_digests"),

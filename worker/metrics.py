@@ -19,7 +19,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import (CollectorRegistry, Counter, Histogram, make_wsgi_app)
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.metrics import SCRAPE_TIMEOUT, ReconciliationGauges, add_runtime_collectors

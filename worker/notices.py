@@ -33,10 +33,10 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ledger.customers import cached_customer
-from ledger.outbox import outbox
+from ledger.outbox import configured_channels, outbox
 from vinr.client import NotFound, RetryPolicy as ClientRetry, VinrClient, VinrError
 from vinr_recon.jobs import DELIVER_NOTICE, enqueue_notices, notice_job_id, queue_redis
-from vinr_recon.settings import Settings
+from vinr_recon.settings import Settings, vinr_client
 from worker import channels, render
 from worker.jobs import RetryPolicy
 
@@ -68,7 +68,7 @@ class Notifier:
         self._http = http or httpx.AsyncClient(follow_redirects=False)
         self._vinr = vinr
         if vinr is None and _set(settings.vinr_api_key):
-            self._vinr = VinrClient.from_settings(settings, timeout=channels.TIMEOUT,
+            self._vinr = vinr_client(settings, timeout=channels.TIMEOUT,
                                                   retry=ClientRetry(max_attempts=2, base_delay=0.5))
         # Every configured secret, so no error text stored or logged can carry one.
         self._secrets = [value.get_secret_value() for value in (
@@ -285,7 +285,7 @@ def notice_crons(settings: Settings) -> list[CronJob]:
     it and found undeliverable at delivery. Not unique: arq's unique cron ids are global to a
     Redis, so a second deployment's queue would lose its sweeps; with several workers, a notice is
     still queued once (its job id)."""
-    if not settings.notice_channels():
+    if not configured_channels(settings):
         return []
     return [cron(sweep_notices, name="sweep_notices", run_at_startup=True, unique=False)]
 

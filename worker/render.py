@@ -10,6 +10,7 @@ from typing import Any
 
 from ledger.money import format_money
 
+
 @dataclass(frozen=True)
 class Alert:
     """One alert, ready for any channel: a subject line and labelled fields."""

@@ -18,7 +18,7 @@ from arq.worker import Worker as ArqWorker, func
 from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError, WatchError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ledger.outbox import EVERY_CHANNEL
+from ledger.outbox import EVERY_CHANNEL, configured_channels
 from vinr_recon.jobformat import JOB_FORMAT, is_data_job, kind_of, loads
 from vinr_recon.jobs import APPLY_EVENT, job_key, refused_key, result_key
 from vinr_recon.redis_connect import arq_redis_settings
@@ -170,7 +170,7 @@ def worker_settings(
     # What a fact owes is staged on every channel, whatever is configured here (issue 19): it is
     # not this process's call. Only what this worker can deliver is queued at once; its sweep
     # marks the rest undeliverable.
-    channels, deliverable = EVERY_CHANNEL, settings.notice_channels()
+    channels, deliverable = EVERY_CHANNEL, configured_channels(settings)
 
     async def on_startup(ctx: dict[str, Any]) -> None:
         from ledger.db import create_engine, is_sqlite

@@ -9,8 +9,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.book import trial_balance
 from ledger.customers import CustomerName, customers_named, names_for, with_customer_names
-from ledger.tables import (ACCOUNTS, DeadLetter, Finding, InvoicePosition, Notice, ReceivedEvent, ReconciliationRun,
-                           account_name)
+from ledger.tables import (
+    ACCOUNTS,
+    DeadLetter,
+    Finding,
+    InvoicePosition,
+    Notice,
+    ReceivedEvent,
+    ReconciliationRun,
+    account_name,
+)
 
 positions = InvoicePosition.__table__
 received = ReceivedEvent.__table__

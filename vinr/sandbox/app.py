@@ -23,9 +23,9 @@ from starlette.routing import Mount, Route
 
 from vinr.sandbox.config import SandboxConfig
 from vinr.sandbox.delivery import attempt_json, endpoint_json
+from vinr.sandbox.errors import SandboxError
 from vinr.sandbox.params import Params, body_params, query_params
 from vinr.sandbox.sandbox import Sandbox
-from vinr.sandbox.errors import SandboxError
 from vinr.sandbox.state import EventRecord
 from vinr.sandbox.views import customer_json, event_json, invoice_item_json, invoice_json
 

@@ -21,7 +21,6 @@ from typing import Any
 from vinr.client import InvalidRequest, RetryPolicy, VinrClient
 from vinr.sandbox.scenarios import AWAITED, SCENARIOS, Step
 
-
 # A person is waiting: a few quick tries, not the reconciliation's patient ones.
 QUICK_RETRY = RetryPolicy(max_attempts=3, base_delay=0.2, max_delay=2.0, max_retry_after=5.0)
 

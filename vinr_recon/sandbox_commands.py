@@ -160,8 +160,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 def _print_attempt(report) -> None:
     """The delivery log: each attempt and its answer, on stdout (a `delivery.Report`)."""
+    from vinr.delivery_log import answered, sent
     from vinr.sandbox.delivery import RETRY_DELAYS
-    from vinr_recon.delivery_log import answered, sent
 
     attempts = None if report.retry_in is not None else report.attempt
     print(sent(report.event_id, report.event_type, report.url, report.attempt, report.copy), "\n",
