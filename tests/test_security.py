@@ -18,11 +18,11 @@ from pydantic import SecretStr
 
 from api_support import INVOICES, seed
 from conftest import API_TOKEN, WEBHOOK_SECRET, unique
-from receiver import api
-from receiver.api import token_matches
 from receiver.app import create_app
 from receiver.openapi import DOCUMENT
 from receiver_support import LogCapture, assert_no_secret_in, event_body, forget_queue, free_port, served, signed
+from vinr_recon import tokens as api
+from vinr_recon.tokens import token_matches
 
 ROOT = Path(__file__).resolve().parent.parent
 API_PATHS = [path for path in DOCUMENT["paths"] if path.startswith("/api/")]
