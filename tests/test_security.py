@@ -234,8 +234,9 @@ RAW_SQL_CALLS = {"text", "exec_driver_sql", "execute", "executescript", "execute
 # Reviewed places where raw SQL is built with string formatting; each names what is formatted
 # in and why no value can reach it. Keyed by (file, enclosing function or module-level name).
 REVIEWED = {
-    ("ledger/batch.py", "_WRITE_PG"): (
-        "column names and SQL type names from the constant _POSITION_COLUMNS dict in the same module, "
+    ("ledger/book.py", "_WRITE_PG"): (
+        "column names and SQL type names from the constant _POSITION_COLUMNS dict in the same module "
+        "(itself built from the positions table), "
         "joined at import time; every value travels as a bound array parameter (:invoice_id, :status, ...)"
     ),
 }
