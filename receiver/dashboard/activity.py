@@ -10,7 +10,7 @@ from datetime import date, timedelta
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.charts import daily_figures
-from receiver.dashboard.charts import Day, activity_svg
+from receiver.dashboard.charts import activity_svg
 
 WINDOWS = (30, 90)
 
@@ -23,7 +23,7 @@ async def activity(conn: AsyncConnection, today: date) -> list[dict]:
     for currency, figures in series.items():
         charts = []
         for window in WINDOWS:
-            days = [Day(f.day, f.invoiced, f.collected, f.failed) for f in figures[-window:]]
+            days = figures[-window:]
             charts.append({
                 "days": window,
                 "svg": activity_svg(currency, days, chart_id=f"activity-{currency}-{window}"),

@@ -13,11 +13,10 @@ costs a heavy dependency for a few rectangles.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import date
 
 from markupsafe import Markup, escape
 
+from ledger.charts import DayFigures
 from ledger.money import format_money
 
 WIDTH, HEIGHT = 960, 250
@@ -26,14 +25,6 @@ MONEY_HEIGHT, GAP, FAILED_HEIGHT = 120, 26, 40
 COLOURS = {"invoiced": "#2952cc", "collected": "#1e9e5a", "failed": "#c0392b"}
 LABELS = {"invoiced": "Invoiced", "collected": "Collected", "failed": "Failed payments"}
 GRID, INK, MUTED = "#dfe3ea", "#1d2330", "#5d6678"
-
-
-@dataclass(frozen=True)
-class Day:
-    day: date
-    invoiced: int = 0
-    collected: int = 0
-    failed: int = 0
 
 
 def _height(value: int, top: int, full: float) -> float:
@@ -48,7 +39,7 @@ def _text(x: float, y: float, text: str, *, anchor: str = "start", size: int = 1
             f'font-family="system-ui, sans-serif">{escape(text)}</text>')
 
 
-def _bar(series: str, d: Day, value: int, label: str, x: float, width: float, baseline: float, height: float) -> str:
+def _bar(series: str, d: DayFigures, value: int, label: str, x: float, width: float, baseline: float, height: float) -> str:
     return (f'<rect data-series="{series}" data-day="{d.day.isoformat()}" data-value="{value}" '
             f'x="{x:.2f}" y="{baseline - height:.2f}" width="{width:.2f}" height="{height:.2f}" '
             f'fill="{COLOURS[series]}"><title>{escape(d.day.isoformat())} · {escape(LABELS[series])}: '
@@ -61,7 +52,7 @@ def _tick_days(n: int) -> range:
     return range((n - 1) % step, n, step)
 
 
-def activity_svg(currency: str, days: Sequence[Day], *, chart_id: str) -> Markup:
+def activity_svg(currency: str, days: Sequence[DayFigures], *, chart_id: str) -> Markup:
     """Invoiced and collected amounts per day (two bars a day), failed payments below (a bar a
     day, a count), on one shared day axis."""
     n = max(len(days), 1)
