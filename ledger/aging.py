@@ -24,12 +24,9 @@ from datetime import UTC, date, datetime, time, timedelta
 from sqlalchemy import and_, case, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ledger.tables import Customer, InvoicePosition, ReceivedEvent
+from ledger.tables import customers, positions, received
 
-positions = InvoicePosition.__table__
-customers = Customer.__table__
 owners = customers.alias("owner")  # the customer of the invoice, in manager_of
-received = ReceivedEvent.__table__
 
 UNASSIGNED = "unassigned"
 OWING = ("open", "uncollectible")

@@ -21,11 +21,7 @@ from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.posting import AR, BAD_DEBT, CLEARING, CREDIT, REVENUE
-from ledger.tables import InvoicePosition, JournalEntry, Posting
-
-positions = InvoicePosition.__table__
-entries = JournalEntry.__table__
-postings = Posting.__table__
+from ledger.tables import entries, positions, postings
 
 FIELDS = ("recognized", "amount_paid", "written_off", "credited", "receivable")
 

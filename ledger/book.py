@@ -31,13 +31,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.posting import Entry, Facts, Outcome, Position, post
-from ledger.tables import InvoicePosition, JournalEntry, Posting, ReceivedEvent
+from ledger.tables import entries, positions, postings, received
 from vinr.events import Event, Invoice
-
-positions = InvoicePosition.__table__
-entries = JournalEntry.__table__
-postings = Posting.__table__
-received = ReceivedEvent.__table__
 
 
 class ConcurrentUpdate(Exception):

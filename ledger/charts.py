@@ -19,12 +19,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from sqlalchemy import and_, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ledger.tables import InvoicePosition, JournalEntry, Posting, ReceivedEvent
-
-entries = JournalEntry.__table__
-postings = Posting.__table__
-positions = InvoicePosition.__table__
-received = ReceivedEvent.__table__
+from ledger.tables import entries, positions, postings, received
 
 SECONDS_PER_DAY = 86_400
 # (account, direction) -> what the chart calls it

@@ -17,11 +17,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.posting import manager_of
-from ledger.tables import Customer, InvoicePosition
+from ledger.tables import customers, positions
 from vinr.events import MAX_ID
 
-customers = Customer.__table__
-positions = InvoicePosition.__table__
 NOT_FINAL = ("draft", "open", "uncollectible")
 
 # VINR's names are people's and companies' names; a longer one is cut where it is kept, so one

@@ -16,10 +16,8 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.book import record_dead
-from ledger.tables import DeadLetter, ReceivedEvent
+from ledger.tables import dead_letters, received
 
-dead_letters = DeadLetter.__table__
-received = ReceivedEvent.__table__
 
 async def bury(
     conn: AsyncConnection,

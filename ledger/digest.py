@@ -27,10 +27,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from sqlalchemy import and_, case, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ledger import tables
-
-positions = tables.InvoicePosition.__table__
-outbox = tables.Notice.__table__
+from ledger.tables import customers, outbox, positions
 
 FAILED, OVERDUE, UNCOLLECTIBLE = "payment_failed", "overdue", "uncollectible"
 SECTIONS = (FAILED, OVERDUE, UNCOLLECTIBLE)  # in the order a manager reads them
@@ -114,20 +111,14 @@ class Worklist:
 # --- SQL -------------------------------------------------------------------------------------
 
 
-def _customers():
-    return tables.Customer.__table__
-
-
 def manager_of(default: str | None):
     """SQL (over positions outer-joined to customers, `_with_customers`): the invoice's manager,
     else its customer's, else `default` (NULL when none)."""
-    customers = _customers()
     return func.coalesce(func.nullif(positions.c.account_manager, ""), func.nullif(customers.c.account_manager, ""),
                          literal(default) if default else None)
 
 
 def _with_customers():
-    customers = _customers()
     return positions.outerjoin(customers, customers.c.id == positions.c.customer)
 
 
@@ -162,7 +153,6 @@ async def worklists(conn: AsyncConnection, day: date, default_manager: str | Non
         return []
 
     section = _section_sql(day)
-    customers = _customers()
     rank = func.row_number().over(
         partition_by=who,
         # The most pressing first: by section, then longest overdue, then largest amount.
@@ -223,7 +213,6 @@ async def resolved_since(conn: AsyncConnection, since: datetime, default_manager
     """Per manager, the invoices that alerted as payment failed and that the ledger moved to paid
     after `since` (the last digest), oldest payment first, up to `listed` each."""
     who = manager_of(default_manager)
-    customers = _customers()
     alerted = select(outbox.c.invoice_id).where(outbox.c.kind == FAILED, outbox.c.status.not_in(_NEVER_SENT))
     rows = (await conn.execute(
         select(who.label("manager"), positions.c.invoice_id, positions.c.number, positions.c.customer,

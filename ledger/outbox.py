@@ -26,16 +26,14 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.book import EventResult
 from ledger.posting import FINAL, Outcome
-from ledger.tables import InvoicePosition, Notice as NoticeRow
+from ledger.tables import outbox, positions
 from vinr.events import Event, Invoice
 from vinr_recon.settings import ConfigurationError, Settings
-
-outbox = NoticeRow.__table__
-positions = InvoicePosition.__table__
 
 ALERT_CHANNELS = ("email", "chat")
 
@@ -269,3 +267,62 @@ async def release_held(conn: AsyncConnection) -> list[int]:
 async def dead_count(conn: AsyncConnection) -> int:
     """Notices that never got through (for a gauge, or a person)."""
     return await conn.scalar(select(func.count()).select_from(outbox).where(outbox.c.status == "dead"))
+
+
+# --- Delivery's bookkeeping (worker.notices, worker.digest) -----------------------------------
+
+
+async def notice_by_id(conn: AsyncConnection, notice_id: int) -> Row[Any] | None:
+    """The notice's whole row, or None when there is no such notice."""
+    return (await conn.execute(select(outbox).where(outbox.c.id == notice_id))).first()
+
+
+async def record_try(conn: AsyncConnection, notice_id: int, *, status: str | None = None, error: str | None = None,
+                     now: datetime | None = None) -> None:
+    """Count one delivery try on the notice, with its new `status` (`sent` stamps `sent_at`) and
+    `error` when given; only while it is pending, so a notice settled meanwhile stays settled."""
+    values: dict[str, Any] = {"attempts": outbox.c.attempts + 1}
+    if status is not None:
+        values["status"] = status
+    if status == "sent":
+        values["sent_at"] = now or datetime.now(UTC)
+    if error is not None:
+        values["last_error"] = error
+    await conn.execute(update(outbox).where(outbox.c.id == notice_id, outbox.c.status == "pending").values(**values))
+
+
+async def pending_ids(conn: AsyncConnection, older_than: datetime, *, limit: int) -> list[int]:
+    """Ids of the notices pending since before `older_than`, oldest first, at most `limit`."""
+    return list((await conn.scalars(
+        select(outbox.c.id).where(outbox.c.status == "pending", outbox.c.created_at < older_than)
+        .order_by(outbox.c.id).limit(limit)
+    )).all())
+
+
+async def mark_undeliverable(conn: AsyncConnection, channel: str, older_than: datetime, reason: str) -> int:
+    """Mark `undeliverable`, saying `reason`, every notice on `channel` pending since before
+    `older_than` (in one statement); returns how many."""
+    done = await conn.execute(update(outbox).where(
+        outbox.c.status == "pending", outbox.c.channel == channel, outbox.c.created_at < older_than,
+    ).values(status="undeliverable", last_error=reason))
+    return done.rowcount
+
+
+async def dead_notices(conn: AsyncConnection, ids: Sequence[int] | None = None) -> list[Row[Any]]:
+    """The dead notices (those among `ids`, when given), by id."""
+    query = select(outbox).where(outbox.c.status == "dead").order_by(outbox.c.id)
+    if ids:
+        query = query.where(outbox.c.id.in_(ids))
+    return list((await conn.execute(query)).all())
+
+
+async def revive_notices(conn: AsyncConnection, ids: Sequence[int]) -> None:
+    """Make the dead notices among `ids` pending again, to be queued for delivery."""
+    await conn.execute(update(outbox).where(outbox.c.id.in_(ids), outbox.c.status == "dead").values(status="pending"))
+
+
+async def any_staged(conn: AsyncConnection, keys: Sequence[str]) -> bool:
+    """Whether a notice with any of `keys` is in the outbox already."""
+    if not keys:
+        return False
+    return await conn.scalar(select(outbox.c.id).where(outbox.c.key.in_(keys)).limit(1)) is not None

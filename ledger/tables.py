@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, CheckConstraint, Column, DateTime, Index, LargeBinary, MetaData, false
+from sqlalchemy import JSON, BigInteger, CheckConstraint, Column, DateTime, Index, LargeBinary, MetaData, Table, false
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -269,3 +269,23 @@ class Notice(SQLModel, table=True):
     last_error: str | None = Field(default=None)
     created_at: datetime = _when()
     sent_at: datetime | None = _when(default=None)
+
+
+# --- The tables, for statements (SQL Core) ---------------------------------------------------
+
+
+def _table_of(model: type[SQLModel]) -> Table:
+    table: Table = model.__table__  # type: ignore[attr-defined]  # SQLModel sets it but does not declare it
+    return table
+
+
+accounts = _table_of(Account)
+entries = _table_of(JournalEntry)
+postings = _table_of(Posting)
+positions = _table_of(InvoicePosition)
+customers = _table_of(Customer)
+received = _table_of(ReceivedEvent)
+dead_letters = _table_of(DeadLetter)
+runs = _table_of(ReconciliationRun)
+findings = _table_of(Finding)
+outbox = _table_of(Notice)

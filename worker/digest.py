@@ -28,10 +28,9 @@ from urllib.parse import quote
 import structlog
 from arq import Retry
 from arq.cron import CronJob, cron
-from sqlalchemy import select
 
 from ledger import digest as facts
-from ledger.outbox import Channels, Notice, configured_channels, outbox, stage
+from ledger.outbox import Channels, Notice, any_staged, configured_channels, stage
 from vinr_recon.jobs import cron_name, enqueue_notices
 from vinr_recon.settings import Settings
 
@@ -137,7 +136,7 @@ async def stage_digests(ctx: dict[str, Any], settings: Settings, now: datetime) 
     owed = notices(worklists, now, settings.public_origin)
     keys = [n.key for n in owed]
     async with _write_lock(ctx), ctx["engine"].begin() as conn:
-        if keys and await conn.scalar(select(outbox.c.id).where(outbox.c.key.in_(keys)).limit(1)) is not None:
+        if await any_staged(conn, keys):
             log.info("digests of the day already staged", day=day.isoformat())
             return 0
         staged = await stage(conn, owed, deliverable=Channels(email=True))

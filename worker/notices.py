@@ -29,11 +29,11 @@ import httpx
 import structlog
 from arq import Retry
 from arq.cron import CronJob, cron
-from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ledger import outbox
 from ledger.customers import cached_customer
-from ledger.outbox import configured_channels, outbox
+from ledger.outbox import configured_channels
 from vinr.client import NotFound, RetryPolicy as ClientRetry, VinrClient, VinrError
 from vinr_recon.jobs import DELIVER_NOTICE, enqueue_notices, notice_job_id, queue_redis
 from vinr_recon.settings import Settings, vinr_client
@@ -163,7 +163,7 @@ async def deliver_notice(ctx: dict[str, Any], notice_id: int) -> str:
     attempt: int = ctx.get("job_try", 1)
     with structlog.contextvars.bound_contextvars(notice_id=notice_id, job_id=ctx.get("job_id")):
         async with ctx["engine"].connect() as conn:
-            row = (await conn.execute(select(outbox).where(outbox.c.id == notice_id))).first()
+            row = await outbox.notice_by_id(conn, notice_id)
             # The ledger's copy of the customer (ledger.customers) names it; VINR is asked only without one.
             cached = (await cached_customer(conn, row.payload.get("customer"))
                       if row is not None and row.kind in INVOICE_ALERTS else None)
@@ -213,17 +213,9 @@ async def _settle(ctx: dict[str, Any], notice_id: int, attempt: int, *, status: 
                   error: str | None = None) -> None:
     """Count the try on the notice's row (and its new status). If even that fails, the job is
     tried again: the notice stays pending rather than being lost."""
-    values: dict[str, Any] = {"attempts": outbox.c.attempts + 1}
-    if status is not None:
-        values["status"] = status
-    if status == "sent":
-        values["sent_at"] = datetime.now(UTC)
-    if error is not None:
-        values["last_error"] = error
     try:
         async with _write_lock(ctx), ctx["engine"].begin() as conn:
-            await conn.execute(update(outbox).where(outbox.c.id == notice_id, outbox.c.status == "pending")
-                               .values(**values))
+            await outbox.record_try(conn, notice_id, status=status, error=error)
     except Exception as exc:
         policy: RetryPolicy = ctx.get("notice_policy") or NOTICE_RETRY
         log.error("notice's outcome not recorded, will retry", status=status, error=repr(exc))
@@ -238,20 +230,13 @@ def _write_lock(ctx: dict[str, Any]):
 # --- The sweep ------------------------------------------------------------------------------
 
 
-async def pending_ids(conn: AsyncConnection, older_than: datetime, limit: int = SWEEP_LIMIT) -> list[int]:
-    return list((await conn.scalars(
-        select(outbox.c.id).where(outbox.c.status == "pending", outbox.c.created_at < older_than)
-        .order_by(outbox.c.id).limit(limit)
-    )).all())
-
-
 async def sweep_notices(ctx: dict[str, Any]) -> int:
     """Queue every notice pending for more than a few seconds; returns how many. A notice whose
     job is queued, waiting for its retry or running is left alone (same job id)."""
     older_than = datetime.now(UTC) - SWEEP_AFTER
     await _settle_unconfigured(ctx, older_than)
     async with ctx["engine"].connect() as conn:
-        ids = await pending_ids(conn, older_than)
+        ids = await outbox.pending_ids(conn, older_than, limit=SWEEP_LIMIT)
     await enqueue_notices(ctx["redis"], ctx["queue_name"], ids)
     if ids:
         log.info("pending notices queued", count=len(ids))
@@ -269,13 +254,11 @@ async def _settle_unconfigured(ctx: dict[str, Any], older_than: datetime) -> Non
         if reason is None:
             continue
         async with _write_lock(ctx), ctx["engine"].begin() as conn:
-            done = await conn.execute(update(outbox).where(
-                outbox.c.status == "pending", outbox.c.channel == channel, outbox.c.created_at < older_than,
-            ).values(status="undeliverable", last_error=reason))
-        if done.rowcount:
-            log.info("notices undeliverable by this worker's configuration", channel=channel, count=done.rowcount,
+            count = await outbox.mark_undeliverable(conn, channel, older_than, reason)
+        if count:
+            log.info("notices undeliverable by this worker's configuration", channel=channel, count=count,
                      error=reason)
-            _count(ctx, channel, "undeliverable", done.rowcount)
+            _count(ctx, channel, "undeliverable", count)
 
 
 def notice_crons(settings: Settings) -> list[CronJob]:
@@ -299,22 +282,14 @@ def notice_functions() -> list:
 # --- Replay ---------------------------------------------------------------------------------
 
 
-async def dead_notices(conn: AsyncConnection, ids: list[int] | None = None) -> list[Any]:
-    query = select(outbox).where(outbox.c.status == "dead").order_by(outbox.c.id)
-    if ids:
-        query = query.where(outbox.c.id.in_(ids))
-    return list((await conn.execute(query)).all())
-
-
 async def replay_notices(engine: AsyncEngine, redis, queue_name: str,
                          ids: list[int] | None = None) -> list[tuple[Any, bool]]:
     """Make dead notices pending again and queue each under its own job id (the sweep's too, so
     the two never run one notice at once); returns (notice as it was, queued now)."""
     async with engine.begin() as conn:
-        notices = await dead_notices(conn, ids)
+        notices = await outbox.dead_notices(conn, ids)
         if notices:
-            await conn.execute(update(outbox).where(outbox.c.id.in_([n.id for n in notices]),
-                                                    outbox.c.status == "dead").values(status="pending"))
+            await outbox.revive_notices(conn, [n.id for n in notices])
     queued, redis = [], queue_redis(redis)
     for notice in notices:
         job = await redis.enqueue_job(DELIVER_NOTICE, notice.id, _job_id=notice_job_id(queue_name, notice.id),

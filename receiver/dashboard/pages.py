@@ -19,6 +19,7 @@ from starlette.routing import Mount, Route, Router
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from ledger import dashboard as queries
 from ledger.book import trial_balance
 from ledger.deadletters import pending
 from ledger.money import field_amount, format_balance, format_money
@@ -26,7 +27,7 @@ from ledger.runs import write_csv
 from ledger.tables import ACCOUNTS
 from ledger.views import invoice_view
 from receiver.api import MAX_ID, MAX_INVOICE_ID, token_matches
-from receiver.dashboard import access, aging, queries
+from receiver.dashboard import access, aging
 from receiver.dashboard.activity import ActivityCache
 from vinr_recon.jobs import queue_replays
 from vinr_recon.settings import Settings

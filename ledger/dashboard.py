@@ -9,23 +9,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.book import trial_balance
 from ledger.customers import CustomerName, customers_named, names_for, with_customer_names
-from ledger.tables import (
-    ACCOUNTS,
-    DeadLetter,
-    Finding,
-    InvoicePosition,
-    Notice,
-    ReceivedEvent,
-    ReconciliationRun,
-    account_name,
-)
-
-positions = InvoicePosition.__table__
-received = ReceivedEvent.__table__
-letters = DeadLetter.__table__
-outbox = Notice.__table__
-runs = ReconciliationRun.__table__
-findings = Finding.__table__
+from ledger.outbox import dead_count
+from ledger.tables import ACCOUNTS, account_name, dead_letters, findings, outbox, positions, received, runs
 
 PAGE = 50
 FAILED_DAYS = 7
@@ -92,9 +77,8 @@ async def last_run(conn: AsyncConnection):
 
 async def waiting(conn: AsyncConnection) -> dict[str, int]:
     letters_waiting = await conn.scalar(
-        select(func.count()).select_from(letters).where(letters.c.replayed_at.is_(None)))
-    notices_dead = await conn.scalar(select(func.count()).select_from(outbox).where(outbox.c.status == "dead"))
-    return {"letters": letters_waiting, "notices": notices_dead}
+        select(func.count()).select_from(dead_letters).where(dead_letters.c.replayed_at.is_(None)))
+    return {"letters": letters_waiting, "notices": await dead_count(conn)}
 
 
 async def _invoice_filter(conn: AsyncConnection, q: str, status: str | None, narrowed=None):
@@ -182,30 +166,31 @@ async def run_with_findings(conn: AsyncConnection, run_id: int, limit: int = 500
 
 async def dead_letter_list(conn: AsyncConnection, limit: int = 100):
     """Letters waiting (oldest first) and the last ones replayed; never their body or headers."""
-    columns = (letters.c.id, letters.c.event_id, letters.c.type, letters.c.error, letters.c.attempts,
-               letters.c.dead_at, letters.c.replayed_at, received.c.invoice_id, received.c.outcome)
-    joined = letters.outerjoin(received, received.c.event_id == letters.c.event_id)
+    letter = dead_letters.c
+    columns = (letter.id, letter.event_id, letter.type, letter.error, letter.attempts, letter.dead_at,
+               letter.replayed_at, received.c.invoice_id, received.c.outcome)
+    joined = dead_letters.outerjoin(received, received.c.event_id == letter.event_id)
     pending = (await conn.execute(
-        select(*columns).select_from(joined).where(letters.c.replayed_at.is_(None))
-        .order_by(letters.c.id).limit(limit))).all()
-    # A replay that died again left a newer letter of the same event (worker.deadletters.bury):
+        select(*columns).select_from(joined).where(letter.replayed_at.is_(None))
+        .order_by(letter.id).limit(limit))).all()
+    # A replay that died again left a newer letter of the same event (ledger.deadletters.bury):
     # shown beside the one it replaced, with its error, so a failed replay is never read as done.
-    again = letters.alias("again")
-    next_letter = (select(again.c.id).where(again.c.event_id == letters.c.event_id, again.c.id > letters.c.id)
+    again = dead_letters.alias("again")
+    next_letter = (select(again.c.id).where(again.c.event_id == letter.event_id, again.c.id > letter.id)
                    .order_by(again.c.id).limit(1).scalar_subquery())
     replayed_rows = (await conn.execute(
         select(*columns, next_letter.label("died_again_id")).select_from(joined)
-        .where(letters.c.replayed_at.is_not(None))
-        .order_by(letters.c.replayed_at.desc()).limit(20))).all()
+        .where(letter.replayed_at.is_not(None))
+        .order_by(letter.replayed_at.desc()).limit(20))).all()
     again_ids = [row.died_again_id for row in replayed_rows if row.died_again_id is not None]
-    errors = dict((await conn.execute(select(letters.c.id, letters.c.error).where(letters.c.id.in_(again_ids)))).all()
+    errors = dict((await conn.execute(select(letter.id, letter.error).where(letter.id.in_(again_ids)))).all()
                   ) if again_ids else {}
     replayed = [{**row._asdict(), "died_again_error": errors.get(row.died_again_id)} for row in replayed_rows]
     return pending, replayed
 
 
 async def letter_event_id(conn: AsyncConnection, letter_id: int) -> str | None:
-    return await conn.scalar(select(letters.c.event_id).where(letters.c.id == letter_id))
+    return await conn.scalar(select(dead_letters.c.event_id).where(dead_letters.c.id == letter_id))
 
 
 def utc(moment: datetime | None) -> datetime | None:
