@@ -7,22 +7,29 @@ test runs (or helpers) on one machine do not interfere.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import io
+import json
 import logging
 import re
 import sqlite3
 import traceback
 import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
+import structlog
+from arq.connections import ArqRedis, RedisSettings, create_pool
 from pydantic import SecretStr
+from redis.asyncio import Redis
 from sqlalchemy import text
 
 from ledger.db import create_engine as create_ledger_engine
 from ledger.migrate import upgrade
 from ledger.tables import metadata as ledger_metadata
+from pg_support import in_thread as _in_thread, scratch_database
+from vinr_recon.jobs import job_key, result_key
+from vinr_recon.logging import configure_logging
 from vinr_recon.settings import Settings
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -33,6 +40,13 @@ API_TOKEN = "ledger-token-" + "t" * 20
 
 def unique(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:16]}"
+
+
+def tag_of(queue_name: str) -> str:
+    """The part `unique` added to a test's queue name: the test's own ids carry it too."""
+    tag = queue_name.rsplit("_", 1)[-1]
+    assert len(tag) == 16, f"{queue_name!r} was not made by unique(): its keys cannot be told apart"
+    return tag
 
 
 # --- The whole suite's logs hold no secret, signature or key ---------------------------------
@@ -97,31 +111,12 @@ def settings(tmp_path) -> Settings:
 # per session (migrated once, its ledger tables emptied before each test, dropped at the end).
 
 
-def _in_thread(fn, *args):
-    """Run `fn` (which may call asyncio.run, as Alembic's env does) off pytest's event loop."""
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(fn, *args).result()
-
-
-async def _pg_admin(sql: str) -> None:
-    connection = await asyncpg.connect(PG_ADMIN_URL)
-    try:
-        await connection.execute(sql)
-    finally:
-        await connection.close()
-
-
 @pytest.fixture(scope="session")
-def pg_database():
+def pg_database() -> Iterator[str]:
     """The URL of a private, migrated PostgreSQL database for this test session."""
-    name = unique("vinr_test")
-    _in_thread(asyncio.run, _pg_admin(f'CREATE DATABASE "{name}"'))
-    try:
-        url = f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+    with scratch_database(PG_ADMIN_URL, unique("vinr_test")) as url:
         _in_thread(upgrade, url)
         yield url
-    finally:
-        _in_thread(asyncio.run, _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="session")
@@ -178,3 +173,96 @@ async def ledger_engine(ledger_url):
 def ledger_settings(settings, ledger_url) -> Settings:
     """`settings` with the ledger of `ledger_url`."""
     return settings.model_copy(update={"database_url": ledger_url})
+
+
+# --- Redis: the machine's, shared by every run, so a test cleans up what it wrote --------------
+
+
+async def forget_queue(redis: Redis, queue_name: str) -> None:
+    """Delete a test queue and its jobs and results: they have no expiry on the shared Redis."""
+    ids = [member.decode() for member in await redis.zrange(queue_name, 0, -1)]
+    keys = [key for job_id in ids for key in (job_key(job_id), result_key(job_id))]
+    await redis.delete(queue_name, *keys)
+
+
+async def forget_test_keys(redis: Redis, queue_name: str) -> None:
+    """`forget_queue`, and every key bearing the queue's tag (the jobs, results, retries and
+    in-progress marks of the ids made with `prefix`, the receiver's keys under the queue name)."""
+    await forget_queue(redis, queue_name)
+    keys = [key async for key in redis.scan_iter(match=f"*{tag_of(queue_name)}*", count=1000)]
+    if keys:
+        await redis.delete(*keys)
+
+
+@pytest.fixture
+def prefix(settings) -> str:
+    """Event ids unique to this test (job and result keys live in the shared Redis)."""
+    return f"evt_{tag_of(settings.queue_name)}"
+
+
+@pytest.fixture
+async def redis(settings) -> AsyncIterator[ArqRedis]:
+    """An arq pool on the real Redis, the test's own queue its default; afterwards, everything
+    of the test's is deleted (`forget_test_keys`)."""
+    queue_name = settings.queue_name
+    pool = await create_pool(RedisSettings.from_dsn(settings.redis_url), default_queue_name=queue_name)
+    yield pool
+    await forget_test_keys(pool, queue_name)
+    await pool.aclose()
+
+
+@pytest.fixture
+async def black_hole_redis() -> AsyncIterator[str]:
+    """The URL of a Redis that never answers: a listener that reads everything and says nothing."""
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # reads everything, answers nothing
+        writer.close()
+
+    black_hole = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    try:
+        yield f"redis://127.0.0.1:{black_hole.sockets[0].getsockname()[1]}/0"
+    finally:
+        black_hole.close()
+        await black_hole.wait_closed()
+
+
+# --- What the code logs, as in production ------------------------------------------------------
+
+
+class LogCapture:
+    """Everything logged, rendered as in production (JSON), kept in memory.
+
+    `close()` puts the logging configuration back as it was, for the test files that follow.
+    """
+
+    def __init__(self) -> None:
+        root = logging.getLogger()
+        self._saved = (list(root.handlers), root.level, structlog.get_config())
+        configure_logging("DEBUG", json=True)
+        self.stream = io.StringIO()
+        self.handler = logging.StreamHandler(self.stream)
+        self.handler.setFormatter(root.handlers[0].formatter)
+        root.addHandler(self.handler)
+
+    def lines(self) -> list[dict]:
+        return [json.loads(line) for line in self.stream.getvalue().splitlines() if line.startswith("{")]
+
+    def text(self) -> str:
+        return self.stream.getvalue()
+
+    def close(self) -> None:
+        root = logging.getLogger()
+        handlers, level, config = self._saved
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        structlog.configure(**config)
+
+
+@pytest.fixture(scope="module")
+def logs() -> Iterator[LogCapture]:
+    """One capture for a whole test file (`pytestmark = pytest.mark.usefixtures("logs")` makes
+    every test of it log there, so that its last test can inspect them all)."""
+    capture = LogCapture()
+    yield capture
+    capture.close()

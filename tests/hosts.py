@@ -31,7 +31,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -206,21 +205,6 @@ class Network:
         finally:
             self._lock.close()
             self._lock = None
-
-
-def wait_listening(host: str, port: int, timeout: float = 20.0, check=None) -> None:
-    """Until something accepts connections on host:port (`check()` is called meanwhile and may raise)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection((host, port), timeout=0.3).close()
-            return
-        except OSError:
-            if check:
-                check()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listens on {host}:{port} within {timeout:g} s") from None
-            time.sleep(0.05)
 
 
 # --- a round-robin TCP forwarder (the load balancer in front of the receivers) ---------------

@@ -3,7 +3,7 @@
 `snapshot` follows contract section 3 (amountDue by status); `lifecycles` is a hypothesis
 strategy that simulates one invoice from draft to its end and yields the events VINR would
 send; `enqueue` puts jobs on an arq queue in the receiver's exact format, and `drain` runs the
-worker until that queue is empty.
+worker until that queue is empty (`run_burst` with settings of one's own).
 """
 
 from __future__ import annotations
@@ -118,14 +118,27 @@ async def enqueue(redis, queue_name: str, events, *, job_id=lambda event: event.
 async def drain(settings, **options):
     """Run the worker (`vinr-recon worker`'s class and settings) until its queue is empty,
     deferred retries included; returns it, for its counts of jobs."""
-    from worker.settings import Worker, worker_settings
+    from worker.settings import worker_settings
 
-    worker = Worker(**worker_settings(settings, burst=True, poll_delay=0, **options), handle_signals=False)
+    return await run_burst(worker_settings(settings, burst=True, poll_delay=0, **options))
+
+
+async def run_burst(options: dict):
+    """`vinr-recon worker`'s class with `options` (`worker_settings(..., burst=True)`, maybe
+    altered) run until its queue is empty, then closed; returns it, for its counts of jobs."""
+    from worker.settings import Worker
+
+    worker = Worker(**options, handle_signals=False)
     try:
         await worker.async_run()
     finally:
-        with warnings.catch_warnings():
-            # arq 0.28 closes its pool with redis 5's deprecated close().
-            warnings.filterwarnings("ignore", "Call to deprecated close", DeprecationWarning)
-            await worker.close()
+        await close_worker(worker)
     return worker
+
+
+async def close_worker(worker) -> None:
+    """Close an arq worker that has run."""
+    with warnings.catch_warnings():
+        # arq 0.28 closes its pool with redis 5's deprecated close().
+        warnings.filterwarnings("ignore", "Call to deprecated close", DeprecationWarning)
+        await worker.close()

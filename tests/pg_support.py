@@ -1,6 +1,7 @@
-"""PostgreSQL as deployed at scale, on this machine (no tests here): a private PgBouncer in front
-of a PostgreSQL, and a private PostgreSQL instance a test may stop and start without touching the
-machine's cluster (which other tests share).
+"""PostgreSQL on this machine (no tests here): a scratch database on a running cluster (for the
+test session, and for bench/, which puts tests/ on its path); and as deployed at scale, a private
+PgBouncer in front of a PostgreSQL, and a private PostgreSQL instance a test may stop and start
+without touching the machine's cluster (which other tests share).
 
 Both run as the `postgres` user (neither runs as root), from the machine's Debian packages
 (`.ci/services` installs pgbouncer), on free loopback ports, in a test's temporary folder.
@@ -8,19 +9,71 @@ Both run as the `postgres` user (neither runs as root), from the machine's Debia
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from receiver_support import free_port
+import asyncpg
+
+from port_support import free_port, wait_listening
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 SERVICE_USER = "postgres"
+
+
+# --- a scratch database on a running cluster (the machine's, or one of a benchmark's) -----------
+
+
+def in_thread(fn, *args):
+    """Run `fn` (which may call asyncio.run, as Alembic's env does) off the caller's event loop."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def database_url(admin_url: str, name: str) -> str:
+    """The URL of database `name` on the cluster that `admin_url` reaches."""
+    return f"{admin_url.rsplit('/', 1)[0]}/{name}"
+
+
+async def admin_execute(admin_url: str, sql: str) -> None:
+    """One statement on an admin connection (CREATE DATABASE and DROP DATABASE run outside a transaction)."""
+    connection = await asyncpg.connect(admin_url)
+    try:
+        await connection.execute(sql)
+    finally:
+        await connection.close()
+
+
+async def create_database(admin_url: str, name: str) -> str:
+    """A new, empty database `name`; its URL."""
+    await admin_execute(admin_url, f'CREATE DATABASE "{name}"')
+    return database_url(admin_url, name)
+
+
+async def drop_database(admin_url: str, name: str) -> None:
+    """Database `name` gone, whoever was still connected to it."""
+    await admin_execute(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def scratch_database(admin_url: str, name: str) -> Iterator[str]:
+    """A new, empty database `name` for the length of the block; its URL. Usable with or without
+    a running event loop (the statements run on a loop of their own, in a thread)."""
+    url = in_thread(asyncio.run, create_database(admin_url, name))
+    try:
+        yield url
+    finally:
+        in_thread(asyncio.run, drop_database(admin_url, name))
+
+
+# --- PgBouncer and a private PostgreSQL -----------------------------------------------------------
 
 
 def have_pgbouncer() -> bool:
@@ -40,18 +93,6 @@ def owned_by_service_user(path: Path) -> None:
     if os.geteuid() == 0:
         user = pwd.getpwnam(SERVICE_USER)
         os.chown(path, user.pw_uid, user.pw_gid)
-
-
-def _wait_listening(port: int, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listens on 127.0.0.1:{port}") from None
-            time.sleep(0.05)
 
 
 @contextmanager
@@ -85,7 +126,7 @@ server_login_retry = 1
 """)
     _as_service_user(["pgbouncer", "-d", str(ini)])
     try:
-        _wait_listening(port)
+        wait_listening("127.0.0.1", port, timeout=15)
         yield port
     finally:
         pid = int((folder / "pgbouncer.pid").read_text())

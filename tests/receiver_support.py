@@ -1,13 +1,12 @@
-"""Helpers shared by the receiver's tests (no tests here): a real HTTP server around the app,
-signed deliveries, a private redis-server that can be stopped and restarted, a log capture.
+"""Helpers shared by the receiver's tests (no tests here): a real HTTP server around the app (and
+the `client` fixture of one serving `settings`), signed deliveries, a private redis-server that
+can be stopped and restarted.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import json
-import logging
 import shutil
 import socket
 import subprocess
@@ -17,15 +16,16 @@ from contextlib import asynccontextmanager
 
 import httpx
 import pytest
-import structlog
 import uvicorn
 from redis.asyncio import Redis
 from starlette.applications import Starlette
 
-from conftest import WEBHOOK_SECRET, unique
+# forget_queue, LogCapture and free_port are defined once, in conftest and port_support; many
+# test files import them from here, with the other receiver helpers.
+from conftest import WEBHOOK_SECRET, LogCapture as LogCapture, forget_queue as forget_queue, unique
+from port_support import free_port as free_port
+from receiver.app import create_app
 from vinr.signature import sign
-from vinr_recon.jobs import job_key, result_key
-from vinr_recon.logging import configure_logging
 from vinr_recon.settings import Settings
 
 # Every signature value a test sends, so the log check can look for each of them.
@@ -52,12 +52,6 @@ def signed(body: bytes, secret: str = WEBHOOK_SECRET, at: int | None = None) -> 
     return {"content-type": "application/json", "x-vinr-signature": header}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @asynccontextmanager
 async def served(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
     """`app` under a real uvicorn on a free port, with its lifespan; a client pointed at it."""
@@ -81,15 +75,15 @@ async def served(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
         sock.close()
 
 
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The receiver app of `settings`, served; a client pointed at it."""
+    async with served(create_app(settings)) as client:
+        yield client
+
+
 async def queued_ids(redis: Redis, settings: Settings) -> list[str]:
     return [member.decode() for member in await redis.zrange(settings.queue_name, 0, -1)]
-
-
-async def forget_queue(redis: Redis, queue_name: str) -> None:
-    """Delete a test queue and its jobs and results: they have no expiry on the shared Redis."""
-    ids = [member.decode() for member in await redis.zrange(queue_name, 0, -1)]
-    keys = [key for job_id in ids for key in (job_key(job_id), result_key(job_id))]
-    await redis.delete(queue_name, *keys)
 
 
 class PrivateRedis:
@@ -130,35 +124,6 @@ def private_redis():
     server.start()
     yield server
     server.stop()
-
-
-class LogCapture:
-    """Everything logged, rendered as in production (JSON), kept in memory.
-
-    `close()` puts the logging configuration back as it was, for the test files that follow.
-    """
-
-    def __init__(self) -> None:
-        root = logging.getLogger()
-        self._saved = (list(root.handlers), root.level, structlog.get_config())
-        configure_logging("DEBUG", json=True)
-        self.stream = io.StringIO()
-        self.handler = logging.StreamHandler(self.stream)
-        self.handler.setFormatter(root.handlers[0].formatter)
-        root.addHandler(self.handler)
-
-    def lines(self) -> list[dict]:
-        return [json.loads(line) for line in self.stream.getvalue().splitlines() if line.startswith("{")]
-
-    def text(self) -> str:
-        return self.stream.getvalue()
-
-    def close(self) -> None:
-        root = logging.getLogger()
-        handlers, level, config = self._saved
-        root.handlers[:] = handlers
-        root.setLevel(level)
-        structlog.configure(**config)
 
 
 def assert_no_secret_in(text: str) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import importlib.util
 import io
 import os
 import subprocess
@@ -19,19 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from bench_support import load_bench
+
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 
-def _load_chaos():
-    path = Path(__file__).resolve().parent.parent / "bench" / "chaos.py"
-    spec = importlib.util.spec_from_file_location("bench_chaos", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-chaos = _load_chaos()
+chaos = load_bench("chaos")
 
 
 def export_month(database_url: str) -> str:

@@ -3,7 +3,6 @@ runs), and the test hosts it stands on (tests/hosts.py). Needs root and `ip netn
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,9 @@ from pathlib import Path
 import pytest
 
 import hosts
+from bench_support import load_bench
 from pg_support import have_pgbouncer
+from port_support import wait_listening
 
 pytestmark = [
     pytest.mark.skipif(hosts.unavailable() is not None, reason=str(hosts.unavailable())),
@@ -44,7 +45,7 @@ def test_hosts_talk_over_the_bridge_and_a_partition_cuts_them_until_healed():
         assert server.ip != client.ip and server.ip.startswith(net.subnet + ".")
         listener = server.run([sys.executable, "-m", "http.server", "--bind", server.ip, "8000"])
         try:
-            hosts.wait_listening(server.ip, 8000)  # from the root namespace, through the bridge
+            wait_listening(server.ip, 8000)  # from the root namespace, through the bridge
             assert connects(client, server, 8000)
             # Only from this peer (a blackhole route in the client's namespace) ...
             client.partition(peers=[server])
@@ -100,15 +101,6 @@ def test_two_runs_at_once_take_two_slots():
         assert a.ip != b.ip and a.ns != b.ns
 
 
-def _load_chaos():
-    path = Path(__file__).resolve().parent.parent / "bench" / "chaos.py"
-    spec = importlib.util.spec_from_file_location("bench_chaos", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not have_pgbouncer(), reason="pgbouncer is not installed (.ci/services installs it)")
 @pytest.mark.parametrize("redis_fault", ["kill", "isolate"])
@@ -122,7 +114,7 @@ def test_chaos_run_across_hosts_ci_size(tmp_path, redis_fault):
     REDIS_MIN_REPLICAS=1, before reconciliation every acknowledged event was applied from its
     webhook and nothing was posted twice; after it, every invoice equals VINR, the trial balance
     is zero, every alert and callback arrived once."""
-    chaos = _load_chaos()
+    chaos = load_bench("chaos")
     cfg = chaos.ChaosConfig(invoices=150, workers=2, seed=9, job_timeout=10.0, settle_timeout=120.0,
                             hosts=True, min_replicas=1, partition_seconds=10.0, redis_fault=redis_fault)
     harness = chaos.HostsChaos(cfg, tmp_path)

@@ -14,15 +14,14 @@ from redis.asyncio import Redis
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from conftest import REDIS_URL, unique
+from conftest import unique
 from receiver.app import WEBHOOK_PATH, ReceiverApp, create_app
 from receiver.webhooks import Envelope, identify
-from receiver_support import (
-    LogCapture,
+from receiver_support import (  # noqa: F401 (client and private_redis are fixtures)
     assert_no_secret_in,
+    client,
     event_body,
-    forget_queue,
-    private_redis,  # noqa: F401 (fixture)
+    private_redis,
     queued_ids,
     served,
     signed,
@@ -33,32 +32,7 @@ from vinr_recon.jobformat import loads
 from vinr_recon.jobs import APPLY_EVENT, event_job_id, job_key
 
 URL = "/webhooks/vinr"
-
-
-@pytest.fixture(scope="module")
-def logs():
-    capture = LogCapture()
-    yield capture
-    capture.close()
-
-
-@pytest.fixture(autouse=True)
-def _every_test_is_logged(logs):
-    """Every test of this file logs into the capture that the last test inspects."""
-
-
-@pytest.fixture
-async def redis(settings):
-    client = Redis.from_url(REDIS_URL)
-    yield client
-    await forget_queue(client, settings.queue_name)
-    await client.aclose()
-
-
-@pytest.fixture
-async def client(settings):
-    async with served(create_app(settings)) as client:
-        yield client
+pytestmark = pytest.mark.usefixtures("logs")  # every test logs into the capture that the last inspects
 
 
 async def assert_nothing_queued(redis, settings, body=None):
@@ -343,24 +317,14 @@ async def test_redis_down_then_back_loses_nothing_and_duplicates_nothing(setting
         await redis.aclose()
 
 
-async def test_a_redis_that_never_answers_is_a_503_within_2_s(settings):
-    async def swallow(reader, writer):
-        await reader.read()  # reads everything, answers nothing
-        writer.close()
-
-    black_hole = await asyncio.start_server(swallow, "127.0.0.1", 0)
-    port = black_hole.sockets[0].getsockname()[1]
-    settings.redis_url = f"redis://127.0.0.1:{port}/0"
-    try:
-        async with served(create_app(settings)) as client:
-            body = event_body()
-            started = time.monotonic()
-            response = await client.post(URL, content=body, headers=signed(body))
-            assert time.monotonic() - started < 2
-            assert response.status_code == 503 and "retry-after" in response.headers
-    finally:
-        black_hole.close()
-        await black_hole.wait_closed()
+async def test_a_redis_that_never_answers_is_a_503_within_2_s(settings, black_hole_redis):
+    settings.redis_url = black_hole_redis
+    async with served(create_app(settings)) as client:
+        body = event_body()
+        started = time.monotonic()
+        response = await client.post(URL, content=body, headers=signed(body))
+        assert time.monotonic() - started < 2
+        assert response.status_code == 503 and "retry-after" in response.headers
 
 
 async def test_redis_out_of_memory_is_a_503_then_accepted_once_it_has_room(settings, private_redis):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import warnings
 
 import pytest
 from arq.connections import RedisSettings
@@ -14,20 +13,12 @@ from arq.worker import Worker, func
 from redis.asyncio import Redis
 
 from conftest import REDIS_URL, unique
+from lifecycles import close_worker
 from receiver.app import connect_redis
 from receiver.enqueue import DEADLINE, Enqueuer, QueueUnavailable, webhook_job
-from receiver_support import event_body, forget_queue, private_redis  # noqa: F401 (fixture)
+from receiver_support import event_body, private_redis  # noqa: F401 (fixture)
 from vinr_recon.jobformat import JOB_FORMAT, dumps
 from vinr_recon.jobs import APPLY_EVENT, event_job_id, job_key, result_key
-
-
-@pytest.fixture
-async def redis(settings):
-    client = Redis.from_url(REDIS_URL)
-    yield client
-    await forget_queue(client, settings.queue_name)
-    await client.aclose()
-
 
 HEADERS = {"content-type": "application/json", "x-vinr-signature": "t=1,v1=ab"}
 
@@ -75,10 +66,7 @@ async def test_a_plain_arq_worker_given_the_format_runs_the_job_with_its_argumen
     try:
         await worker.main()
     finally:
-        with warnings.catch_warnings():
-            # arq 0.28 closes its pool with redis 5's deprecated close().
-            warnings.filterwarnings("ignore", "Call to deprecated close", DeprecationWarning)
-            await worker.close()
+        await close_worker(worker)
 
     [(ran_id, ran_type, ran_body, ran_headers, received_at)] = calls
     assert (ran_id, ran_type, ran_body, ran_headers) == (event_id, "invoice.voided", body, HEADERS)
@@ -161,13 +149,8 @@ async def test_a_redis_restart_costs_no_failed_delivery(settings, private_redis)
         await redis.aclose()
 
 
-async def test_a_stuck_redis_answers_every_caller_within_the_deadline(settings):
-    async def swallow(reader, writer):
-        await reader.read()  # reads everything, answers nothing
-        writer.close()
-
-    black_hole = await asyncio.start_server(swallow, "127.0.0.1", 0)
-    redis = connect_redis(f"redis://127.0.0.1:{black_hole.sockets[0].getsockname()[1]}/0")
+async def test_a_stuck_redis_answers_every_caller_within_the_deadline(settings, black_hole_redis):
+    redis = connect_redis(black_hole_redis)
     enqueuer = Enqueuer(redis, settings.queue_name)
 
     async def caller(delay: float) -> float:
@@ -181,6 +164,4 @@ async def test_a_stuck_redis_answers_every_caller_within_the_deadline(settings):
         waits = await asyncio.gather(caller(0), caller(0.5))
     finally:
         await redis.aclose()
-        black_hole.close()
-        await black_hole.wait_closed()
     assert all(wait <= DEADLINE + 0.2 for wait in waits), waits

@@ -5,45 +5,25 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
-from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from conftest import API_TOKEN, REDIS_URL, WEBHOOK_SECRET, unique
+from port_support import wait_listening
 from receiver.api import RequireBearerToken
 from receiver.app import create_app
-from receiver_support import LogCapture, assert_no_secret_in, event_body, forget_queue, free_port, served, signed
+from receiver_support import assert_no_secret_in, event_body, free_port, served, signed
 from vinr_recon.jobs import event_job_id
 
 URL = "/webhooks/vinr"
-
-
-@pytest.fixture(scope="module")
-def logs():
-    capture = LogCapture()
-    yield capture
-    capture.close()
-
-
-@pytest.fixture(autouse=True)
-def _every_test_is_logged(logs):
-    """Every test of this file logs into the capture that the last test inspects."""
-
-
-@pytest.fixture
-async def redis(settings):
-    client = Redis.from_url(REDIS_URL)
-    yield client
-    await forget_queue(client, settings.queue_name)
-    await client.aclose()
+pytestmark = pytest.mark.usefixtures("logs")  # every test logs into the capture that the last inspects
 
 
 # --- health and readiness ---------------------------------------------------------------
@@ -215,7 +195,7 @@ async def test_serve_finishes_an_in_flight_delivery_on_sigterm(tmp_path, setting
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     try:
-        await wait_for_port(port)
+        await asyncio.to_thread(wait_listening, "127.0.0.1", port)
         event_id = unique("evt")
         body = event_body(event_id)
         head = "".join(f"{name}: {value}\r\n" for name, value in signed(body).items())
@@ -242,17 +222,6 @@ async def test_serve_finishes_an_in_flight_delivery_on_sigterm(tmp_path, setting
     text = stderr.decode()
     assert "Application shutdown complete" in text and "webhook accepted" in text
     assert_no_secret_in(text)
-
-
-async def wait_for_port(port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"vinr-recon serve did not listen on {port}")
 
 
 # --- last: the logs of everything above -------------------------------------------------
