@@ -26,11 +26,13 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, text, update
+from sqlalchemy import Table, bindparam, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.dml import ReturningInsert
 
-from ledger.posting import Entry, Facts, Outcome, Position, post
+from ledger.posting import Entry, Facts, Line, Outcome, Position, post
 from ledger.tables import entries, positions, postings, received
 from vinr.events import Event, Invoice
 
@@ -78,7 +80,7 @@ class PoisonInBatch(Exception):
 _PLAIN = tuple(f.name for f in fields(Position) if f.name != "facts")
 
 
-def position_from_row(row) -> Position:
+def position_from_row(row: Row[Any]) -> Position:
     values = row._mapping
     return Position(
         **{name: values[name] for name in _PLAIN},
@@ -211,9 +213,8 @@ async def apply_snapshot(
 
 # --- Dead events and the trial balance -------------------------------------------------------
 
-def _insert(conn: AsyncConnection, table):
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table)
+def _insert(conn: AsyncConnection, table: Table) -> postgresql.Insert | sqlite.Insert:
+    return postgresql.insert(table) if conn.dialect.name == "postgresql" else sqlite.insert(table)
 
 
 async def record_dead(conn: AsyncConnection, event_id: str, event_type: str, body: bytes,
@@ -257,7 +258,7 @@ _LOCK_PG = text("""
 """)
 
 
-def _lock_sqlite():
+def _lock_sqlite() -> ReturningInsert[Any]:
     # The write lock (BEGIN IMMEDIATE) is already the whole database's.
     statement = sqlite.insert(positions)
     return statement.on_conflict_do_update(
@@ -309,7 +310,7 @@ async def _claim(conn: AsyncConnection, batch: list[Received], source: str, now:
     for index, item in enumerate(batch):
         first.setdefault(item.event.id, index)  # a second copy within the batch is a duplicate
     items = [batch[i] for i in first.values()]
-    columns = {
+    columns: dict[str, list[Any]] = {
         "event_id": [i.event.id for i in items],
         "type": [i.event.type for i in items],
         "invoice_id": [i.invoice.id if i.invoice else None for i in items],
@@ -363,9 +364,8 @@ def _new_entries(position: Position, outcome: Outcome, event_id: str | None, eff
 
 # Each column a position write sets, with the SQL type its array is cast to (a VARCHAR without
 # its length: a cast to VARCHAR(n) would cut a longer value where the column refuses it).
-_POSITION_COLUMNS = {
-    name: re.sub(r"\(\d+\)$", "", positions.c[name].type.compile(postgresql.dialect())) for name in POSITION_COLUMNS
-}
+_PG = postgresql.dialect()  # type: ignore[no-untyped-call]  # SQLAlchemy's dialect classes declare no __init__ types
+_POSITION_COLUMNS = {name: re.sub(r"\(\d+\)$", "", positions.c[name].type.compile(_PG)) for name in POSITION_COLUMNS}
 
 # One statement: the entries, their postings (each finds its entry by idempotency key) and the
 # positions, each written only where its version is still the one read. Its row count is the
@@ -428,8 +428,8 @@ async def _write(conn: AsyncConnection, new_entries: list[_NewEntry], changes: l
         raise ConcurrentUpdate(f"{len(changes) - written} of {len(changes)} positions moved meanwhile")
 
 
-async def _post_sqlite(conn: AsyncConnection, new_entries: list[_NewEntry], lines: list, source: str,
-                       now: datetime) -> None:
+async def _post_sqlite(conn: AsyncConnection, new_entries: list[_NewEntry], lines: list[tuple[str, Line, str]],
+                       source: str, now: datetime) -> None:
     if not new_entries:
         return
     ids = (await conn.execute(entries.insert().returning(entries.c.id, sort_by_parameter_order=True), [

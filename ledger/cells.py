@@ -12,7 +12,7 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _INTEGER = re.compile(r"-?[0-9]+")
 
 
-def csv_cell(value) -> str:
+def csv_cell(value: object) -> str:
     """`value` as a CSV cell: text that starts with `= + - @`, a tab or a CR gets a leading `'`;
     anything else is its `str` (None: empty)."""
     if value is None:

@@ -14,6 +14,11 @@ import copy
 import re
 from decimal import Decimal
 from functools import lru_cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # Babel itself is imported when a locale is first asked for
+    from babel import Locale
+    from babel.numbers import NumberPattern
 
 # ISO 4217 currencies whose minor unit is not a hundredth.
 _EXPONENTS = {
@@ -46,11 +51,12 @@ def format_money(amount: int, currency: str, locale: str | None = None) -> str:
 
 def _locale_format(amount: int, currency: str, locale: str) -> str:
     pattern, parsed = _currency_pattern(locale.replace("-", "_"), exponent(currency))
-    return pattern.apply(as_decimal(amount, currency), parsed, currency=currency, currency_digits=False)
+    text: str = pattern.apply(as_decimal(amount, currency), parsed, currency=currency, currency_digits=False)
+    return text  # Babel's `apply` declares no return type
 
 
 @lru_cache(maxsize=64)
-def _currency_pattern(locale: str, digits: int):
+def _currency_pattern(locale: str, digits: int) -> tuple[NumberPattern, Locale]:
     from babel import Locale
 
     parsed = Locale.parse(locale)

@@ -174,15 +174,15 @@ def is_stale(position: Position, invoice: Invoice, event_at: int | None = None) 
     return False
 
 
-def _sent_or_kept(position: Position, invoice: Invoice) -> dict[str, object]:
+def _sent_or_kept(position: Position, invoice: Invoice) -> tuple[int | None, str | None]:
     """The due date and account manager: VINR's where the snapshot carries the field (the
     merchant may move a due date or hand an invoice to another manager, or take it away), the
     position's where it does not (an older, thinner payload)."""
     sent = invoice.model_fields_set
-    return {
-        "due_date": invoice.due_date if "due_date" in sent else position.due_date,
-        "account_manager": manager_of(invoice.metadata) if "metadata" in sent else position.account_manager,
-    }
+    return (
+        invoice.due_date if "due_date" in sent else position.due_date,
+        manager_of(invoice.metadata) if "metadata" in sent else position.account_manager,
+    )
 
 
 def manager_of(metadata: dict[str, str]) -> str | None:
@@ -220,6 +220,7 @@ def post(position: Position, invoice: Invoice, *, authoritative: bool = False, e
     else:
         entries += entries_between(position.facts, target, invoice.currency, voiding=voiding)
 
+    due_date, account_manager = _sent_or_kept(position, invoice)
     new = replace(
         position,
         status=invoice.status,
@@ -235,7 +236,8 @@ def post(position: Position, invoice: Invoice, *, authoritative: bool = False, e
         customer=invoice.customer or position.customer,
         number=invoice.number or position.number,
         created=position.created or invoice.created,
-        **_sent_or_kept(position, invoice),
+        due_date=due_date,
+        account_manager=account_manager,
     )
     if new != position:
         new = replace(new, version=position.version + 1)

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, CheckConstraint, Column, DateTime, Index, LargeBinary, MetaData, Table, false
+from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -51,18 +52,18 @@ def _money() -> Any:
     return Field(default=0, sa_type=BigInteger, nullable=False)
 
 
-class UTCDateTime(TypeDecorator):
+class UTCDateTime(TypeDecorator[datetime]):
     """A moment in UTC, aware on every database: the ledger writes UTC, and SQLite, which keeps no
     zone, hands back naive datetimes that this reads as UTC (PostgreSQL's come aware)."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
 
-    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
-def _when(**kw) -> Any:
+def _when(**kw: Any) -> Any:
     return Field(sa_type=UTCDateTime, **kw)
 
 
@@ -152,7 +153,7 @@ class Customer(SQLModel, table=True):
     email: str | None = Field(default=None)
     account_manager: str | None = Field(default=None, index=True)
     # `metadata` is SQLModel's own attribute: the column keeps VINR's name, the field another.
-    customer_metadata: dict = Field(default_factory=dict, sa_column=Column("metadata", JSON, nullable=False))
+    customer_metadata: dict[str, Any] = Field(default_factory=dict, sa_column=Column("metadata", JSON, nullable=False))
     refreshed_at: datetime = _when()
 
 
@@ -171,7 +172,7 @@ class ReceivedEvent(SQLModel, table=True):
     invoice_id: str | None = Field(default=None, index=True, max_length=100)
     source: str = Field(default="webhook", max_length=20)
     body: bytes = Field(sa_type=LargeBinary)
-    headers: dict = Field(default_factory=dict, sa_type=JSON)
+    headers: dict[str, str] = Field(default_factory=dict, sa_type=JSON)
     created: int | None = Field(default=None, sa_type=BigInteger)
     received_at: datetime = _when()
     applied_at: datetime | None = _when(default=None)
@@ -187,7 +188,7 @@ class DeadLetter(SQLModel, table=True):
     event_id: str = Field(index=True, max_length=100)
     type: str = Field(max_length=100)
     body: bytes = Field(sa_type=LargeBinary)
-    headers: dict = Field(default_factory=dict, sa_type=JSON)
+    headers: dict[str, str] = Field(default_factory=dict, sa_type=JSON)
     error: str
     attempts: int = Field(default=1)
     dead_at: datetime = _when()
@@ -214,7 +215,7 @@ class ReconciliationRun(SQLModel, table=True):
     events_backfilled: int = 0
     corrections_posted: int = 0
     api_requests: int = 0
-    counts: dict = Field(default_factory=dict, sa_type=JSON)
+    counts: dict[str, int] = Field(default_factory=dict, sa_type=JSON)
     # Differences seen that webhooks closed before the run could correct them: not drift.
     caught_up: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     # An adopting run books an account's history without alerts or callbacks for facts older
@@ -236,7 +237,7 @@ class Finding(SQLModel, table=True):
     ledger_value: str | None = None
     vinr_value: str | None = None
     corrected: bool = False
-    entry_ids: list = Field(default_factory=list, sa_type=JSON)
+    entry_ids: list[int] = Field(default_factory=list, sa_type=JSON)
 
 
 class Notice(SQLModel, table=True):
@@ -263,7 +264,7 @@ class Notice(SQLModel, table=True):
     channel: str = Field(max_length=20)
     kind: str = Field(max_length=20)
     invoice_id: str | None = Field(default=None, index=True, max_length=100)
-    payload: dict = Field(default_factory=dict, sa_type=JSON)
+    payload: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     status: str = Field(default="pending", max_length=20)
     attempts: int = Field(default=0)
     last_error: str | None = Field(default=None)

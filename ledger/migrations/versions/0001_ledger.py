@@ -7,7 +7,7 @@ Create Date: 2026-11-22 04:23:17.488928
 
 from alembic import op
 import sqlalchemy as sa
-import sqlmodel
+import sqlmodel.sql.sqltypes  # the columns below name sqlmodel.sql.sqltypes
 
 
 revision = '0001'
