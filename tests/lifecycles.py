@@ -3,7 +3,8 @@
 `snapshot` follows contract section 3 (amountDue by status); `lifecycles` is a hypothesis
 strategy that simulates one invoice from draft to its end and yields the events VINR would
 send; `enqueue` puts jobs on an arq queue in the receiver's exact format, and `drain` runs the
-worker until that queue is empty (`run_burst` with settings of one's own).
+worker until that queue is empty (`run_burst` with settings of one's own); `booked` reads what
+the ledger recorded of each event.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from dataclasses import dataclass
 
 from arq.jobs import serialize_job
 from hypothesis import strategies as st
+from sqlalchemy import select
 
+from ledger.db import create_engine
+from ledger.tables import ReceivedEvent
 from vinr_recon.jobformat import dumps
 from vinr_recon.jobs import APPLY_EVENT, job_key
 
@@ -142,3 +146,14 @@ async def close_worker(worker) -> None:
         # arq 0.28 closes its pool with redis 5's deprecated close().
         warnings.filterwarnings("ignore", "Call to deprecated close", DeprecationWarning)
         await worker.close()
+
+
+async def booked(settings) -> dict[str, str]:
+    """What the ledger of `settings` recorded of each event it received: {event id: outcome}."""
+    received = ReceivedEvent.__table__
+    engine = create_engine(settings.database_url)
+    try:
+        async with engine.connect() as conn:
+            return dict((await conn.execute(select(received.c.event_id, received.c.outcome))).all())
+    finally:
+        await engine.dispose()

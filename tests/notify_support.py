@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
-from arq.connections import RedisSettings, create_pool
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -174,13 +173,3 @@ def smtp(monkeypatch):
     sink.start()
     yield sink
     sink.stop()
-
-
-@pytest.fixture
-async def redis(settings):
-    """An arq pool on the test's own queue, its keys deleted afterwards."""
-    pool = await create_pool(RedisSettings.from_dsn(settings.redis_url), default_queue_name=settings.queue_name)
-    yield pool
-    keys = [key async for key in pool.scan_iter(match=f"arq:*{settings.queue_name.rsplit('_', 1)[1]}*", count=1000)]
-    await pool.delete(settings.queue_name, *keys)
-    await pool.aclose()

@@ -14,7 +14,6 @@ import os
 import re
 import subprocess
 import sys
-import warnings
 from datetime import UTC, date, datetime, time, timedelta
 
 import pytest
@@ -24,8 +23,8 @@ from sqlalchemy import select
 from ledger import digest as facts
 from ledger.outbox import outbox
 from ledger.tables import Customer
-from lifecycles import Event, drain, enqueue, snapshot
-from notify_support import SmtpSink, redis, smtp, trust_the_test_smtp_server  # noqa: F401  (fixtures)
+from lifecycles import Event, drain, enqueue, run_burst, snapshot
+from notify_support import SmtpSink, smtp, trust_the_test_smtp_server  # noqa: F401  (fixtures)
 from vinr_recon.settings import Settings
 from worker import render
 from worker.digest import digest_crons, due_day, notice_key, payload
@@ -190,19 +189,12 @@ async def seed(settings, engine, redis, events: list[Event]) -> None:
 async def run_worker(settings, now: datetime):
     """The worker of `vinr-recon worker` (its class and settings) until its queue is empty, with
     the digest job's clock at `now`."""
-    from worker.settings import Worker, worker_settings
+    from worker.settings import worker_settings
 
     options = worker_settings(settings, burst=True, poll_delay=0)
     options["cron_jobs"] = [job for job in options["cron_jobs"] if not job.name.startswith("stage_digests")] \
         + digest_crons(settings, clock=lambda: now)
-    worker = Worker(**options, handle_signals=False)
-    try:
-        await worker.async_run()
-    finally:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "Call to deprecated close", DeprecationWarning)
-            await worker.close()
-    return worker
+    return await run_burst(options)
 
 
 LINK = re.compile(re.escape(PUBLIC_URL) + r"/dashboard/invoices/(\S+)")

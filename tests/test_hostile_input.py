@@ -14,18 +14,15 @@ import json
 import time
 
 import pytest
-from arq.connections import RedisSettings, create_pool
 from arq.jobs import Job
-from redis.asyncio import Redis
 from sqlalchemy import func, select
 
-from conftest import REDIS_URL, unique
+from conftest import unique
 from ledger.deadletters import storable
 from ledger.tables import DeadLetter, JournalEntry, ReceivedEvent
 from lifecycles import Event, drain, enqueue, snapshot
-from receiver.app import create_app
 from receiver.webhooks import identify
-from receiver_support import forget_queue, served, signed
+from receiver_support import client, signed  # noqa: F401 (client is a fixture)
 from vinr.events import InvalidEvent, parse_event
 from vinr_recon.jobformat import loads
 
@@ -63,20 +60,6 @@ def raw(event: dict, depth: int = 0) -> bytes:
 
 
 # --- the receiver ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def redis(settings):
-    client = Redis.from_url(REDIS_URL)
-    yield client
-    await forget_queue(client, settings.queue_name)
-    await client.aclose()
-
-
-@pytest.fixture
-async def client(settings):
-    async with served(create_app(settings)) as client:
-        yield client
 
 
 REFUSED = {
@@ -142,23 +125,9 @@ async def test_the_receiver_still_accepts_what_is_in_range(client, redis, settin
 
 
 @pytest.fixture
-async def arq_redis(settings):
-    pool = await create_pool(RedisSettings.from_dsn(settings.redis_url), default_queue_name=settings.queue_name)
-    yield pool
-    # Leave nothing of this test's queue behind: its event ids carry the queue name's suffix.
-    keys = [key async for key in pool.scan_iter(match=f"arq:*{suffix(settings)}*", count=1000)]
-    await pool.delete(settings.queue_name, *keys)
-    await pool.aclose()
-
-
-def suffix(settings) -> str:
-    return settings.queue_name.rsplit("_", 1)[1]
-
-
-@pytest.fixture
-def new_id(settings):
+def new_id(prefix):
     """Event ids of this test's own (job and result keys live in the shared Redis)."""
-    return lambda: unique(f"evt_{suffix(settings)}")
+    return lambda: unique(prefix)
 
 
 async def outcome(redis, job_id: str):
@@ -212,19 +181,19 @@ BROKEN = {
 
 @pytest.mark.parametrize("invoice, error", list(BROKEN.values()), ids=list(BROKEN))
 async def test_a_snapshot_that_breaks_the_contract_is_dead_at_once_naming_the_invariant(
-    ledger_settings, ledger_engine, arq_redis, new_id, invoice, error
+    ledger_settings, ledger_engine, redis, new_id, invoice, error
 ):
     finalized = invoice_event(new_id(), 1, "open", 1000)
     broken = invoice_event(new_id(), 1, "paid", 1000)
     broken["created"] += 60
     broken["data"]["object"].update(invoice)
-    await enqueue(arq_redis, ledger_settings.queue_name, [queued(finalized)])
+    await enqueue(redis, ledger_settings.queue_name, [queued(finalized)])
     await drain(ledger_settings)
-    await enqueue(arq_redis, ledger_settings.queue_name, [queued(broken)])
+    await enqueue(redis, ledger_settings.queue_name, [queued(broken)])
     worker = await drain(ledger_settings)
 
     assert worker.jobs_retried == 0
-    assert (await outcome(arq_redis, broken["id"])).result == "dead"
+    assert (await outcome(redis, broken["id"])).result == "dead"
     async with ledger_engine.connect() as conn:
         (letter,) = (await conn.execute(select(dead_letters))).all()
         kinds = (await conn.execute(select(entries.c.kind))).scalars().all()
@@ -243,17 +212,17 @@ UNSAFE = {
 
 @pytest.mark.parametrize("event_id, event_type, invoice", list(UNSAFE.values()), ids=list(UNSAFE))
 async def test_an_unsafe_id_already_queued_is_dead_lettered_at_once_and_its_letter_written(
-    ledger_settings, ledger_engine, arq_redis, new_id, event_id, event_type, invoice
+    ledger_settings, ledger_engine, redis, new_id, event_id, event_type, invoice
 ):
     """Queued by a receiver before the check: on PostgreSQL a NUL in a text column used to fail
     even the dead letter, so the job was retried for ever."""
     event_id = event_id.format(id=new_id())
     event = event_dict(event_id, event_type, **invoice)
-    await enqueue(arq_redis, ledger_settings.queue_name, [queued(event)])
+    await enqueue(redis, ledger_settings.queue_name, [queued(event)])
     worker = await drain(ledger_settings, tries=3)
 
     assert (worker.jobs_complete, worker.jobs_retried) == (1, 0)
-    assert (await outcome(arq_redis, event_id)).result == "dead"
+    assert (await outcome(redis, event_id)).result == "dead"
     async with ledger_engine.connect() as conn:
         (letter,) = (await conn.execute(select(dead_letters))).all()
         stored = await conn.scalar(select(received.c.outcome))
@@ -267,7 +236,7 @@ async def test_an_unsafe_id_already_queued_is_dead_lettered_at_once_and_its_lett
     assert letter.error.isprintable() and letter.error.startswith("InvalidEvent: ")
 
 
-async def test_one_bad_event_never_fails_its_batch(ledger_settings, ledger_engine, arq_redis, new_id):
+async def test_one_bad_event_never_fails_its_batch(ledger_settings, ledger_engine, redis, new_id):
     """Twenty good events and bad ones of each kind, queued together so the worker's group
     commit takes them together: every good one is applied at its first try, each bad one is a
     dead letter at its first try."""
@@ -281,11 +250,11 @@ async def test_one_bad_event_never_fails_its_batch(ledger_settings, ledger_engin
         event_dict(new_id(), total=10**20, amountPaid=10**20),
     ]
     mixed = [*good[:7], *bad[:3], *good[7:14], *bad[3:], *good[14:]]
-    await enqueue(arq_redis, ledger_settings.queue_name, [queued(e, 1000 if e is bad[4] else 0) for e in mixed])
+    await enqueue(redis, ledger_settings.queue_name, [queued(e, 1000 if e is bad[4] else 0) for e in mixed])
     worker = await drain(ledger_settings, tries=3)
 
     assert (worker.jobs_complete, worker.jobs_failed, worker.jobs_retried) == (len(mixed), 0, 0)
-    infos = {e["id"]: await outcome(arq_redis, e["id"]) for e in mixed}
+    infos = {e["id"]: await outcome(redis, e["id"]) for e in mixed}
     assert {e["id"]: (infos[e["id"]].result, infos[e["id"]].job_try) for e in good} == {
         e["id"]: ("applied", 1) for e in good}
     assert {e["id"]: (infos[e["id"]].result, infos[e["id"]].job_try) for e in bad} == {

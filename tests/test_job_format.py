@@ -17,21 +17,15 @@ import pytest
 from arq.connections import ArqRedis, create_pool
 from arq.jobs import SerializationError, serialize_job, serialize_result
 from pydantic import SecretStr
-from redis.asyncio import Redis
-from sqlalchemy import select
 
-from conftest import REDIS_URL, copy_of, unique
-from ledger.db import create_engine
+from conftest import copy_of, unique
 from ledger.deadletters import Letter
-from ledger.tables import ReceivedEvent
-from lifecycles import Event, drain, snapshot
+from lifecycles import Event, booked, drain, snapshot
 from receiver_support import LogCapture
 from vinr_recon.convert import convert_queue, unpickle_job
 from vinr_recon.jobformat import NotDataJob, dumps, kind_of, loads
 from vinr_recon.jobs import APPLY_EVENT, enqueue_notices, job_key, queue_replays, refused_key
 from worker.settings import Worker, worker_settings
-
-received = ReceivedEvent.__table__
 
 
 class RunsACommand:
@@ -49,16 +43,6 @@ def installation(settings, tmp_path, sqlite_template):
     return settings.model_copy(update={"database_url": copy_of(sqlite_template, tmp_path / "ledger.db")})
 
 
-@pytest.fixture
-async def redis(installation):
-    client = Redis.from_url(REDIS_URL)
-    yield client
-    tag = installation.queue_name.rsplit("_", 1)[1]
-    keys = [key async for key in client.scan_iter(match=f"*{tag}*", count=1000)]
-    await client.delete(installation.queue_name, *keys)
-    await client.aclose()
-
-
 def old_job(*args, when_ms: int | None = None) -> bytes:
     """An `apply_event` job as the earlier version wrote it: arq's default serializer, pickle."""
     return serialize_job(APPLY_EVENT, args, {}, None, when_ms or int(time.time() * 1000))
@@ -72,15 +56,6 @@ async def put(redis, queue_name: str, job_id: str, raw: bytes) -> None:
     """Straight into the queue, as the earlier receiver (or an intruder) did."""
     await redis.set(job_key(job_id), raw)
     await redis.zadd(queue_name, {job_id: int(time.time() * 1000)})
-
-
-async def booked(settings) -> dict[str, str]:
-    engine = create_engine(settings.database_url)
-    try:
-        async with engine.connect() as conn:
-            return dict((await conn.execute(select(received.c.event_id, received.c.outcome))).all())
-    finally:
-        await engine.dispose()
 
 
 def events(prefix: str) -> list[Event]:

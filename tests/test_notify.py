@@ -25,7 +25,7 @@ from ledger import outbox as outbox_module
 from ledger.outbox import outbox
 from ledger.tables import InvoicePosition, ReceivedEvent
 from lifecycles import Event, drain, enqueue, snapshot
-from notify_support import SMTP_PASSWORD, SmtpSink, http_sink, redis, smtp, trust_the_test_smtp_server, wait_for  # noqa: F401  (fixtures)
+from notify_support import SMTP_PASSWORD, SmtpSink, http_sink, smtp, trust_the_test_smtp_server, wait_for  # noqa: F401  (fixtures)
 from receiver.app import create_app as create_receiver
 from receiver_support import LogCapture, served
 from reconcile.service import reconcile_once
@@ -47,11 +47,6 @@ CHAT_PATH = "/hooks/T0000/B0000/chattoken" + "c" * 16
 DEFAULT_RECIPIENT = "finance@merchant.example"
 MANAGER = "anna.manager@merchant.example"
 FAST = RetryPolicy(tries=10, base_delay=0.1, max_delay=0.4, attempt_timeout=5.0)
-
-
-@pytest.fixture
-def prefix(settings) -> str:
-    return f"evt_{settings.queue_name.rsplit('_', 1)[1]}"
 
 
 @pytest.fixture

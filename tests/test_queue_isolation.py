@@ -4,7 +4,6 @@ writes is its own, so each books every event it is sent (issue 15, item 5; contr
 
 from __future__ import annotations
 
-import warnings
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -12,15 +11,15 @@ from pydantic import SecretStr
 from redis.asyncio import Redis
 from sqlalchemy import select
 
-from conftest import REDIS_URL, copy_of, unique
+from conftest import REDIS_URL, copy_of, forget_test_keys, unique
 from ledger.db import create_engine
-from ledger.tables import DeadLetter, ReceivedEvent
-from lifecycles import Event, drain, enqueue, snapshot
+from ledger.tables import DeadLetter
+from lifecycles import Event, booked, close_worker, drain, enqueue, snapshot
 from receiver.app import create_app
 from receiver_support import served, signed
 from worker.settings import Worker, worker_settings
 
-received, dead_letters = ReceivedEvent.__table__, DeadLetter.__table__
+dead_letters = DeadLetter.__table__
 
 
 @pytest.fixture
@@ -37,21 +36,9 @@ def installations(settings, tmp_path, sqlite_template):
 async def redis(installations):
     client = Redis.from_url(REDIS_URL)
     yield client
-    # Whatever either wrote (jobs, results, retries): the ids carry the queue's unique suffix.
-    for settings in installations:
-        tag = settings.queue_name.rsplit("_", 1)[1]
-        keys = [key async for key in client.scan_iter(match=f"*{tag}*", count=1000)]
-        await client.delete(settings.queue_name, *keys)
+    for settings in installations:  # whatever either wrote: jobs, results, retries
+        await forget_test_keys(client, settings.queue_name)
     await client.aclose()
-
-
-async def booked(settings) -> dict[str, str]:
-    engine = create_engine(settings.database_url)
-    try:
-        async with engine.connect() as conn:
-            return dict((await conn.execute(select(received.c.event_id, received.c.outcome))).all())
-    finally:
-        await engine.dispose()
 
 
 async def letters(settings) -> list[tuple[int, str]]:
@@ -117,9 +104,7 @@ async def test_both_installations_nightly_runs_are_queued(installations, redis):
         queued = [await redis.zrange(worker.queue_name, 0, -1) for worker in workers]
     finally:
         for worker in workers:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", "Call to deprecated close", DeprecationWarning)
-                await worker.close()
+            await close_worker(worker)
     assert [len(ids) for ids in queued] == [1, 1], queued
     assert queued[0] != queued[1]
 
