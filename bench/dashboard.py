@@ -39,10 +39,13 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # pg_support: a scratch database
 
 import asyncpg  # noqa: E402
 import httpx  # noqa: E402
@@ -50,6 +53,7 @@ import uvicorn  # noqa: E402
 from pydantic import SecretStr  # noqa: E402
 
 from ledger.migrate import upgrade  # noqa: E402
+from pg_support import scratch_database  # noqa: E402
 from receiver.app import create_app  # noqa: E402
 from vinr_recon.settings import Settings  # noqa: E402
 
@@ -359,34 +363,44 @@ def main() -> int:
     for ledger in args.ledger or ["sqlite", "postgresql"]:
         started = time.perf_counter()
         if ledger == "sqlite":
-            folder = Path(tempfile.mkdtemp(prefix="bench-dashboard-"))
-            path = folder / "ledger.db"
-            try:
-                upgrade(f"sqlite:///{path}")
-                write_sqlite(path, rows)
+            with sqlite_ledger(rows, "bench-dashboard-", keep=args.keep) as path:
                 print(f"\nSQLite: written in {time.perf_counter() - started:.1f} s ({path.stat().st_size / 2**20:.0f} MiB)")
                 measure(f"sqlite:///{path}", ids, args.repeat)
                 measure_aging(f"sqlite:///{path}", ids, args.repeat)
                 measure_export(f"sqlite:///{path}", ids)
-            finally:
-                if args.keep:
-                    print(f"kept {folder}")
-                else:
-                    shutil.rmtree(folder, ignore_errors=True)
         else:
-            name = f"bench_dashboard_{uuid.uuid4().hex[:12]}"
-            url = f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-            asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
-            try:
-                upgrade(url)
-                asyncio.run(write_postgres(url, rows))
+            with postgres_ledger(rows, "bench_dashboard_") as url:
                 print(f"\nPostgreSQL: written and vacuumed in {time.perf_counter() - started:.1f} s")
                 measure(url, ids, args.repeat)
                 measure_aging(url, ids, args.repeat)
                 measure_export(url, ids)
-            finally:
-                asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     return 0
+
+
+@contextmanager
+def sqlite_ledger(rows: dict[str, list[tuple]], prefix: str, *, keep: bool = False) -> Iterator[Path]:
+    """A migrated SQLite ledger holding `rows`, in a temporary folder (kept if asked); its path."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    path = folder / "ledger.db"
+    try:
+        upgrade(f"sqlite:///{path}")
+        write_sqlite(path, rows)
+        yield path
+    finally:
+        if keep:
+            print(f"kept {folder}")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def postgres_ledger(rows: dict[str, list[tuple]], prefix: str) -> Iterator[str]:
+    """A migrated PostgreSQL ledger holding `rows` (vacuumed), in a scratch database of the
+    cluster at PG_ADMIN_URL, dropped afterwards; its URL."""
+    with scratch_database(PG_ADMIN_URL, f"{prefix}{uuid.uuid4().hex[:12]}") as url:
+        upgrade(url)
+        asyncio.run(write_postgres(url, rows))
+        yield url
 
 
 # --- the journal export (issue 20): 340,000 postings streamed, time and peak memory ------------
@@ -467,14 +481,6 @@ def _csv_rows(database_url: str, start) -> int:
             await engine.dispose()
 
     return asyncio.run(count())
-
-
-async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(PG_ADMIN_URL)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 if __name__ == "__main__":

@@ -13,23 +13,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import statistics
 import sys
-import tempfile
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dashboard import PG_ADMIN_URL, _admin, fill, write_postgres, write_sqlite  # noqa: E402
+from dashboard import fill, postgres_ledger, sqlite_ledger  # noqa: E402
 
 from ledger.db import create_engine  # noqa: E402
 from ledger.digest import worklists  # noqa: E402
-from ledger.migrate import upgrade  # noqa: E402
 
 DEFAULT_RECIPIENT = "finance@merchant.example"
 
@@ -62,26 +58,13 @@ def main() -> int:
     print(f"ledger: {ids['rows']['invoices']:,} invoices")
     for ledger in args.ledger or ["sqlite", "postgresql"]:
         if ledger == "sqlite":
-            folder = Path(tempfile.mkdtemp(prefix="bench-digest-"))
-            try:
-                url = f"sqlite:///{folder / 'ledger.db'}"
-                upgrade(url)
-                write_sqlite(folder / "ledger.db", rows)
+            with sqlite_ledger(rows, "bench-digest-") as path:
                 print("SQLite:")
-                asyncio.run(measure(url, args.repeat))
-            finally:
-                shutil.rmtree(folder, ignore_errors=True)
+                asyncio.run(measure(f"sqlite:///{path}", args.repeat))
         else:
-            name = f"bench_digest_{uuid.uuid4().hex[:12]}"
-            url = f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-            asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
-            try:
-                upgrade(url)
-                asyncio.run(write_postgres(url, rows))
+            with postgres_ledger(rows, "bench_digest_") as url:
                 print("PostgreSQL:")
                 asyncio.run(measure(url, args.repeat))
-            finally:
-                asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     return 0
 
 
