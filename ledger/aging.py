@@ -18,13 +18,15 @@ whose CASE uses the same edges, so Python and the database agree on every bounda
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 
-from sqlalchemy import and_, case, func, literal, or_, select
+from sqlalchemy import ColumnElement, Join, and_, case, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ledger.tables import customers, positions, received
+from ledger.tables import AnyRow, customers, positions, received
 
 owners = customers.alias("owner")  # the customer of the invoice, in manager_of
 
@@ -74,7 +76,8 @@ def bucket_of(due_date: int | None, as_of: date) -> str:
 def edges(as_of: date) -> list[tuple[int, str]]:
     """(lowest due date, bucket) from the youngest bucket down: a due date at or above the edge
     (and below the one before) falls in that bucket; below every edge, the oldest bucket."""
-    return [(day_start(as_of - timedelta(days=b.last_day)), b.key) for b in BUCKETS[:-1]]
+    # Every bucket but the oldest has a last day.
+    return [(day_start(as_of - timedelta(days=b.last_day)), b.key) for b in BUCKETS[:-1] if b.last_day is not None]
 
 
 def due_range(key: str, as_of: date) -> tuple[int | None, int | None]:
@@ -136,8 +139,8 @@ class Row:
         self.amounts[key] += amount
         self.counts[key] += count
 
-    def as_json(self) -> dict:
-        answer = {"currency": self.currency}
+    def as_json(self) -> dict[str, Any]:
+        answer: dict[str, Any] = {"currency": self.currency}
         if self.manager is not None:
             answer["manager"] = self.manager
         return {**answer, "total": self.total, "count": self.count, "overdue": self.overdue,
@@ -150,7 +153,7 @@ class Aging:
     currencies: list[Row]
     managers: list[Row]
 
-    def as_json(self) -> dict:
+    def as_json(self) -> dict[str, Any]:
         return {
             "asOf": self.as_of.isoformat(),
             "buckets": [{"key": b.key, "label": b.label, "firstDay": b.first_day, "lastDay": b.last_day}
@@ -160,7 +163,7 @@ class Aging:
         }
 
 
-def tabulate(as_of: date, rows) -> Aging:
+def tabulate(as_of: date, rows: Iterable[Sequence[Any]]) -> Aging:
     """(currency, manager, bucket, amount, count) rows into per-currency and per-manager tables."""
     by_currency: dict[str, Row] = {}
     by_manager: dict[tuple[str, str], Row] = {}
@@ -174,7 +177,7 @@ def tabulate(as_of: date, rows) -> Aging:
 # --- the SQL ---------------------------------------------------------------------------------
 
 
-def manager_of(default: str | None):
+def manager_of(default: str | None) -> ColumnElement[str]:
     """SQL: the invoice's manager, else its customer's, else `default`, else "unassigned"; with
     `with_owners` as its FROM (a join, which PostgreSQL hashes, where a correlated lookup per
     invoice took twice as long)."""
@@ -182,11 +185,11 @@ def manager_of(default: str | None):
                          literal(default or UNASSIGNED))
 
 
-def with_owners():
+def with_owners() -> Join:
     return positions.outerjoin(owners, owners.c.id == positions.c.customer)
 
 
-def managed_by(manager: str, default: str | None):
+def managed_by(manager: str, default: str | None) -> ColumnElement[bool]:
     """SQL: `manager_of(default) == manager`, spelt so that the indexes on the invoice's and the
     customer's account_manager can find the invoices (the fallback to the default cannot)."""
     own = func.nullif(positions.c.account_manager, "")
@@ -200,19 +203,19 @@ def managed_by(manager: str, default: str | None):
     return or_(*either) if manager else literal(False)
 
 
-def _bucket_sql(as_of: date):
+def _bucket_sql(as_of: date) -> ColumnElement[str]:
     due = positions.c.due_date
     whens = [(due.is_(None), KEYS[0])] + [(due >= edge, key) for edge, key in edges(as_of)]
     return case(*whens, else_=literal(KEYS[-1]))
 
 
-def owing(as_of: date):
+def owing(as_of: date) -> ColumnElement[bool]:
     """SQL: the invoices that count on `as_of`: still owed, and created by then."""
     return and_(positions.c.status.in_(OWING),
                 or_(positions.c.created.is_(None), positions.c.created < cutoff(as_of)))
 
 
-def in_bucket(key: str, as_of: date):
+def in_bucket(key: str, as_of: date) -> ColumnElement[bool]:
     """SQL: the invoices of bucket `key` on `as_of` (with `owing`)."""
     low, high = due_range(key, as_of)
     due = positions.c.due_date
@@ -226,7 +229,7 @@ def in_bucket(key: str, as_of: date):
 
 
 def invoice_filter(as_of: date, default_manager: str | None, key: str | None = None,
-                   currency: str | None = None, manager: str | None = None):
+                   currency: str | None = None, manager: str | None = None) -> ColumnElement[bool] | None:
     """SQL: the invoices of one aging cell (`key` a bucket, or "all" for every one), narrowed to a
     currency and a manager when given; None when nothing narrows."""
     where = []
@@ -257,7 +260,7 @@ async def aging(conn: AsyncConnection, as_of: date, default_manager: str | None,
     return tabulate(as_of, rows.all())
 
 
-def _failed_payment():
+def _failed_payment() -> ColumnElement[bool]:
     # Not correlated: the set of invoices with a failed payment is read once, through the index on
     # (type, received_at), rather than once per invoice (which SQLite did through the same index).
     return positions.c.invoice_id.in_(
@@ -266,7 +269,7 @@ def _failed_payment():
 
 
 async def worklist(conn: AsyncConnection, manager: str, as_of: date, default_manager: str | None,
-                   limit: int = WORKLIST_LIMIT) -> tuple[list[dict], int]:
+                   limit: int = WORKLIST_LIMIT) -> tuple[list[dict[str, Any]], int]:
     """`manager`'s invoices to chase on `as_of`: a failed payment, past due, or uncollectible;
     longest overdue first. Returns up to `limit` of them and how many there are."""
     today = day_start(as_of)
@@ -283,12 +286,12 @@ async def worklist(conn: AsyncConnection, manager: str, as_of: date, default_man
                   positions.c.invoice_id)
         .limit(limit)
     )).all()
-    count = len(rows) if len(rows) < limit else await conn.scalar(
-        select(func.count()).select_from(positions).where(where))
+    count = len(rows) if len(rows) < limit else (await conn.execute(
+        select(func.count()).select_from(positions).where(where))).scalar_one()
     return [_work(row, as_of) for row in rows], count
 
 
-def _work(row, as_of: date) -> dict:
+def _work(row: AnyRow, as_of: date) -> dict[str, Any]:
     days = days_past_due(row.due_date, as_of)
     reasons = []
     if row.failed:

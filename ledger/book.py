@@ -28,12 +28,11 @@ from typing import Any
 
 from sqlalchemy import Table, bindparam, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.dml import ReturningInsert
 
 from ledger.posting import Entry, Facts, Line, Outcome, Position, post
-from ledger.tables import entries, positions, postings, received
+from ledger.tables import AnyRow, entries, positions, postings, received
 from vinr.events import Event, Invoice
 
 
@@ -80,7 +79,7 @@ class PoisonInBatch(Exception):
 _PLAIN = tuple(f.name for f in fields(Position) if f.name != "facts")
 
 
-def position_from_row(row: Row[Any]) -> Position:
+def position_from_row(row: AnyRow) -> Position:
     values = row._mapping
     return Position(
         **{name: values[name] for name in _PLAIN},

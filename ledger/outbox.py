@@ -26,12 +26,12 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.dml import ReturningInsert
 
 from ledger.book import EventResult
 from ledger.posting import FINAL, Outcome
-from ledger.tables import outbox, positions
+from ledger.tables import AnyRow, outbox, positions
 from vinr.events import Event, Invoice
 from vinr_recon.settings import ConfigurationError, Settings
 
@@ -198,10 +198,9 @@ def for_run(run: dict[str, Any], channels: Channels) -> list[Notice]:
 # --- Staging (one statement) ------------------------------------------------------------------
 
 
-def _insert(conn: AsyncConnection):
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return (dialect.insert(outbox).on_conflict_do_nothing(index_elements=[outbox.c.key])
-            .returning(outbox.c.id, outbox.c.key))
+def _insert(conn: AsyncConnection) -> ReturningInsert[Any, Any]:
+    insert = postgresql.insert(outbox) if conn.dialect.name == "postgresql" else sqlite.insert(outbox)
+    return insert.on_conflict_do_nothing(index_elements=[outbox.c.key]).returning(outbox.c.id, outbox.c.key)
 
 
 async def stage(conn: AsyncConnection, notices: Sequence[Notice], now: datetime | None = None, *,
@@ -266,13 +265,13 @@ async def release_held(conn: AsyncConnection) -> list[int]:
 
 async def dead_count(conn: AsyncConnection) -> int:
     """Notices that never got through (for a gauge, or a person)."""
-    return await conn.scalar(select(func.count()).select_from(outbox).where(outbox.c.status == "dead"))
+    return (await conn.execute(select(func.count()).select_from(outbox).where(outbox.c.status == "dead"))).scalar_one()
 
 
 # --- Delivery's bookkeeping (worker.notices, worker.digest) -----------------------------------
 
 
-async def notice_by_id(conn: AsyncConnection, notice_id: int) -> Row[Any] | None:
+async def notice_by_id(conn: AsyncConnection, notice_id: int) -> AnyRow | None:
     """The notice's whole row, or None when there is no such notice."""
     return (await conn.execute(select(outbox).where(outbox.c.id == notice_id))).first()
 
@@ -308,7 +307,7 @@ async def mark_undeliverable(conn: AsyncConnection, channel: str, older_than: da
     return done.rowcount
 
 
-async def dead_notices(conn: AsyncConnection, ids: Sequence[int] | None = None) -> list[Row[Any]]:
+async def dead_notices(conn: AsyncConnection, ids: Sequence[int] | None = None) -> list[AnyRow]:
     """The dead notices (those among `ids`, when given), by id."""
     query = select(outbox).where(outbox.c.status == "dead").order_by(outbox.c.id)
     if ids:

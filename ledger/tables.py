@@ -8,10 +8,10 @@ can name what they alter.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeAlias, Unpack
 
 from sqlalchemy import JSON, BigInteger, CheckConstraint, Column, DateTime, Index, LargeBinary, MetaData, Table, false
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Dialect, Row
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -273,6 +273,9 @@ class Notice(SQLModel, table=True):
 
 
 # --- The tables, for statements (SQL Core) ---------------------------------------------------
+
+# A result row of any columns (SQLAlchemy types a row by the types of its columns).
+AnyRow: TypeAlias = Row[Unpack[tuple[Any, ...]]]
 
 
 def _table_of(model: type[SQLModel]) -> Table:
