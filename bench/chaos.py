@@ -117,7 +117,9 @@ from vinr_recon.demo.story import CARD_3DS, CARD_DECLINED, CARD_OK, StoryError, 
 from vinr_recon.settings import Settings  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "tests"))
+import pg_support  # noqa: E402  (a scratch database)
 from hosts import Network  # noqa: E402  (test hosts: network namespaces, for --hosts)
+from port_support import listening  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("CHAOS_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
 FINANCE = "finance@merchant.example"
@@ -436,21 +438,11 @@ class Chaos:
     # services
 
     async def create_database(self) -> None:
-        conn = await asyncpg.connect(PG_ADMIN_URL)
-        try:
-            await conn.execute(f'CREATE DATABASE "{self.database}"')
-        finally:
-            await conn.close()
-        self.database_url = f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{self.database}"
+        self.database_url = await pg_support.create_database(PG_ADMIN_URL, self.database)
 
     async def drop_database(self) -> None:
-        if not self.database_url:
-            return
-        conn = await asyncpg.connect(PG_ADMIN_URL)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
-        finally:
-            await conn.close()
+        if self.database_url:
+            await pg_support.drop_database(PG_ADMIN_URL, self.database)
 
     async def start_redis(self) -> None:
         aof = self.folder / "redis"
@@ -1137,12 +1129,7 @@ class HostsChaos(Chaos):
 
     async def create_database(self) -> None:
         admin = f"postgresql://postgres@{self.host('pg').ip}:{PG_PORT}/postgres"
-        conn = await asyncpg.connect(admin)
-        try:
-            await conn.execute(f'CREATE DATABASE "{self.database}"')
-        finally:
-            await conn.close()
-        self.database_url = f"postgresql://postgres@{self.host('pg').ip}:{PG_PORT}/{self.database}"
+        self.database_url = await pg_support.create_database(admin, self.database)
 
     async def drop_database(self) -> None:
         pass  # the whole cluster was the run's own, in its folder
@@ -1250,7 +1237,7 @@ server_login_retry = 1
 
         # Redis: a primary, its replica, three Sentinels
         self.start_redis_node("redis-a")
-        await self._wait("the Redis primary", lambda: _listening(self.host("redis-a").ip, REDIS_PORT))
+        await self._wait("the Redis primary", lambda: listening(self.host("redis-a").ip, REDIS_PORT))
         self.start_redis_node("redis-b", replica_of="redis-a")
         for n in (1, 2, 3):
             self.start_sentinel(n)
@@ -1268,7 +1255,7 @@ server_login_retry = 1
         await self.create_database()
         ini = self.write_pgbouncer_config(self.service_folder / "pgbouncer")
         self.procs.start("pgbouncer", self.host("pgbouncer").command(["runuser", "-u", "postgres", "--", "pgbouncer", str(ini)]))
-        await self._wait("PgBouncer", lambda: _listening(self.host("pgbouncer").ip, PGBOUNCER_PORT))
+        await self._wait("PgBouncer", lambda: listening(self.host("pgbouncer").ip, PGBOUNCER_PORT))
 
         sandbox_ip = self.host("sandbox").ip
         base = f"http://{sandbox_ip}:{SANDBOX_PORT}/v1"
@@ -1457,16 +1444,6 @@ server_login_retry = 1
     async def settle(self, client: httpx.AsyncClient) -> None:
         self._api = client
         await super().settle(client)
-
-
-def _listening(host: str, port: int) -> bool:
-    import socket
-
-    try:
-        socket.create_connection((host, port), timeout=0.3).close()
-        return True
-    except OSError:
-        return False
 
 
 def summary(run: dict[str, Any]) -> dict[str, Any]:

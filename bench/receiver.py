@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,7 +36,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # port_support
 
+from port_support import free_port, wait_listening  # noqa: E402
 from vinr.signature import sign  # noqa: E402
 
 SECRET = "whsec_bench_" + "s" * 24
@@ -112,23 +113,6 @@ def serve_uncoalesced(port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, lifespan="on", **UVICORN)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
-
-
 def wait_for_replica(port: int, timeout: float = 20.0) -> None:
     """Until the redis-server on `port` has a replica online (it answers WAIT)."""
     import redis
@@ -150,7 +134,7 @@ def process(argv: list[str], port: int, env: dict[str, str] | None = None, log: 
     out = open(log, "wb") if log else subprocess.DEVNULL
     proc = subprocess.Popen(argv, env=env, stdout=out, stderr=out)
     try:
-        wait_for_port(port)
+        wait_listening("127.0.0.1", port)
         yield proc
     finally:
         proc.send_signal(signal.SIGTERM)

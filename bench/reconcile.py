@@ -62,6 +62,9 @@ from secrets import token_hex
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # pg_support: a scratch database
+
+import pg_support  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 PAGE = 100
@@ -539,16 +542,6 @@ class Database:
     admin_url: str | None = None
 
 
-async def pg_admin(admin_url: str, sql: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 def new_database(option: str | None, workdir: Path, size: int) -> Database:
     if not option:
         return Database(f"sqlite:///{workdir / f'ledger-{size}.db'}")
@@ -556,13 +549,12 @@ def new_database(option: str | None, workdir: Path, size: int) -> Database:
         raise SystemExit("--database-url: a postgresql:// URL (SQLite is the default, in a temporary folder)")
     name = f"vinr_bench_recon_{uuid.uuid4().hex[:12]}"
     admin = option.replace("postgres://", "postgresql://", 1)
-    asyncio.run(pg_admin(admin, f'CREATE DATABASE "{name}"'))
-    return Database(f"{admin.rsplit('/', 1)[0]}/{name}", drop=name, admin_url=admin)
+    return Database(asyncio.run(pg_support.create_database(admin, name)), drop=name, admin_url=admin)
 
 
 def drop_database(db: Database) -> None:
     if db.drop:
-        asyncio.run(pg_admin(db.admin_url, f'DROP DATABASE IF EXISTS "{db.drop}" WITH (FORCE)'))
+        asyncio.run(pg_support.drop_database(db.admin_url, db.drop))
 
 
 # --- One size --------------------------------------------------------------------------------------

@@ -34,7 +34,6 @@ import os
 import re
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,7 +43,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # port_support
 
+from port_support import free_port, wait_listening  # noqa: E402
 from vinr.signature import sign  # noqa: E402
 
 SECRET = "whsec_bench_" + "s" * 24
@@ -54,12 +55,6 @@ ATTACKS = ["idle", "half_line", "trickle", "stalled_body", "endless_headers", "h
 
 
 # --- the receiver ------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Receiver:
@@ -83,15 +78,8 @@ class Receiver:
             command = [sys.executable, __file__, "--serve", server, "--port", str(self.port)]
         self.log = (workdir / f"receiver-{self.port}.log").open("wb")
         self.process = subprocess.Popen(command, env=env, cwd=workdir, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                time.sleep(0.3)  # let it settle after its first accept
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("the receiver did not start")
+        wait_listening("127.0.0.1", self.port)
+        time.sleep(0.3)  # let it settle after its first accept
 
     def pids(self) -> list[int]:
         """The server's process and its children (granian serves from a child process)."""
