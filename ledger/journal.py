@@ -22,12 +22,9 @@ from datetime import UTC, date, datetime, time, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ledger import shapes
 from ledger.cells import csv_cell
-from ledger.tables import InvoicePosition, JournalEntry, Posting
-
-entries = JournalEntry.__table__
-postings = Posting.__table__
-positions = InvoicePosition.__table__
+from ledger.tables import entries, positions, postings
 
 # The export's columns, in order (README: "The journal export").
 COLUMNS = ("entry_id", "entry_date", "effective_at", "kind", "account", "debit", "credit", "currency",
@@ -139,13 +136,6 @@ async def trial_balance_as_of(conn: AsyncConnection, day: date) -> dict[tuple[st
     return {(a, c): (int(d), int(k)) for a, c, d, k in rows}
 
 
-async def balances_as_of(conn: AsyncConnection, day: date) -> dict:
+async def balances_as_of(conn: AsyncConnection, day: date) -> shapes.Balances:
     """`/api/balances`'s answer (contract section 5) as of the end of `day`, with `asOf`."""
-    return {
-        "asOf": day.isoformat(),
-        "balances": [
-            {"account": account, "currency": currency, "debits": debits, "credits": credits,
-             "balance": debits - credits}
-            for (account, currency), (debits, credits) in (await trial_balance_as_of(conn, day)).items()
-        ],
-    }
+    return shapes.Balances.of(await trial_balance_as_of(conn, day), as_of=day)

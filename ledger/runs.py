@@ -12,20 +12,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, Any
 
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import Row, and_, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ledger import shapes
 from ledger.book import position_from_row
 from ledger.cells import csv_cell
 from ledger.money import field_amount
 from ledger.posting import Position
-from ledger.tables import Finding, InvoicePosition, JournalEntry, ReceivedEvent, ReconciliationRun
-
-runs = ReconciliationRun.__table__
-findings = Finding.__table__
-positions = InvoicePosition.__table__
-journal = JournalEntry.__table__
-received = ReceivedEvent.__table__
+from ledger.tables import entries, findings, positions, received, runs
 
 DIED = "did not finish: its process stopped before recording an end"
 
@@ -72,8 +67,8 @@ async def record_findings(conn: AsyncConnection, rows: list[dict]) -> None:
 async def entries_of_run(conn: AsyncConnection, run_id: int, invoice_ids: list[str]) -> dict[str, list[int]]:
     """The ids of the entries the run posted for each of `invoice_ids`, in order."""
     posted = await conn.execute(
-        select(journal.c.invoice_id, journal.c.id)
-        .where(journal.c.run_id == run_id, journal.c.invoice_id.in_(invoice_ids)).order_by(journal.c.id))
+        select(entries.c.invoice_id, entries.c.id)
+        .where(entries.c.run_id == run_id, entries.c.invoice_id.in_(invoice_ids)).order_by(entries.c.id))
     entry_ids: dict[str, list[int]] = {}
     for invoice_id, entry_id in posted:
         entry_ids.setdefault(invoice_id, []).append(entry_id)
@@ -151,44 +146,40 @@ CSV_COLUMNS = ("run_id", "invoice_id", "category", "field", "ledger_value", "vin
                "ledger_amount", "vinr_amount", "corrected", "entry_ids")
 
 
-def _iso(value) -> str | None:
-    return None if value is None else value.isoformat()
+def run_of(row: Row[Any]) -> shapes.Run:
+    return shapes.Run(
+        id=row.id,
+        status=row.status,
+        dryRun=row.dry_run,
+        startedAt=row.started_at,
+        finishedAt=row.finished_at,
+        windowStart=row.window_start,
+        invoicesChecked=row.invoices_checked,
+        eventsBackfilled=row.events_backfilled,
+        correctionsPosted=row.corrections_posted,
+        apiRequests=row.api_requests,
+        counts=row.counts,
+        caughtUpInFlight=row.caught_up,
+        adopt=row.adopt,
+        adoptedQuietly=row.adopted,
+        coveredUntil=row.covered_until,
+        message=row.message,
+    )
 
 
-def run_dict(row) -> dict:
-    return {
-        "id": row.id,
-        "status": row.status,
-        "dryRun": row.dry_run,
-        "startedAt": _iso(row.started_at),
-        "finishedAt": _iso(row.finished_at),
-        "windowStart": row.window_start,
-        "invoicesChecked": row.invoices_checked,
-        "eventsBackfilled": row.events_backfilled,
-        "correctionsPosted": row.corrections_posted,
-        "apiRequests": row.api_requests,
-        "counts": row.counts,
-        "caughtUpInFlight": row.caught_up,
-        "adopt": row.adopt,
-        "adoptedQuietly": row.adopted,
-        "coveredUntil": row.covered_until,
-        "message": row.message,
-    }
-
-
-def finding_dict(row, locale: str | None = None) -> dict:
-    return {
-        "invoice": row.invoice_id,
-        "category": row.category,
-        "field": row.field,
-        "ledgerValue": row.ledger_value,
-        "vinrValue": row.vinr_value,
-        "currency": row.currency,
-        "ledgerAmount": field_amount(row.field, row.ledger_value, row.currency, locale),
-        "vinrAmount": field_amount(row.field, row.vinr_value, row.currency, locale),
-        "corrected": row.corrected,
-        "entries": row.entry_ids,
-    }
+def finding_of(row: Row[Any], locale: str | None = None) -> shapes.Finding:
+    return shapes.Finding(
+        invoice=row.invoice_id,
+        category=row.category,
+        field=row.field,
+        ledgerValue=row.ledger_value,
+        vinrValue=row.vinr_value,
+        currency=row.currency,
+        ledgerAmount=field_amount(row.field, row.ledger_value, row.currency, locale),
+        vinrAmount=field_amount(row.field, row.vinr_value, row.currency, locale),
+        corrected=row.corrected,
+        entries=row.entry_ids,
+    )
 
 
 def _findings_of(run_id: int):
@@ -198,20 +189,20 @@ def _findings_of(run_id: int):
             .where(findings.c.run_id == run_id).order_by(findings.c.id))
 
 
-async def list_runs(conn: AsyncConnection, limit: int = 50, before: int | None = None) -> list[dict]:
+async def list_runs(conn: AsyncConnection, limit: int = 50, before: int | None = None) -> list[shapes.Run]:
     query = select(runs).order_by(runs.c.id.desc()).limit(limit)
     if before is not None:
         query = query.where(runs.c.id < before)
-    return [run_dict(row) for row in await conn.execute(query)]
+    return [run_of(row) for row in await conn.execute(query)]
 
 
-async def get_run(conn: AsyncConnection, run_id: int, locale: str | None = None) -> dict | None:
+async def get_run(conn: AsyncConnection, run_id: int, locale: str | None = None) -> shapes.RunWithFindings | None:
     """One run with its findings, or None."""
     row = (await conn.execute(select(runs).where(runs.c.id == run_id))).first()
     if row is None:
         return None
     rows = await conn.execute(_findings_of(run_id))
-    return {**run_dict(row), "findings": [finding_dict(f, locale) for f in rows]}
+    return shapes.RunWithFindings(**dict(run_of(row)), findings=[finding_of(f, locale) for f in rows])
 
 
 async def write_csv(conn: AsyncConnection, run_id: int, out: IO[str], locale: str | None = None) -> int:

@@ -1,26 +1,19 @@
-"""Read-side queries for the merchant's API (contract section 5), as JSON-ready dicts.
-
-Amounts are integers in minor units; times are ISO 8601 in UTC.
-"""
+"""Read-side queries for the merchant's API (contract section 5), as the models of ledger.shapes."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Row, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ledger import shapes
 from ledger.book import trial_balance
 from ledger.outbox import dead_count
-from ledger.tables import DeadLetter, InvoicePosition, JournalEntry, Posting, ReceivedEvent
-
-positions = InvoicePosition.__table__
-entries = JournalEntry.__table__
-postings = Posting.__table__
-received = ReceivedEvent.__table__
+from ledger.tables import dead_letters, entries, positions, postings, received
 
 
-async def invoice_view(conn: AsyncConnection, invoice_id: str) -> dict | None:
+async def invoice_view(conn: AsyncConnection, invoice_id: str) -> shapes.Invoice | None:
     """The ledger's view of one invoice, or None if the ledger never saw it.
 
     `entries` are every journal entry with its postings, oldest first; `events` every event
@@ -30,30 +23,30 @@ async def invoice_view(conn: AsyncConnection, invoice_id: str) -> dict | None:
     if row is None or row.status is None:
         return None
     journal = await _entries(conn, invoice_id)
-    return {
-        "id": row.invoice_id,
-        "status": row.status,
-        "currency": row.currency,
-        "total": row.total,
-        "amountPaid": row.amount_paid,
-        "amountDue": row.amount_due,
-        "appliedBalance": row.applied_balance,
-        "customer": row.customer,
-        "number": row.number,
-        "writtenOff": row.written_off,
-        "credited": row.credited,
-        "attemptCount": row.attempt_count,
-        "created": row.created,
-        "paidAt": row.paid_at,
-        "lastEventAt": row.last_event_at,
-        "updatedAt": _iso(row.updated_at),
-        "entries": journal,
-        "events": await _events(conn, invoice_id),
-        "corrections": [entry for entry in journal if entry["source"] == "reconciliation"],
-    }
+    return shapes.Invoice(
+        id=row.invoice_id,
+        status=row.status,
+        currency=row.currency,
+        total=row.total,
+        amountPaid=row.amount_paid,
+        amountDue=row.amount_due,
+        appliedBalance=row.applied_balance,
+        customer=row.customer,
+        number=row.number,
+        writtenOff=row.written_off,
+        credited=row.credited,
+        attemptCount=row.attempt_count,
+        created=row.created,
+        paidAt=row.paid_at,
+        lastEventAt=row.last_event_at,
+        updatedAt=row.updated_at,
+        entries=journal,
+        events=await _events(conn, invoice_id),
+        corrections=[entry for entry in journal if entry.source == "reconciliation"],
+    )
 
 
-async def _entries(conn: AsyncConnection, invoice_id: str) -> list[dict]:
+async def _entries(conn: AsyncConnection, invoice_id: str) -> list[shapes.JournalEntry]:
     rows = await conn.execute(
         select(entries, postings.c.account, postings.c.direction, postings.c.amount,
                postings.c.currency.label("posting_currency"))
@@ -61,27 +54,20 @@ async def _entries(conn: AsyncConnection, invoice_id: str) -> list[dict]:
         .where(entries.c.invoice_id == invoice_id)
         .order_by(entries.c.id, postings.c.id)
     )
-    by_id: dict[int, dict] = {}
+    by_id: dict[int, tuple[Row[Any], list[shapes.Posting]]] = {}
     for row in rows:
-        entry = by_id.get(row.id)
-        if entry is None:
-            entry = by_id[row.id] = {
-                "id": row.id,
-                "kind": row.kind,
-                "currency": row.currency,
-                "source": row.source,
-                "eventId": row.event_id,
-                "runId": row.run_id,
-                "effectiveAt": _iso(row.effective_at),
-                "recordedAt": _iso(row.recorded_at),
-                "postings": [],
-            }
-        entry["postings"].append({"account": row.account, "direction": row.direction,
-                                  "amount": row.amount, "currency": row.posting_currency})
-    return list(by_id.values())
+        _, lines = by_id.setdefault(row.id, (row, []))
+        lines.append(shapes.Posting(account=row.account, direction=row.direction, amount=row.amount,
+                                    currency=row.posting_currency))
+    return [
+        shapes.JournalEntry(id=row.id, kind=row.kind, currency=row.currency, source=row.source, eventId=row.event_id,
+                            runId=row.run_id, effectiveAt=row.effective_at, recordedAt=row.recorded_at,
+                            postings=lines)
+        for row, lines in by_id.values()
+    ]
 
 
-async def _events(conn: AsyncConnection, invoice_id: str) -> list[dict]:
+async def _events(conn: AsyncConnection, invoice_id: str) -> list[shapes.ReceivedEvent]:
     rows = await conn.execute(
         select(received.c.event_id, received.c.type, received.c.source, received.c.outcome, received.c.created,
                received.c.received_at, received.c.applied_at, received.c.error)
@@ -89,30 +75,20 @@ async def _events(conn: AsyncConnection, invoice_id: str) -> list[dict]:
         .order_by(received.c.id)
     )
     return [
-        {"id": row.event_id, "type": row.type, "source": row.source, "outcome": row.outcome,
-         "created": row.created, "receivedAt": _iso(row.received_at), "appliedAt": _iso(row.applied_at),
-         "error": row.error}
+        shapes.ReceivedEvent(id=row.event_id, type=row.type, source=row.source, outcome=row.outcome,
+                             created=row.created, receivedAt=row.received_at, appliedAt=row.applied_at,
+                             error=row.error)
         for row in rows
     ]
 
 
-async def balances(conn: AsyncConnection) -> dict:
+async def balances(conn: AsyncConnection) -> shapes.Balances:
     """Per account and currency: debits, credits and balance (debits - credits)."""
-    return {
-        "balances": [
-            {"account": account, "currency": currency, "debits": debits, "credits": credits,
-             "balance": debits - credits}
-            for (account, currency), (debits, credits) in (await trial_balance(conn)).items()
-        ]
-    }
+    return shapes.Balances.of(await trial_balance(conn))
 
 
 async def dead(conn: AsyncConnection) -> dict[str, int]:
     """What waits for a person: dead-lettered events not yet replayed, and dead notices."""
-    letters = DeadLetter.__table__
-    events = await conn.scalar(select(func.count()).select_from(letters).where(letters.c.replayed_at.is_(None)))
+    events = await conn.scalar(
+        select(func.count()).select_from(dead_letters).where(dead_letters.c.replayed_at.is_(None)))
     return {"events": events, "notices": await dead_count(conn)}
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat()

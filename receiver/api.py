@@ -19,8 +19,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ledger.journal import balances_as_of, csv_chunks, journal_rows
 from ledger.runs import get_run, list_runs, write_csv
+from ledger.shapes import Runs
 from ledger.views import balances, invoice_view
 from receiver.aging_api import get_aging
+from receiver.answers import answer, refusal
 from vinr_recon.settings import Settings
 from vinr_recon.tokens import token_matches
 
@@ -34,7 +36,7 @@ MAX_INVOICE_ID = 100
 
 
 def _not_found(what: str) -> JSONResponse:
-    return JSONResponse({"error": f"{what} not found"}, 404)
+    return refusal(404, f"{what} not found")
 
 
 async def get_invoice(request: Request) -> Response:
@@ -43,7 +45,7 @@ async def get_invoice(request: Request) -> Response:
         return _not_found(f"invoice {invoice_id}")
     async with request.state.engine.connect() as conn:
         view = await invoice_view(conn, invoice_id)
-    return JSONResponse(view) if view is not None else _not_found(f"invoice {invoice_id}")
+    return answer(view) if view is not None else _not_found(f"invoice {invoice_id}")
 
 
 def _query_day(request: Request, name: str) -> date | None:
@@ -61,9 +63,9 @@ async def get_balances(request: Request) -> Response:
     try:
         as_of = _query_day(request, "asOf")
     except ValueError:
-        return JSONResponse({"error": "asOf must be a date, YYYY-MM-DD"}, 400)
+        return refusal(400, "asOf must be a date, YYYY-MM-DD")
     async with request.state.engine.connect() as conn:
-        return JSONResponse(await (balances(conn) if as_of is None else balances_as_of(conn, as_of)))
+        return answer(await (balances(conn) if as_of is None else balances_as_of(conn, as_of)))
 
 
 async def get_journal_csv(request: Request) -> Response:
@@ -71,11 +73,11 @@ async def get_journal_csv(request: Request) -> Response:
     try:
         start, end = _query_day(request, "from"), _query_day(request, "to")
     except ValueError:
-        return JSONResponse({"error": "from and to must be dates, YYYY-MM-DD"}, 400)
+        return refusal(400, "from and to must be dates, YYYY-MM-DD")
     if start is None or end is None:
-        return JSONResponse({"error": "from and to are required (YYYY-MM-DD, both included)"}, 400)
+        return refusal(400, "from and to are required (YYYY-MM-DD, both included)")
     if end < start:
-        return JSONResponse({"error": "to is before from"}, 400)
+        return refusal(400, "to is before from")
     engine = request.state.engine
 
     async def body():
@@ -95,13 +97,13 @@ async def get_runs(request: Request) -> Response:
         before = request.query_params.get("before")
         before = int(before) if before is not None else None
     except ValueError:
-        return JSONResponse({"error": "limit and before must be integers"}, 400)
+        return refusal(400, "limit and before must be integers")
     if limit < 1:
-        return JSONResponse({"error": "limit must be at least 1"}, 400)
+        return refusal(400, "limit must be at least 1")
     if before is not None and not 0 <= before <= MAX_ID:
-        return JSONResponse({"error": f"before must be a run id, 0 to {MAX_ID}"}, 400)
+        return refusal(400, f"before must be a run id, 0 to {MAX_ID}")
     async with request.state.engine.connect() as conn:
-        return JSONResponse({"runs": await list_runs(conn, limit=limit, before=before)})
+        return answer(Runs(runs=await list_runs(conn, limit=limit, before=before)))
 
 
 async def get_run_by_id(request: Request) -> Response:
@@ -110,7 +112,7 @@ async def get_run_by_id(request: Request) -> Response:
         return _not_found(f"reconciliation run {run_id}")
     async with request.state.engine.connect() as conn:
         run = await get_run(conn, run_id)
-    return JSONResponse(run) if run is not None else _not_found(f"reconciliation run {run_id}")
+    return answer(run) if run is not None else _not_found(f"reconciliation run {run_id}")
 
 
 async def get_run_csv(request: Request) -> Response:
@@ -161,14 +163,12 @@ class RequireBearerToken:
             await send(message)
 
         if not self.tokens:
-            response = JSONResponse({"error": "LEDGER_API_TOKEN is not configured"}, 503)
+            response = refusal(503, "LEDGER_API_TOKEN is not configured")
         elif token_matches(bearer_token(scope), self.tokens):
             await self.app(scope, receive, send_nosniff)
             return
         else:
-            response = JSONResponse(
-                {"error": "missing or invalid bearer token"}, 401, headers={"www-authenticate": "Bearer"}
-            )
+            response = refusal(401, "missing or invalid bearer token", {"www-authenticate": "Bearer"})
         await response(scope, receive, send_nosniff)
 
 

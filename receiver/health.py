@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import structlog
+from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from ledger.runs import ReconciliationFigures, reconciliation_figures
 from ledger.views import dead
+from receiver.answers import answer, refusal
 from receiver.api import bearer_token
 from receiver.metrics import CONTENT_TYPE, Metrics
 from vinr_recon.redis_connect import primary_answers
@@ -27,9 +29,42 @@ T = TypeVar("T")
 CHECK_TIMEOUT = 1.0  # seconds per dependency; a probe must answer well before its own timeout
 
 
+# The probes' answers, as receiver/openapi.py publishes them.
+class _Probe(BaseModel):
+    # A constant field is still always there: the document says so (required).
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
+
+class Liveness(_Probe):
+    status: Literal["ok"] = "ok"
+
+
+class ReadyChecks(_Probe):
+    redis: Literal["ok"] = "ok"
+    database: Literal["ok"] = "ok"
+
+
+class Readiness(_Probe):
+    status: Literal["ready"] = "ready"
+    checks: ReadyChecks = ReadyChecks()
+
+
+class Checks(_Probe):
+    """"ok", "timeout", or the name of the error"""
+
+    redis: str
+    database: str
+
+
+class Unready(_Probe):
+    status: Literal["unavailable"] = "unavailable"
+    failed: list[Literal["redis", "database"]] = Field(min_length=1)
+    checks: Checks
+
+
 async def healthz(request: Request) -> Response:
     """200 as long as the process serves requests."""
-    return JSONResponse({"status": "ok"})
+    return answer(Liveness())
 
 
 async def _select_one(engine: AsyncEngine) -> None:
@@ -83,11 +118,15 @@ async def readyz(request: Request) -> Response:
     redis_problem, database_problem = await asyncio.gather(
         _check("redis", primary_answers(redis)), _check("database", _database_answers(engine))
     )
-    checks = {"redis": redis_problem or "ok", "database": database_problem or "ok"}
-    failed = [name for name, state in checks.items() if state != "ok"]
-    if failed:
-        return JSONResponse({"status": "unavailable", "failed": failed, "checks": checks}, 503)
-    return JSONResponse({"status": "ready", "checks": checks})
+    if redis_problem is None and database_problem is None:
+        return answer(Readiness())
+    failed: list[Literal["redis", "database"]] = []
+    if redis_problem is not None:
+        failed.append("redis")
+    if database_problem is not None:
+        failed.append("database")
+    checks = Checks(redis=redis_problem or "ok", database=database_problem or "ok")
+    return answer(Unready(failed=failed, checks=checks), 503)
 
 
 async def _read_ledger(engine: AsyncEngine) -> tuple[dict[str, int], ReconciliationFigures]:
@@ -101,7 +140,7 @@ async def metrics(request: Request) -> Response:
     With METRICS_TOKEN, only for `Authorization: Bearer <token>` (401 otherwise)."""
     tokens = request.state.settings.metrics_tokens
     if tokens and not token_matches(bearer_token(request.scope), tokens):
-        return JSONResponse({"error": "missing or invalid bearer token"}, 401, headers={"www-authenticate": "Bearer"})
+        return refusal(401, "missing or invalid bearer token", {"www-authenticate": "Bearer"})
     registry: Metrics = request.state.metrics
     redis: Redis = request.state.redis
     try:

@@ -1,22 +1,29 @@
 """The OpenAPI 3.1 document of the receiver's HTTP interface (contract section 5), served at
 `GET /openapi.json`.
 
-Written by hand, as a plain dict, to say exactly what the handlers answer: `/api/*` from
-receiver.api (shapes built by ledger.views and ledger.runs), `POST /webhooks/vinr` from
-receiver.webhooks, and the probes of receiver.health. tests/test_schemathesis.py holds the
-live app to it. The document names no secret and holds no data, so it is served without a token.
+Its schemas are generated from the models the handlers answer with (ledger.shapes for `/api/*`,
+the probes' in receiver.health, the webhook's in receiver.webhooks) and from the event model VINR's
+deliveries are parsed with (vinr.events.Event); the paths, parameters, headers and status codes
+are written here, by hand, to say exactly what each route answers. tests/test_schemathesis.py
+holds the live app to it. The document names no secret and holds no data, so it is served
+without a token.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue, models_json_schema
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from ledger import shapes
 from ledger.journal import COLUMNS as JOURNAL_COLUMNS
-from ledger.tables import ACCOUNTS
 from receiver import aging_api
+from receiver.health import Liveness, Readiness, Unready
+from receiver.webhooks import Received
+from vinr.events import Event
 
 JSON = "application/json"
 
@@ -24,145 +31,54 @@ JSON = "application/json"
 MAX_RUN_ID = 2**31 - 1
 
 
-def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"anyOf": [schema, {"type": "null"}]}
+class _DocumentSchema(GenerateJsonSchema):
+    """pydantic's JSON Schema without the titles it derives from Python names (`Amountpaid`),
+    nor, in an answer, the defaults of the models' fields (which are the server's business)."""
+
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False
+
+    def default_schema(self, schema: Any) -> JsonSchemaValue:
+        if self.mode == "serialization":
+            return self.generate_inner(schema["schema"])
+        return super().default_schema(schema)
+
+    def model_schema(self, schema: Any) -> JsonSchemaValue:
+        generated = super().model_schema(schema)
+        generated.pop("title", None)
+        return generated
+
+
+# Every shape the document names, from the models the handlers answer with; `Event` is what
+# VINR sends (vinr.events, the worker's own model), so it is described as input.
+ANSWERS: list[type[BaseModel]] = [
+    shapes.Error, shapes.Invoice, shapes.Balances, shapes.Runs, shapes.RunWithFindings, shapes.AgingAnswer,
+    Received, Liveness, Readiness, Unready,
+]
+
+
+def component_schemas() -> dict[str, Any]:
+    """`components.schemas`: each model's JSON Schema, and the models they refer to."""
+    _, generated = models_json_schema(
+        [(model, "serialization") for model in ANSWERS] + [(Event, "validation")],
+        ref_template="#/components/schemas/{model}", schema_generator=_DocumentSchema)
+    schemas: dict[str, Any] = generated["$defs"]
+    # The event model's docstring speaks of Python; the document speaks of the wire.
+    event = schemas["Event"]
+    event["description"] = "A VINR event. Further fields are accepted and kept."
+    event["properties"]["created"]["description"] = "Unix seconds, as VINR sent it."
+    event["properties"]["data"]["description"] = '`{"object": invoice}`, or (older) the invoice itself.'
+    return schemas
+
+
+SCHEMAS = component_schemas()
 
 
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _object(properties: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    """An object with every listed property required; further properties may come later."""
-    return {"type": "object", "required": list(properties), "properties": properties, **extra}
-
-
-STRING = {"type": "string"}
-INTEGER = {"type": "integer"}
-AMOUNT = {"type": "integer", "description": "Minor units of the currency (120000 EUR is 1,200.00)."}
-UNIX_SECONDS = {"type": "integer", "description": "Unix seconds, as VINR sent it."}
-TIMESTAMP = {"type": "string", "format": "date-time", "description": "ISO 8601, UTC."}
-CURRENCY = {"type": "string", "description": "ISO 4217, upper case.", "examples": ["EUR"]}
-ACCOUNT = {"type": "string", "enum": list(ACCOUNTS)}
 DAY = {"type": "string", "format": "date", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$", "examples": ["2026-11-30"]}
-
-SCHEMAS: dict[str, Any] = {
-    "Error": _object({"error": {"type": "string", "description": "What went wrong, for a human."}}),
-    "Posting": _object({
-        "account": ACCOUNT,
-        "direction": {"type": "string", "enum": ["debit", "credit"]},
-        "amount": {**AMOUNT, "minimum": 1},
-        "currency": CURRENCY,
-    }),
-    "JournalEntry": _object({
-        "id": INTEGER,
-        "kind": {"type": "string", "description": "finalize, payment, void, write_off, recovery, credit, ..."},
-        "currency": CURRENCY,
-        "source": {"type": "string", "enum": ["webhook", "reconciliation", "backfill"]},
-        "eventId": _nullable(STRING),
-        "runId": _nullable({"type": "integer", "description": "The reconciliation run that posted it."}),
-        "effectiveAt": TIMESTAMP,
-        "recordedAt": TIMESTAMP,
-        "postings": {"type": "array", "items": _ref("Posting"), "minItems": 2,
-                     "description": "Debits equal credits within the entry's currency."},
-    }),
-    "ReceivedEvent": _object({
-        "id": {"type": "string", "description": "The event id (evt_...)."},
-        "type": STRING,
-        "source": {"type": "string", "description": "webhook, or backfill when reconciliation fetched it."},
-        "outcome": {"type": "string", "enum": ["applied", "stale", "ignored", "dead"]},
-        "created": _nullable(UNIX_SECONDS),
-        "receivedAt": TIMESTAMP,
-        "appliedAt": _nullable(TIMESTAMP),
-        "error": _nullable(STRING),
-    }),
-    "Invoice": _object(
-        {
-            "id": STRING,
-            "status": {"type": "string", "enum": ["draft", "open", "paid", "void", "uncollectible"]},
-            "currency": _nullable(CURRENCY),
-            "total": AMOUNT,
-            "amountPaid": AMOUNT,
-            "amountDue": AMOUNT,
-            "appliedBalance": {**AMOUNT, "description": "The customer's credit VINR applied at finalize."},
-            "customer": _nullable(STRING),
-            "number": _nullable(STRING),
-            "writtenOff": AMOUNT,
-            "credited": AMOUNT,
-            "attemptCount": INTEGER,
-            "created": _nullable(UNIX_SECONDS),
-            "paidAt": _nullable(UNIX_SECONDS),
-            "lastEventAt": _nullable(UNIX_SECONDS),
-            "updatedAt": _nullable(TIMESTAMP),
-            "entries": {"type": "array", "items": _ref("JournalEntry"), "description": "Oldest first."},
-            "events": {"type": "array", "items": _ref("ReceivedEvent"), "description": "In the order received."},
-            "corrections": {"type": "array", "items": _ref("JournalEntry"),
-                            "description": "The entries of `entries` that reconciliation posted."},
-        },
-        description="The ledger's view of one invoice.",
-    ),
-    "Balance": _object(
-        {"account": ACCOUNT, "currency": CURRENCY, "debits": AMOUNT, "credits": AMOUNT,
-         "balance": {**AMOUNT, "description": "debits - credits"}},
-    ),
-    "Balances": _object({"balances": {"type": "array", "items": _ref("Balance")},
-                         "asOf": {"type": "string", "format": "date",
-                                  "description": "Present when asked with `?asOf=`: the UTC day the balances "
-                                                 "stand at the end of."}},
-                        required=["balances"]),
-    "Run": _object({
-        "id": {"type": "integer", "minimum": 1},
-        "status": {"type": "string", "enum": ["running", "completed", "partial", "failed"]},
-        "dryRun": {"type": "boolean"},
-        "startedAt": TIMESTAMP,
-        "finishedAt": _nullable(TIMESTAMP),
-        "windowStart": _nullable(UNIX_SECONDS),
-        "invoicesChecked": INTEGER,
-        "eventsBackfilled": INTEGER,
-        "correctionsPosted": INTEGER,
-        "apiRequests": INTEGER,
-        "counts": {"type": "object", "additionalProperties": {"type": "integer"},
-                   "description": "Findings per category: differences still there when the run corrected them."},
-        "caughtUpInFlight": {**INTEGER, "description": "Differences seen that webhooks closed before the run "
-                                                       "could correct them: not drift."},
-        "coveredUntil": {**_nullable(INTEGER), "description": "Unix seconds: every invoice created before was swept "
-                                                                   "by a completed run; the next window starts "
-                                                                   "a day before it."},
-        "adopt": {"type": "boolean", "description": "The run adopted the account's history (reconcile --adopt)."},
-        "adoptedQuietly": {**INTEGER, "description": "Invoices whose history an adopting run booked without "
-                                                     "alerts or callbacks."},
-        "message": _nullable(STRING),
-    }),
-    "Runs": _object({"runs": {"type": "array", "items": _ref("Run"), "description": "Newest first."}}),
-    "Finding": _object({
-        "invoice": STRING,
-        "category": {"type": "string", "description": "missing_in_ledger, status_mismatch, amount_mismatch, ..."},
-        "field": _nullable(STRING),
-        "ledgerValue": _nullable(STRING),
-        "vinrValue": _nullable(STRING),
-        "currency": {**_nullable(STRING), "description": "The invoice's currency, as the ledger holds it."},
-        "ledgerAmount": {**_nullable(STRING), "description": "ledgerValue for people (EUR 500.00), when an amount."},
-        "vinrAmount": {**_nullable(STRING), "description": "vinrValue for people, when an amount."},
-        "corrected": {"type": "boolean"},
-        "entries": {"type": "array", "items": {"type": "integer"}, "description": "Ids of the correcting entries."},
-    }),
-    "RunWithFindings": {"allOf": [_ref("Run"), _object({"findings": {"type": "array", "items": _ref("Finding")}})]},
-    "Event": {
-        "type": "object",
-        "required": ["id", "type", "created", "data"],
-        "properties": {
-            "id": {"type": "string", "minLength": 1},
-            "object": {"const": "event"},
-            "type": {"type": "string", "minLength": 1},
-            "created": UNIX_SECONDS,
-            "livemode": {"type": "boolean"},
-            "data": {"type": "object", "description": "`{\"object\": invoice}`, or (older) the invoice itself."},
-        },
-    },
-}
-
-
-SCHEMAS.update(aging_api.OPENAPI_SCHEMAS)
 
 
 def _json(schema: dict[str, Any], description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -302,8 +218,8 @@ PATHS: dict[str, Any] = {
                 "content": {JSON: {"schema": _ref("Event")}},
             },
             "responses": {
-                "200": _json(_object({"received": {"const": True}}),
-                             "The event is queued (or already was: a duplicate gets the same).", REQUEST_ID),
+                "200": _json(_ref("Received"), "The event is queued (or already was: a duplicate gets the same).",
+                             REQUEST_ID),
                 "400": _json(_ref("Error"), "Missing, malformed or unmatched signature, a timestamp outside the "
                              "tolerance, or a body that is not an event.", REQUEST_ID),
                 "413": _json(_ref("Error"), "The body is over VINR_WEBHOOK_MAX_BODY (default 1 MiB).", REQUEST_ID),
@@ -317,7 +233,7 @@ PATHS: dict[str, Any] = {
     "/healthz": {
         "get": {
             "tags": ["operations"], "summary": "Liveness: 200 while the process serves requests", "security": [],
-            "responses": {"200": _json(_object({"status": {"const": "ok"}}), "The process lives.")},
+            "responses": {"200": _json(_ref("Liveness"), "The process lives.")},
         }
     },
     "/readyz": {
@@ -325,16 +241,8 @@ PATHS: dict[str, Any] = {
             "tags": ["operations"], "summary": "Readiness: Redis answers PING and the database SELECT 1",
             "security": [],
             "responses": {
-                "200": _json(_object({
-                    "status": {"const": "ready"},
-                    "checks": _object({"redis": {"const": "ok"}, "database": {"const": "ok"}}),
-                }), "Both answer."),
-                "503": _json(_object({
-                    "status": {"const": "unavailable"},
-                    "failed": {"type": "array", "items": {"enum": ["redis", "database"]}, "minItems": 1},
-                    "checks": _object({"redis": STRING, "database": STRING},
-                                      description='"ok", "timeout", or the name of the error'),
-                }), "At least one does not; `failed` names which."),
+                "200": _json(_ref("Readiness"), "Both answer."),
+                "503": _json(_ref("Unready"), "At least one does not; `failed` names which."),
             },
         }
     },

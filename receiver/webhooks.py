@@ -47,7 +47,17 @@ _debug_enabled = logging.getLogger("receiver.webhooks").isEnabledFor
 _bind = structlog.contextvars.bind_contextvars
 
 RETRY_AFTER = b"5"
-RECEIVED = b'{"received":true}'
+
+
+class Received(BaseModel):
+    """The 200's body: the event is in Redis (or already was)."""
+
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
+    received: Literal[True] = True
+
+
+RECEIVED = Received().model_dump_json().encode()  # b'{"received":true}', written once, not per request
 _JSON = (b"content-type", b"application/json")
 _RECEIVED_LENGTH = (b"content-length", str(len(RECEIVED)).encode())
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -14,11 +15,13 @@ from rich.table import Table
 from ledger.db import create_engine
 from ledger.findings import CATEGORIES
 from ledger.runs import get_run, write_csv
+from ledger.shapes import ReconcileReport
 from reconcile.run import RunReport
+from vinr_recon.settings import Settings
 
 
 @contextlib.contextmanager
-def progress_bar(console: Console, enabled: bool) -> Iterator:
+def progress_bar(console: Console, enabled: bool) -> Iterator[Callable[[int], None]]:
     """Yield a callback counting invoices checked; a live bar only on a terminal. While it
     shows, log lines go through the bar's console, which prints them above it rather than
     gluing them onto it."""
@@ -40,7 +43,7 @@ def progress_bar(console: Console, enabled: bool) -> Iterator:
                 handler.setStream(sys.__stderr__)
 
 
-async def write_outputs(settings, report: RunReport, csv_path: str | None) -> dict:
+async def write_outputs(settings: Settings, report: RunReport, csv_path: str | None) -> dict[str, Any]:
     """Write the CSV if asked; return the run with its findings for --json."""
     engine = create_engine(settings.database_url, writer=False)
     try:
@@ -48,17 +51,18 @@ async def write_outputs(settings, report: RunReport, csv_path: str | None) -> di
             if csv_path:
                 with open(csv_path, "w", newline="") as out:
                     await write_csv(conn, report.run_id, out, locale=settings.money_locale)
-            document = await get_run(conn, report.run_id, locale=settings.money_locale)
+            run = await get_run(conn, report.run_id, locale=settings.money_locale)
     finally:
         await engine.dispose()
-    return {**document, "matches": report.matches}
+    assert run is not None, "the run recorded itself before reporting"
+    return ReconcileReport(**dict(run), matches=report.matches).model_dump(mode="json")
 
 
 # The summary lists this many findings; the rest are in --report's CSV and the API.
 LISTED = 20
 
 
-def print_findings(console: Console, findings: list[dict]) -> None:
+def print_findings(console: Console, findings: list[dict[str, Any]]) -> None:
     """The run's first findings, amounts for people beside what the ledger and VINR hold."""
     if not findings:
         return

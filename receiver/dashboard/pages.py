@@ -205,7 +205,7 @@ class Pages:
                 return self.not_found(request, f"invoice {invoice_id}")
             notices = await queries.invoice_notices(conn, invoice_id)
             found = await queries.invoice_findings(conn, invoice_id)
-            named = await queries.customer_name(conn, view["customer"])
+            named = await queries.customer_name(conn, view.customer)
         return self.render(request, "invoice.html", inv=view, notices=notices, findings=found, named=named)
 
     async def runs(self, request: Request) -> Response:
