@@ -1,6 +1,8 @@
 """How fast one worker process applies events, against arq's own ceiling (issue 5).
 
     .venv/bin/python bench/worker.py [--events 3000] [--repeat 3] [--workers 1 --workers 2] [--pgbouncer]
+    .venv/bin/python bench/worker.py --only postgresql --only sqlite --mode single   # the single path
+    .venv/bin/python bench/worker.py --finish-job [--events 3000] [--repeat 3]
 
 In one run: arq's drain rate of no-op jobs, then the worker's rate of applying real events
 (finalize then pay, distinct invoices, a tenth of them delivered twice under a fresh job id)
@@ -16,6 +18,9 @@ database: the events per second one PostgreSQL sustains with two workers against
 `--pgbouncer` adds the PostgreSQL phases through a private PgBouncer in transaction pooling
 mode (`?pgbouncer=transaction`: no statement cache), started from Debian's package as the
 postgres user.
+
+`--finish-job` times only the end of a job: worker.settings' finish_job (which decodes each
+result, to keep a success's only) against arq's own, per job, on one Redis; and the decode alone.
 """
 
 from __future__ import annotations
@@ -124,6 +129,7 @@ def child(database_url: str, queue: str, mode: str, workers: str = "1") -> None:
     from vinr_recon.logging import configure_logging
     from vinr_recon.settings import Settings
     from worker.settings import Worker, quiet_arq, worker_settings  # what `vinr-recon worker` runs
+    from worker.state import state
 
     configure_logging("INFO", json=True)  # as deployed: one JSON line per event
     quiet_arq()
@@ -148,11 +154,11 @@ def child(database_url: str, queue: str, mode: str, workers: str = "1") -> None:
             await worker.async_run()
             seconds = time.perf_counter() - started["at"]
             cpu = time.process_time() - started["cpu"]
+            batcher = state(worker.ctx).batcher  # before shutdown takes the state away
         finally:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)  # arq calls redis 5's deprecated close()
                 await worker.close()
-        batcher = worker.ctx.get("batcher")
         batch = batcher.events / batcher.transactions if batcher and batcher.transactions else 1
         print(json.dumps({"jobs": worker.jobs_complete, "failed": worker.jobs_failed,
                           "retried": worker.jobs_retried, "seconds": seconds,
@@ -248,6 +254,76 @@ async def check(url: str, events: int) -> None:
     assert stored == events and receivable[0] == receivable[1] > 0, (stored, balance)
 
 
+# --- What finishing a job costs ----------------------------------------------------------------
+
+
+async def finish_job_costs(jobs: int, rounds: int) -> dict[str, list[tuple[float, float]]]:
+    """(wall, CPU) microseconds per job of finishing `jobs` succeeded jobs one after another, in
+    `rounds` rounds: our Worker's finish_job (which decodes each result to keep only a success's)
+    against arq's own, on one worker and Redis; and the decode alone."""
+    from arq.constants import in_progress_key_prefix
+    from arq.jobs import serialize_result
+    from arq.worker import Worker as ArqWorker, func
+
+    from vinr_recon.jobformat import JOB_FORMAT, dumps, loads
+    from vinr_recon.jobs import APPLY_EVENT, job_key
+    from vinr_recon.redis_connect import queue_pool
+    from vinr_recon.settings import Settings
+    from worker.settings import Worker
+
+    tag = uuid.uuid4().hex[:12]
+    queue = f"arq:queue:bench_{tag}"
+    settings = Settings(_env_file=None, redis_url=REDIS_URL, queue_name=queue)
+    pool = queue_pool(settings, JOB_FORMAT)
+    worker = Worker(functions=[func(noop, name=APPLY_EVENT)], redis_pool=pool, queue_name=queue,
+                    handle_signals=False)
+    # The result of a real job: its arguments (the event's body among them) travel with it.
+    (_, args), = real_jobs(tag, 2)[:1]
+    now_ms = int(time.time() * 1000)
+    result = serialize_result(APPLY_EVENT, args, {}, 1, now_ms, True, "applied", now_ms, now_ms, f"{tag}:x", queue,
+                              f"{tag}:x", serializer=dumps)
+    assert result is not None
+    ways = {"ours": Worker.finish_job, "arq's": ArqWorker.finish_job}
+    costs: dict[str, list[tuple[float, float]]] = {name: [] for name in [*ways, "decode alone"]}
+    try:
+        for attempt in range(rounds):
+            # Each round the other one first, so that neither always meets a warmer Redis.
+            for name, finish_job in sorted(ways.items(), reverse=attempt % 2 == 1):
+                ids = [f"{tag}:{name}:{attempt}:{n}" for n in range(jobs)]
+                async with pool.pipeline(transaction=False) as pipe:  # each job as a running one leaves it
+                    for job_id in ids:
+                        pipe.set(job_key(job_id), b"job", px=600_000)
+                        pipe.set(in_progress_key_prefix + job_id, b"1", px=600_000)
+                        pipe.zadd(queue, {job_id: now_ms})
+                    await pipe.execute()
+                wall, cpu = time.perf_counter(), time.process_time()
+                for job_id in ids:
+                    await finish_job(worker, job_id, True, result, 60.0, False, None, None)
+                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                costs[name].append((wall / jobs * 1e6, cpu / jobs * 1e6))
+            wall, cpu = time.perf_counter(), time.process_time()
+            for _ in range(jobs):
+                loads(result).get("s")
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            costs["decode alone"].append((wall / jobs * 1e6, cpu / jobs * 1e6))
+    finally:
+        keys = [key async for key in pool.scan_iter(match=f"arq:*{tag}*", count=5000)]
+        for start in range(0, len(keys), 1000):
+            await pool.delete(*keys[start:start + 1000])
+        await pool.delete(queue)
+        await pool.aclose()
+    print(f"  result of {len(result)} bytes decoded by ours", file=sys.stderr)
+    return costs
+
+
+def report_finish_job(jobs: int, rounds: int) -> None:
+    costs = asyncio.run(finish_job_costs(jobs, rounds))
+    print(f"\nfinish_job of {jobs} succeeded jobs, one after another; median of {rounds} rounds\n")
+    print(f"{'finish_job':<16}{'us/job':>9}{'CPU us/job':>12}")
+    for name, runs in costs.items():
+        print(f"{name:<16}{statistics.median(w for w, _ in runs):>9.1f}{statistics.median(c for _, c in runs):>12.1f}")
+
+
 # --- The run ----------------------------------------------------------------------------------
 
 
@@ -283,7 +359,11 @@ def main() -> None:
     parser.add_argument("--pgbouncer", action="store_true",
                         help="also run the PostgreSQL phases through a private PgBouncer (transaction pooling)")
     parser.add_argument("--profile", metavar="PREFIX", help="cProfile each worker into PREFIX.<phase>.<run>")
+    parser.add_argument("--finish-job", action="store_true",
+                        help="only time finish_job, ours against arq's, for --events jobs, --repeat rounds")
     args = parser.parse_args()
+    if args.finish_job:
+        return report_finish_job(args.events, args.repeat)
     counts = args.workers or [1]
 
     from ledger.migrate import upgrade

@@ -24,6 +24,7 @@ from vinr_recon.jobs import replay_job_id
 from worker.commands import run_replay
 from worker.jobs import RetryPolicy, apply_event
 from worker.settings import SchemaNotMigrated, check_schema
+from worker.state import STATE, WorkerState
 
 dead_letters, positions = DeadLetter.__table__, InvoicePosition.__table__
 entries, received = JournalEntry.__table__, ReceivedEvent.__table__
@@ -208,7 +209,9 @@ async def test_the_last_try_dead_letters_and_a_failing_dead_letter_keeps_the_job
     async with pg_engine.begin() as conn:
         await apply_snapshot(conn, Invoice.model_validate(snapshot("inv_a", "open", 1000)), source="webhook")
     paid = ev(prefix, 2, "invoice.paid", snapshot("inv_a", "paid", 1000, 1000))
-    ctx = {"engine": pg_engine, "policy": RetryPolicy(tries=2, attempt_timeout=0.3), "job_id": paid.id}
+    worker = WorkerState(engine=pg_engine, policy=RetryPolicy(tries=2, attempt_timeout=0.3),
+                         queue_name=pg_settings.queue_name)
+    ctx = {STATE: worker, "job_id": paid.id}
     args = (paid.id, paid.type, paid.body, {}, 1_763_800_000.0)
 
     blocker = await hold_position_lock(pg_engine, "inv_a")

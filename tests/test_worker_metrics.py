@@ -32,6 +32,7 @@ from vinr.sandbox.config import SandboxConfig
 from vinr.sandbox.serving import serve_in_thread
 from worker.metrics import WorkerMetrics
 from worker.settings import MetricsPortTaken, worker_settings
+from worker.state import state
 
 pytestmark = pytest.mark.slow
 
@@ -238,7 +239,8 @@ async def test_the_default_port_taken_leaves_the_worker_running_without_metrics(
         default = worker_settings(settings, metrics_port=port, metrics_port_chosen=False)
         await default["on_startup"](ctx := {})
         try:
-            assert "metrics_server" not in ctx and ctx["batcher"] is not None and ctx["engine"] is not None
+            worker = state(ctx)
+            assert worker.metrics_server is None and worker.batcher is not None and worker.engine is not None
         finally:
             await default["on_shutdown"](ctx)
 

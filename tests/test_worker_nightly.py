@@ -13,7 +13,9 @@ from reconcile.lock import exclusive, lock_key
 from vinr.sandbox.app import create_app
 from vinr.sandbox.config import SandboxConfig
 from vinr.sandbox.serving import serve
+from worker.jobs import RetryPolicy
 from worker.settings import Worker, worker_settings
+from worker.state import STATE, WorkerState
 
 
 def test_the_worker_schedules_one_run_at_reconcile_at_in_utc(settings):
@@ -57,12 +59,13 @@ async def test_the_nightly_job_reconciles_the_ledger_with_vinr(ledger_settings):
             "vinr_api_key": SecretStr(app.state.sandbox.api_key), "vinr_api_base": root + "/v1"})
         [job] = worker_settings(settings)["cron_jobs"]
         engine, redis = create_engine(settings.database_url), Redis.from_url(REDIS_URL)
+        ctx = {STATE: WorkerState(engine=engine, policy=RetryPolicy(), queue_name=settings.queue_name), "redis": redis}
         try:
             async with exclusive(redis, key=lock_key(settings.queue_name)) as held:  # another worker's run
                 assert held
-                assert await job.coroutine({"engine": engine, "redis": redis}) is None
+                assert await job.coroutine(ctx) is None
             async with exclusive(redis, key=lock_key("another-installation")):  # shares the Redis only
-                summary = await job.coroutine({"engine": engine, "redis": redis})
+                summary = await job.coroutine(ctx)
             async with engine.connect() as conn:
                 row = (await conn.execute(select(InvoicePosition.__table__)
                                           .where(InvoicePosition.__table__.c.invoice_id == invoice.id))).one()

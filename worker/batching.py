@@ -4,7 +4,7 @@ Each job hands its event to the `Batcher` and waits for its own result; whatever
 when a transaction ends goes into the next one. A job therefore still returns only once its
 event's outcome is committed, and a failed transaction fails each of its jobs, which retry on
 their own (arq's Retry). One event never fails the others: an event whose effect cannot be
-computed is set apart with its error (ledger.batch.PoisonInBatch), and a batch that fails for
+computed is set apart with its error (ledger.book.PoisonInBatch), and a batch that fails for
 any other reason but its deadline (the database refuses it, or an exception no check foresaw)
 is tried again event by event, so only the culprit fails (unless the database was unreachable:
 then every job of the batch retries). The culprit's job then goes the way
@@ -66,7 +66,7 @@ class Batcher:
         Raises what its transaction raised (to be retried), or what computing this event's
         effect raised (`CannotApply`: it can never apply).
         """
-        future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[EventResult] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
         if len(self._pending) >= self._max_batch:
             self._full.set()
@@ -104,7 +104,7 @@ class Batcher:
                 await self._write(batch)
         except TimeoutError as exc:
             for _, future in batch:
-                _settle(future, error=exc)
+                _settle(future, exc)
 
     async def _write(self, batch: list[Waiting]) -> None:
         while batch:
@@ -117,17 +117,17 @@ class Batcher:
                                                       deliverable=self._deliverable)
             except PoisonInBatch as poison:
                 _, future = batch.pop(poison.index)
-                _settle(future, error=poison.error)
+                _settle(future, poison.error)
                 continue
             except TimeoutError as exc:  # every job retries later
                 for _, future in batch:
-                    _settle(future, error=exc)
+                    _settle(future, exc)
                 return
             except Exception as exc:  # the database refused, or something no check foresaw
                 if len(batch) == 1 or is_connection_failure(exc):
                     # Alone, or the database is away: no event of the batch is the culprit.
                     for _, future in batch:
-                        _settle(future, error=exc)
+                        _settle(future, exc)
                     return
                 # Perhaps one event's data failed them all: each alone, so only it fails.
                 for waiting in batch:
@@ -142,14 +142,15 @@ class Batcher:
             if self._metrics:
                 self._metrics.batch(len(batch))
             for (_, future), result in zip(batch, results, strict=True):
-                _settle(future, result=result)
+                _settle(future, result)
             return
 
 
-def _settle(future: asyncio.Future, *, result=None, error: BaseException | None = None) -> None:
+def _settle(future: asyncio.Future[EventResult], outcome: EventResult | BaseException) -> None:
+    """Answer one job: its event's result, or the error it fails with."""
     if future.done():  # its job was cancelled; arq runs it again
         return
-    if error is not None:
-        future.set_exception(error)
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
     else:
-        future.set_result(result)
+        future.set_result(outcome)

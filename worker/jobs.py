@@ -1,15 +1,16 @@
 """The `apply_event` job: one queued VINR event applied to the ledger.
 
 The event is applied in one transaction: by default one it shares with the events other jobs
-are applying at the same moment (worker.batching, ledger.batch), else one of its own. arq runs a job more than once before it runs it zero times, and drops a job whose function
-raises anything but `Retry`. So this job never raises anything else: a poison event (one that
-can never apply) goes to the dead letters at once; any other failure (the database, a lock
-wait, a timeout, a bug) is retried with exponential backoff and jitter, and after the last try
-goes to the dead letters too, unless the database was unreachable (ledger.db's
-is_connection_failure: a restart, a dropped connection, a partition, PgBouncer without a server):
-that says nothing about the event, so it is retried for as long as it lasts, never
-dead-lettered. If even the dead letter cannot be written, the job is retried again, so an event
-is never dropped.
+are applying at the same moment (worker.batching), else one of its own (a batch of one for
+ledger.book.apply_events). arq runs a job more than once before it runs it zero times, and
+drops a job whose function raises anything but `Retry`. So this job never raises anything
+else: a poison event (one that can never apply) goes to the dead letters at once; any other
+failure (the database, a lock wait, a timeout, a bug) is retried with exponential backoff and
+jitter, and after the last try goes to the dead letters too, unless the database was
+unreachable (ledger.db's is_connection_failure: a restart, a dropped connection, a partition,
+PgBouncer without a server): that says nothing about the event, so it is retried for as long as
+it lasts, never dead-lettered. If even the dead letter cannot be written, the job is retried
+again, so an event is never dropped.
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ from arq import Retry
 from ledger.book import EventResult, PoisonInBatch, Received, apply_events
 from ledger.db import is_connection_failure
 from ledger.deadletters import bury, mark_replayed
-from ledger.outbox import EVERY_CHANNEL, NO_CHANNELS, stage_results
+from ledger.outbox import stage_results
 from ledger.posting import CannotApply
 from vinr.events import InvalidEvent, parse_event
 from vinr_recon.jobs import enqueue_notices
 from worker.defaults import TRIES
+from worker.state import WorkerState, state
 
 log = structlog.get_logger("worker.jobs")
 
@@ -55,7 +57,7 @@ class RetryPolicy:
         """Seconds to wait after failed try number `attempt` (1-based): capped exponential,
         with "equal jitter" so that events failing together do not retry together."""
         # The exponent is capped: a job retried through a long outage counts tries past 1,000.
-        ceiling = min(self.max_delay, self.base_delay * 2 ** min(attempt - 1, 32))
+        ceiling = min(self.max_delay, self.base_delay * 2.0 ** min(attempt - 1, 32))
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
@@ -75,13 +77,13 @@ async def apply_event(
     Raises only `arq.Retry`. `replay` (with the dead letter it comes from) lets an event that
     died be applied after all.
     """
-    policy: RetryPolicy = ctx["policy"]
-    attempt: int = ctx.get("job_try", 1)
-    metrics = ctx.get("metrics")  # worker.metrics.WorkerMetrics; none in a bare ctx
+    worker = state(ctx)
+    policy, metrics = worker.policy, worker.metrics
+    attempt: int = ctx.get("job_try", 1)  # arq's
     received = datetime.fromtimestamp(received_at, UTC)
     with structlog.contextvars.bound_contextvars(event_id=event_id, job_id=ctx.get("job_id"), invoice_id=None):
         try:
-            result = await _apply(ctx, body, headers, received, replay, dead_letter_id)
+            result = await _apply(worker, body, headers, received, replay, dead_letter_id)
         except POISON as exc:
             error = _describe(exc)
         except Exception as exc:  # transient, or a bug: retried, never dropped
@@ -100,30 +102,30 @@ async def apply_event(
                 metrics.finished(result.outcome)
             await queue_notices(ctx, result.notices)
             return result.outcome
-        outcome = await _dead_letter(ctx, event_id, event_type, body, headers, received, error, attempt, dead_letter_id)
+        outcome = await _dead_letter(worker, event_id, event_type, body, headers, received, error, attempt,
+                                     dead_letter_id)
         if metrics:
             metrics.finished(outcome)
         return outcome
 
 
-async def _apply(ctx, body, headers, received, replay, dead_letter_id) -> EventResult:
+async def _apply(worker: WorkerState, body: bytes, headers: dict[str, str], received: datetime, replay: bool,
+                 dead_letter_id: int | None) -> EventResult:
     event = parse_event(body)  # InvalidEvent is poison
     invoice = event.invoice() if event.is_invoice_event else None
     structlog.contextvars.bind_contextvars(invoice_id=invoice.id if invoice else None)  # this job's task only
     item = Received(event, invoice, body, headers, received)
-    batcher = ctx.get("batcher")
-    if batcher is not None and not replay:
+    if worker.batcher is not None and not replay:
         # Each batch has a deadline of its own (see RetryPolicy.attempt_timeout).
-        return await batcher.apply(item)
-    async with asyncio.timeout(ctx["policy"].attempt_timeout):
-        async with _write_lock(ctx), ctx["engine"].begin() as conn:
+        return await worker.batcher.apply(item)
+    async with asyncio.timeout(worker.policy.attempt_timeout):
+        async with _write_lock(worker), worker.engine.begin() as conn:
             try:
                 (result,) = await apply_events(conn, [item], replay=replay)
             except PoisonInBatch as poison:  # a batch of one: its own event's
                 raise poison.error from None
             (result,) = await stage_results(conn, [event], [result], source="webhook",
-                                            channels=ctx.get("channels", NO_CHANNELS),
-                                            deliverable=ctx.get("deliverable", EVERY_CHANNEL))
+                                            channels=worker.channels, deliverable=worker.deliverable)
             if dead_letter_id is not None:
                 await mark_replayed(conn, dead_letter_id)
     return result
@@ -135,16 +137,17 @@ async def queue_notices(ctx: dict[str, Any], notice_ids: tuple[int, ...]) -> Non
     if not notice_ids:
         return
     try:
-        await enqueue_notices(ctx["redis"], ctx["queue_name"], notice_ids)
+        await enqueue_notices(ctx["redis"], state(ctx).queue_name, notice_ids)  # arq's Redis
     except Exception as exc:
         log.warning("notices not queued, the sweep will", notices=list(notice_ids), error=_describe(exc))
 
 
-async def _dead_letter(ctx, event_id, event_type, body, headers, received, error, attempt, dead_letter_id) -> str:
-    policy: RetryPolicy = ctx["policy"]
+async def _dead_letter(worker: WorkerState, event_id: str, event_type: str, body: bytes, headers: dict[str, str],
+                       received: datetime, error: str, attempt: int, dead_letter_id: int | None) -> str:
+    policy = worker.policy
     try:
         async with asyncio.timeout(policy.attempt_timeout):
-            async with _write_lock(ctx), ctx["engine"].begin() as conn:
+            async with _write_lock(worker), worker.engine.begin() as conn:
                 buried = await bury(
                     conn, event_id=event_id, event_type=event_type, body=body, headers=headers, error=error,
                     attempts=attempt, received_at=received, replaces=dead_letter_id,
@@ -153,8 +156,8 @@ async def _dead_letter(ctx, event_id, event_type, body, headers, received, error
         # The database refuses even the dead letter: keep the job in the queue, whatever it takes.
         delay = policy.backoff(attempt)
         log.error("dead letter not written, will retry", attempt=attempt, error=error, dead_letter_error=repr(exc))
-        if ctx.get("metrics"):
-            ctx["metrics"].retried("dead_letter_unwritten")
+        if worker.metrics:
+            worker.metrics.retried("dead_letter_unwritten")
         raise Retry(defer=delay) from exc
     if buried is None:
         log.info("event applied meanwhile, not dead-lettered", outcome="duplicate", error=error)
@@ -170,10 +173,9 @@ def _describe(exc: BaseException, limit: int = 2000) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _write_lock(ctx: dict[str, Any]):
+def _write_lock(worker: WorkerState) -> contextlib.AbstractAsyncContextManager[object]:
     """SQLite has one writer at a time: queueing writers here beats them spinning on its lock."""
-    lock = ctx.get("write_lock")
-    return lock if lock is not None else contextlib.nullcontext()
+    return worker.write_lock if worker.write_lock is not None else contextlib.nullcontext()
 
 
 def _log_result(result: EventResult) -> None:

@@ -9,6 +9,7 @@ nightly run is off.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -17,6 +18,7 @@ from arq.cron import CronJob, cron
 from reconcile.service import reconcile_once
 from vinr_recon.jobs import cron_name
 from vinr_recon.settings import Settings
+from worker.state import state
 
 log = structlog.get_logger("worker.nightly")
 
@@ -24,10 +26,10 @@ log = structlog.get_logger("worker.nightly")
 RUN_TIMEOUT = 4 * 3600
 
 
-def nightly_reconciliation(settings: Settings):
-    async def reconcile_nightly(ctx: dict[str, Any]) -> dict | None:
-        """One reconciliation with the worker's engine and Redis; its report, or None if skipped."""
-        report = await reconcile_once(settings, engine=ctx["engine"], redis=ctx["redis"])
+def nightly_reconciliation(settings: Settings) -> Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]]:
+    async def reconcile_nightly(ctx: dict[str, Any]) -> dict[str, Any] | None:
+        """One reconciliation with the worker's engine and arq's Redis; its report, or None if skipped."""
+        report = await reconcile_once(settings, engine=state(ctx).engine, redis=ctx["redis"])
         if report is None:
             return None
         summary = report.as_dict()
@@ -46,5 +48,7 @@ def nightly_cron(settings: Settings) -> list[CronJob]:
     hour, minute = (int(part) for part in settings.reconcile_at.split(":"))
     # A run the previous version queued under the bare name finds no function and fails unrun;
     # this night's run is queued under the new name all the same.
-    return [cron(nightly_reconciliation(settings), name=cron_name(settings.queue_name, "reconcile_nightly"),
+    # arq's WorkerCoroutine wants *args and **kwargs, which it never passes a cron job.
+    job = nightly_reconciliation(settings)
+    return [cron(job, name=cron_name(settings.queue_name, "reconcile_nightly"),  # type: ignore[arg-type]
                  hour=hour, minute=minute, timeout=RUN_TIMEOUT)]

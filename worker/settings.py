@@ -1,7 +1,8 @@
 """arq's WorkerSettings, built from the one Settings object.
 
-The worker owns its database engine through arq's `ctx`: created (and the schema checked) in
-`on_startup`, disposed in `on_shutdown`; nothing connects at import time.
+The worker's resources are one typed `WorkerState` (worker.state) in arq's `ctx`: its database
+engine created (and the schema checked), its clients and group commit built in `on_startup`, all
+closed in `on_shutdown`; nothing connects at import time.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from worker.jobs import RetryPolicy, apply_event
 from worker.metrics import WorkerMetrics
 from worker.nightly import nightly_cron
 from worker.notices import NOTICE_RETRY, Notifier, notice_crons, notice_functions
+from worker.state import STATE, WorkerState
 
 log = structlog.get_logger("worker")
 
@@ -52,8 +54,8 @@ class MetricsPortTaken(ConfigurationError):
 class Worker(ArqWorker):
     """arq's worker, except:
 
-    - Its metrics (worker.metrics.WorkerMetrics, `metrics`; `registry` is theirs) are in arq's
-      `ctx["metrics"]` for the jobs to count on.
+    - Its metrics (worker.metrics.WorkerMetrics, `metrics`; `registry` is theirs) are handed to
+      `on_startup` in arq's `ctx["metrics"]`, which puts them in the WorkerState the jobs count on.
     - Jobs are read and written in the data-only format (vinr_recon.jobformat), never unpickled.
       A job in any other format is refused: never run nor tried again, logged, counted
       (`vinr_jobs_refused_total` in `registry`) and kept as it was found in the queue's refused
@@ -185,17 +187,18 @@ def worker_settings(
             raise
         log.info("worker started", queue=settings.queue_name, max_jobs=max_jobs, batch=batch,
                  database=engine.url.render_as_string(hide_password=True), schema=revision)
-        ctx["engine"] = engine
-        ctx["policy"] = policy
-        ctx["write_lock"] = asyncio.Lock() if is_sqlite(engine) else None
-        ctx["channels"], ctx["deliverable"] = channels, deliverable
-        ctx["queue_name"], ctx["notice_policy"] = settings.queue_name, notice_retry
-        metrics = ctx.setdefault("metrics", WorkerMetrics())  # arq's own Worker has none
+        # Our Worker's (in ctx from its __init__); arq's own Worker has none. worker.notices counts on ctx's.
+        metrics: WorkerMetrics = ctx.setdefault("metrics", WorkerMetrics())
+        worker = ctx[STATE] = WorkerState(
+            engine=engine, policy=policy, queue_name=settings.queue_name, metrics=metrics,
+            write_lock=asyncio.Lock() if is_sqlite(engine) else None, channels=channels, deliverable=deliverable,
+            notice_policy=notice_retry,
+        )
         if metrics_port:
             try:
-                ctx["metrics_server"] = metrics.serve(settings.host, metrics_port, tokens=settings.metrics_tokens,
+                worker.metrics_server = metrics.serve(settings.host, metrics_port, tokens=settings.metrics_tokens,
                                                       engine=engine)
-            except OSError as exc:  # the engine is in ctx: on_shutdown disposes of it
+            except OSError as exc:  # the state is in ctx: on_shutdown disposes of its engine
                 if metrics_port_chosen:
                     raise MetricsPortTaken(settings.host, metrics_port, exc) from None
                 log.warning("metrics not served: the default port is taken (give each worker on a host its own "
@@ -203,24 +206,29 @@ def worker_settings(
                             error=exc.strerror or str(exc))
             else:
                 log.info("metrics served", url=f"http://{settings.host}:{metrics_port}/metrics")
-        ctx["notifier"] = Notifier(settings)
-        ctx["batcher"] = (
+        worker.notifier = Notifier(settings)
+        worker.batcher = (
             # Half of max_jobs: one batch fills while the one before it commits.
             Batcher(engine, max_batch=max(1, max_jobs // 2), linger=BATCH_LINGER, timeout=policy.attempt_timeout,
-                    lock=ctx["write_lock"], notices=channels, deliverable=deliverable, metrics=metrics)
+                    lock=worker.write_lock, notices=channels, deliverable=deliverable, metrics=metrics)
             if batch else None
         )
+        ctx.update(_read_by_name(worker))
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
-        if ctx.get("metrics_server") is not None:
-            await asyncio.to_thread(ctx.pop("metrics_server").stop)
-        if ctx.get("batcher") is not None:
-            await ctx["batcher"].close()
-        if ctx.get("notifier") is not None:
-            await ctx.pop("notifier").aclose()
-        engine = ctx.pop("engine", None)
-        if engine is not None:
-            await engine.dispose()
+        worker = ctx.pop(STATE, None)
+        if not isinstance(worker, WorkerState):  # start-up failed before it had an engine
+            return
+        for name in _read_by_name(worker):
+            ctx.pop(name, None)
+        if worker.metrics_server is not None:
+            await asyncio.to_thread(worker.metrics_server.stop)
+            worker.metrics_server = None
+        if worker.batcher is not None:
+            await worker.batcher.close()
+        if worker.notifier is not None:
+            await worker.notifier.aclose()
+        await worker.engine.dispose()
 
     return dict(
         functions=functions or [func(apply_event, name=APPLY_EVENT), *notice_functions()],
@@ -242,7 +250,14 @@ def worker_settings(
     )
 
 
-async def check_schema(engine: AsyncEngine) -> str:
+def _read_by_name(worker: WorkerState) -> dict[str, Any]:
+    """The state's parts that worker.notices and worker.digest still read from `ctx` by name
+    (a compatibility read, until they read `state(ctx)`)."""
+    return {"engine": worker.engine, "notifier": worker.notifier, "notice_policy": worker.notice_policy,
+            "write_lock": worker.write_lock, "queue_name": worker.queue_name}
+
+
+async def check_schema(engine: AsyncEngine) -> str | None:
     """The database's schema revision; raises `SchemaNotMigrated` unless it is the head."""
     alembic_log = logging.getLogger("alembic")
     level = alembic_log.level
