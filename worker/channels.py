@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aiosmtplib
@@ -105,7 +106,7 @@ async def send_email(server: SmtpServer, message: EmailMessage) -> None:
         raise DeliveryError(f"SMTP server {server.host}:{server.port}: {type(exc).__name__}: {exc}") from None
 
 
-async def post_chat(http: httpx.AsyncClient, url: SecretStr, body: dict) -> None:
+async def post_chat(http: httpx.AsyncClient, url: SecretStr, body: dict[str, Any]) -> None:
     try:
         response = await http.post(url.get_secret_value(), json=body, timeout=TIMEOUT)
     except httpx.HTTPError as exc:
@@ -115,7 +116,7 @@ async def post_chat(http: httpx.AsyncClient, url: SecretStr, body: dict) -> None
         raise DeliveryError(f"chat webhook answered {response.status_code}")
 
 
-def signed_callback(payload: dict, secret: SecretStr, now: int) -> tuple[bytes, dict[str, str]]:
+def signed_callback(payload: dict[str, Any], secret: SecretStr, now: int) -> tuple[bytes, dict[str, str]]:
     """The callback's exact bytes and headers: signed as VINR signs its webhooks (contract
     section 1), with the idempotency key the app dedupes on in a header as well as the body."""
     body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the command line imports its modules when a command runs, not at start
+    from arq.connections import ArqRedis
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from vinr_recon.settings import Settings
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from worker.defaults import JOB_TIMEOUT, MAX_JOBS, TRIES
 
     worker = subparsers.add_parser("worker", help="run the arq worker that applies events to the ledger")
@@ -46,7 +55,7 @@ def register(subparsers) -> None:
 HEALTH_CHECK_INTERVAL = 10
 
 
-def run_worker(args: argparse.Namespace, settings) -> int:
+def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     if args.check:
         return asyncio.run(_check(settings))
     from vinr_recon.jobformat import JOB_FORMAT
@@ -78,15 +87,16 @@ def _port(text: str) -> int:
     return int(text)
 
 
-async def _check(settings) -> int:
+async def _check(settings: Settings) -> int:
     """arq's `--check` for this queue, through our Redis settings (REDIS_URL or the Sentinels)."""
     from arq.constants import health_check_key_suffix
+    from redis.asyncio import Redis
     from redis.exceptions import RedisError
 
     from vinr_recon.redis_connect import redis_for
 
     queue = settings.queue_name
-    redis = redis_for(settings, socket_connect_timeout=2, socket_timeout=2)
+    redis: Redis = redis_for(settings, socket_connect_timeout=2, socket_timeout=2)
     try:
         report = await redis.get(queue + health_check_key_suffix)
     except (RedisError, OSError) as exc:
@@ -101,26 +111,34 @@ async def _check(settings) -> int:
     return 0
 
 
-def run_replay(args: argparse.Namespace, settings) -> int:
+def run_replay(args: argparse.Namespace, settings: Settings) -> int:
     notice_ids = getattr(args, "notice_ids", None)
     if getattr(args, "notices", False) or notice_ids:
         return asyncio.run(_replay_notices(settings, notice_ids))
     return asyncio.run(_replay(settings, args.events))
 
 
-async def _replay_notices(settings, ids: list[int] | None) -> int:
+@contextlib.asynccontextmanager
+async def _ledger_and_queue(settings: Settings, *, writer: bool) -> AsyncIterator[tuple[AsyncEngine, ArqRedis]]:
+    """The ledger's engine and the queue's Redis, for one replay; both closed after it."""
     from ledger.db import create_engine
     from vinr_recon.jobformat import JOB_FORMAT
     from vinr_recon.redis_connect import queue_pool
-    from worker.notices import replay_notices
 
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url, writer=writer)
     redis = queue_pool(settings, JOB_FORMAT)
     try:
-        queued = await replay_notices(engine, redis, settings.queue_name, ids)
+        yield engine, redis
     finally:
         await redis.aclose()
         await engine.dispose()
+
+
+async def _replay_notices(settings: Settings, ids: list[int] | None) -> int:
+    from worker.notices import replay_notices
+
+    async with _ledger_and_queue(settings, writer=True) as (engine, redis):
+        queued = await replay_notices(engine, redis, settings.queue_name, ids)
     for notice, fresh in queued:
         state = "queued" if fresh else "already queued"
         print(f"{state} notice {notice.id} ({notice.kind} by {notice.channel}, invoice {notice.invoice_id or '-'}; "
@@ -135,22 +153,14 @@ async def _replay_notices(settings, ids: list[int] | None) -> int:
     return 0
 
 
-async def _replay(settings, events: list[str] | None) -> int:
-    from ledger.db import create_engine
+async def _replay(settings: Settings, events: list[str] | None) -> int:
     from ledger.deadletters import pending
-    from vinr_recon.jobformat import JOB_FORMAT
     from vinr_recon.jobs import queue_replays
-    from vinr_recon.redis_connect import queue_pool
 
-    engine = create_engine(settings.database_url, writer=False)
-    redis = queue_pool(settings, JOB_FORMAT)
-    try:
+    async with _ledger_and_queue(settings, writer=False) as (engine, redis):
         async with engine.connect() as conn:
             letters = await pending(conn, events)
         queued = await queue_replays(redis, settings.queue_name, letters)
-    finally:
-        await redis.aclose()
-        await engine.dispose()
     for letter, job_id, fresh in queued:
         state = "queued" if fresh else "already queued"
         print(f"{state} {job_id} ({letter.type}; died with: {letter.error})")

@@ -15,9 +15,10 @@ import asyncio
 import socket
 import socketserver
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -34,9 +35,6 @@ NOTICE_CHANNELS = ("email", "chat", "fulfilment")
 # sent; retried (a failed try, another follows); dead (the last try failed); undeliverable
 # (this worker's configuration cannot send it: nothing was tried).
 NOTICE_OUTCOMES = ("sent", "retried", "dead", "undeliverable")
-
-
-
 
 
 class WorkerMetrics:
@@ -122,7 +120,7 @@ class MetricsServer:
 
     def __init__(self, registry: CollectorRegistry, *, tokens: list[str],
                  before_scrape: Callable[[], None] = lambda: None) -> None:
-        self._metrics = make_wsgi_app(registry)
+        self._metrics: WSGIApplication = make_wsgi_app(registry)
         self._tokens = tokens
         self._before_scrape = before_scrape
         self._server: WSGIServer | None = None
@@ -147,7 +145,7 @@ class MetricsServer:
             self._server.server_close()
             self._server = None
 
-    def _app(self, environ: dict[str, Any], start_response: Callable) -> list[bytes]:
+    def _app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if self._tokens and not token_matches(_bearer(environ), self._tokens):
             start_response("401 Unauthorized", [("Content-Type", "application/json"),
                                                 ("WWW-Authenticate", "Bearer")])
@@ -160,7 +158,7 @@ class MetricsServer:
         return self._metrics(environ, start_response)
 
 
-def _bearer(environ: dict[str, Any]) -> str:
+def _bearer(environ: WSGIEnvironment) -> str:
     scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").strip().partition(" ")
     return token.strip() if scheme.lower() == "bearer" else ""
 
@@ -169,5 +167,3 @@ def _family(host: str, port: int) -> int:
     """IPv4 or IPv6, as `host` asks (`::` listens on IPv6)."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     return infos[0][0]
-
-
