@@ -10,6 +10,7 @@ import tracemalloc
 import httpx
 import pytest
 from arq.jobs import deserialize_job
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from redis.asyncio import Redis
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
@@ -230,6 +231,34 @@ def test_identify_accepts_and_refuses_exactly_what_parse_event_does(body):
         assert identify(body) == (expected.id, expected.type)
 
 
+def drift(envelope: type[BaseModel], event: type[BaseModel]) -> list[str]:
+    """How `envelope` reads a body otherwise than `event` does, `data`'s content aside (a JSON
+    object either way; its content is the worker's to check): [] when both read the same fields
+    by the same keys, with the same types, constraints, defaults, strictness and validators."""
+    found = []
+    if envelope.model_fields.keys() != event.model_fields.keys():
+        found.append(f"fields: {sorted(envelope.model_fields)} against {sorted(event.model_fields)}")
+    schemas = [model.model_json_schema(mode="validation") for model in (envelope, event)]
+    read = [{key: schema for key, schema in s["properties"].items() if key != "data"} for s in schemas]
+    if read[0] != read[1]:  # keyed by what is read from the body: an alias shows here
+        found.append(f"keys and their schemas: {read[0]} against {read[1]}")
+    if set(schemas[0]["required"]) != set(schemas[1]["required"]):
+        found.append(f"required: {schemas[0]['required']} against {schemas[1]['required']}")
+    if envelope.model_config.get("strict") != event.model_config.get("strict"):
+        found.append("strictness")
+
+    def validators(model: type[BaseModel]) -> set[tuple[tuple[str, ...], str]]:
+        """(fields, mode) of each field validator (but of `data` alone), ((), mode) of a model's."""
+        decorators = model.__pydantic_decorators__
+        of_fields = {(tuple(f for f in d.info.fields if f != "data"), d.info.mode)
+                     for d in decorators.field_validators.values()}
+        return {v for v in of_fields if v[0]} | {((), d.info.mode) for d in decorators.model_validators.values()}
+
+    if validators(envelope) != validators(event):
+        found.append(f"validators: {validators(envelope)} against {validators(event)}")
+    return found
+
+
 def test_the_receiver_checks_every_field_of_the_event_model():
     """identify() checks `Event`'s top-level fields through a lighter model of its own."""
     assert Envelope.model_fields.keys() == Event.model_fields.keys()
@@ -238,6 +267,28 @@ def test_the_receiver_checks_every_field_of_the_event_model():
             assert (field.annotation, field.default, field.metadata) == (
                 Event.model_fields[name].annotation, Event.model_fields[name].default, Event.model_fields[name].metadata,
             ), name
+    assert drift(Envelope, Event) == []
+
+
+class _AliasDrift(Event):
+    livemode: bool = Field(False, validation_alias="live")
+
+
+class _ValidatorDrift(Event):
+    @field_validator("type")
+    @classmethod
+    def _dotted(cls, value: str) -> str:
+        return value
+
+
+class _StrictDrift(Event):
+    model_config = ConfigDict(strict=True)
+
+
+@pytest.mark.parametrize("drifted", [_AliasDrift, _ValidatorDrift, _StrictDrift], ids=lambda m: m.__name__)
+def test_an_event_model_that_drifted_from_the_envelope_is_noticed(drifted):
+    """What the field-by-field comparison alone would miss: another key, a validator, strictness."""
+    assert drift(Envelope, drifted) != []
 
 
 async def test_a_declared_length_over_the_limit_is_refused_before_any_body_arrives(settings, redis):
