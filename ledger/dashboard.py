@@ -2,43 +2,62 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypedDict
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.book import trial_balance
 from ledger.customers import CustomerName, customers_named, names_for, with_customer_names
 from ledger.outbox import dead_count
-from ledger.tables import ACCOUNTS, account_name, dead_letters, findings, outbox, positions, received, runs
+from ledger.tables import ACCOUNTS, AnyRow, account_name, dead_letters, findings, outbox, positions, received, runs
 
 PAGE = 50
 FAILED_DAYS = 7
 STATUSES = ("draft", "open", "paid", "void", "uncollectible")
 
 
-async def money_by_currency(conn: AsyncConnection) -> list[dict]:
+class AccountBalance(TypedDict):
+    currency: str
+    account: str
+    name: str
+    debits: int
+    credits: int
+
+
+class CurrencyMoney(TypedDict):
+    currency: str
+    invoiced: int
+    collected: int
+    receivable: int
+    written_off: int
+    credit: int
+
+
+async def money_by_currency(conn: AsyncConnection) -> list[CurrencyMoney]:
     """Per currency, from the trial balance: invoiced, collected, still receivable, written off."""
     return money_from(await trial_balance(conn))
 
 
-def account_balances(balances: dict[tuple[str, str], tuple[int, int]]) -> list[dict]:
+def account_balances(balances: dict[tuple[str, str], tuple[int, int]]) -> list[AccountBalance]:
     """The trial balance for people: per currency, each account by its name in the chart's order,
     its debits, credits and net (debits - credits, which the page shows as Dr or Cr)."""
     order = {account: i for i, account in enumerate(ACCOUNTS)}
     return [
-        {"currency": currency, "account": account, "name": account_name(account), "debits": debits,
-         "credits": credits}
+        AccountBalance(currency=currency, account=account, name=account_name(account), debits=debits,
+                       credits=credits)
         for (account, currency), (debits, credits) in sorted(
             balances.items(), key=lambda item: (item[0][1], order.get(item[0][0], len(order)), item[0][0]))
     ]
 
 
-def money_from(balances: dict[tuple[str, str], tuple[int, int]]) -> list[dict]:
-    table: dict[str, dict[str, int]] = {}
+def money_from(balances: dict[tuple[str, str], tuple[int, int]]) -> list[CurrencyMoney]:
+    table: dict[str, CurrencyMoney] = {}
     for (account, currency), (debits, credits) in balances.items():
-        row = table.setdefault(currency, {"invoiced": 0, "collected": 0, "receivable": 0, "written_off": 0,
-                                          "credit": 0})
+        row = table.setdefault(currency, CurrencyMoney(currency=currency, invoiced=0, collected=0, receivable=0,
+                                                       written_off=0, credit=0))
         if account == "revenue":
             row["invoiced"] = credits - debits
         elif account == "vinr_clearing":
@@ -49,14 +68,15 @@ def money_from(balances: dict[tuple[str, str], tuple[int, int]]) -> list[dict]:
             row["written_off"] = debits - credits
         elif account == "customer_credit":
             row["credit"] = credits - debits
-    return [{"currency": currency, **row} for currency, row in sorted(table.items())]
+    return [table[currency] for currency in sorted(table)]
 
 
-async def failed_payments(conn: AsyncConnection, now: datetime, days: int = FAILED_DAYS, limit: int = 20):
+async def failed_payments(conn: AsyncConnection, now: datetime, days: int = FAILED_DAYS,
+                          limit: int = 20) -> tuple[int, Sequence[AnyRow]]:
     """`invoice.payment_failed` events received in the last `days`, newest first, and how many."""
     since = now - timedelta(days=days)
     where = and_(received.c.type == "invoice.payment_failed", received.c.received_at >= since)
-    count = await conn.scalar(select(func.count()).select_from(received).where(where))
+    count = (await conn.execute(select(func.count()).select_from(received).where(where))).scalar_one()
     rows = (await conn.execute(
         with_customer_names(
             select(received.c.event_id, received.c.invoice_id, received.c.received_at, received.c.created,
@@ -71,18 +91,19 @@ async def failed_payments(conn: AsyncConnection, now: datetime, days: int = FAIL
     return count, rows
 
 
-async def last_run(conn: AsyncConnection):
+async def last_run(conn: AsyncConnection) -> AnyRow | None:
     return (await conn.execute(select(runs).order_by(runs.c.id.desc()).limit(1))).first()
 
 
 async def waiting(conn: AsyncConnection) -> dict[str, int]:
-    letters_waiting = await conn.scalar(
-        select(func.count()).select_from(dead_letters).where(dead_letters.c.replayed_at.is_(None)))
+    letters_waiting = (await conn.execute(
+        select(func.count()).select_from(dead_letters).where(dead_letters.c.replayed_at.is_(None)))).scalar_one()
     return {"letters": letters_waiting, "notices": await dead_count(conn)}
 
 
-async def _invoice_filter(conn: AsyncConnection, q: str, status: str | None, narrowed=None):
-    where = [positions.c.status.is_not(None)] + ([narrowed] if narrowed is not None else [])
+async def _invoice_filter(conn: AsyncConnection, q: str, status: str | None,
+                          narrowed: ColumnElement[bool] | None = None) -> ColumnElement[bool]:
+    where: list[ColumnElement[bool]] = [positions.c.status.is_not(None)] + ([narrowed] if narrowed is not None else [])
     if q:
         # A customer's name or email is looked up first, so the list is by the customer index.
         named = await customers_named(conn, q)
@@ -94,7 +115,7 @@ async def _invoice_filter(conn: AsyncConnection, q: str, status: str | None, nar
 
 
 async def invoices(conn: AsyncConnection, q: str, status: str | None, page: int, per_page: int = PAGE,
-                   narrowed=None):
+                   narrowed: ColumnElement[bool] | None = None) -> tuple[Sequence[AnyRow], bool]:
     """One page of invoices, newest first (VINR's `created`), and whether another follows.
 
     Limit/offset over (status, created, invoice_id) and (created, invoice_id); a search matches an
@@ -116,10 +137,11 @@ async def invoices(conn: AsyncConnection, q: str, status: str | None, page: int,
     return rows[:per_page], len(rows) > per_page
 
 
-async def invoice_count(conn: AsyncConnection, q: str, status: str | None, narrowed=None) -> int:
+async def invoice_count(conn: AsyncConnection, q: str, status: str | None,
+                        narrowed: ColumnElement[bool] | None = None) -> int:
     """`narrowed`: a further clause (an aging cell, ledger.aging.invoice_filter)."""
-    return await conn.scalar(select(func.count()).select_from(positions)
-                             .where(await _invoice_filter(conn, q, status, narrowed)))
+    return (await conn.execute(select(func.count()).select_from(positions)
+                               .where(await _invoice_filter(conn, q, status, narrowed)))).scalar_one()
 
 
 async def customer_name(conn: AsyncConnection, customer_id: str | None) -> CustomerName | None:
@@ -127,7 +149,7 @@ async def customer_name(conn: AsyncConnection, customer_id: str | None) -> Custo
     return (await names_for(conn, [customer_id])).get(customer_id) if customer_id else None
 
 
-async def invoice_notices(conn: AsyncConnection, invoice_id: str) -> list:
+async def invoice_notices(conn: AsyncConnection, invoice_id: str) -> Sequence[AnyRow]:
     """The alerts and callbacks staged for the invoice (never their payload or last error)."""
     return (await conn.execute(
         select(outbox.c.id, outbox.c.channel, outbox.c.kind, outbox.c.status, outbox.c.attempts,
@@ -136,7 +158,7 @@ async def invoice_notices(conn: AsyncConnection, invoice_id: str) -> list:
     )).all()
 
 
-async def invoice_findings(conn: AsyncConnection, invoice_id: str) -> list:
+async def invoice_findings(conn: AsyncConnection, invoice_id: str) -> Sequence[AnyRow]:
     return (await conn.execute(
         select(findings, runs.c.started_at)
         .join(runs, runs.c.id == findings.c.run_id)
@@ -144,7 +166,7 @@ async def invoice_findings(conn: AsyncConnection, invoice_id: str) -> list:
     )).all()
 
 
-async def run_list(conn: AsyncConnection, before: int | None, limit: int = PAGE) -> tuple[list, bool]:
+async def run_list(conn: AsyncConnection, before: int | None, limit: int = PAGE) -> tuple[Sequence[AnyRow], bool]:
     query = select(runs).order_by(runs.c.id.desc()).limit(limit + 1)
     if before is not None:
         query = query.where(runs.c.id < before)
@@ -152,11 +174,13 @@ async def run_list(conn: AsyncConnection, before: int | None, limit: int = PAGE)
     return rows[:limit], len(rows) > limit
 
 
-async def run_with_findings(conn: AsyncConnection, run_id: int, limit: int = 500):
+async def run_with_findings(conn: AsyncConnection, run_id: int,
+                            limit: int = 500) -> tuple[AnyRow | None, Sequence[AnyRow], int]:
     run = (await conn.execute(select(runs).where(runs.c.id == run_id))).first()
     if run is None:
         return None, [], 0
-    count = await conn.scalar(select(func.count()).select_from(findings).where(findings.c.run_id == run_id))
+    count = (await conn.execute(
+        select(func.count()).select_from(findings).where(findings.c.run_id == run_id))).scalar_one()
     rows = (await conn.execute(
         select(findings, positions.c.currency).join(positions, positions.c.invoice_id == findings.c.invoice_id,
                                                     isouter=True)
@@ -164,7 +188,8 @@ async def run_with_findings(conn: AsyncConnection, run_id: int, limit: int = 500
     return run, rows, count
 
 
-async def dead_letter_list(conn: AsyncConnection, limit: int = 100):
+async def dead_letter_list(conn: AsyncConnection,
+                           limit: int = 100) -> tuple[Sequence[AnyRow], list[dict[str, Any]]]:
     """Letters waiting (oldest first) and the last ones replayed; never their body or headers."""
     letter = dead_letters.c
     columns = (letter.id, letter.event_id, letter.type, letter.error, letter.attempts, letter.dead_at,
