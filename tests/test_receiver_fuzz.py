@@ -32,6 +32,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -111,9 +113,9 @@ class Receiver:
         self.log.close()
 
 
-@pytest.fixture(scope="module")
-def receiver(tmp_path_factory):
-    process = Receiver(tmp_path_factory.mktemp("fuzz"))
+@contextmanager
+def running(process: Receiver) -> Iterator[Receiver]:
+    """`process` for the block; then stopped, and its queue and the queue's jobs and results deleted."""
     redis = Redis.from_url(REDIS_URL)
     try:
         yield process
@@ -122,6 +124,12 @@ def receiver(tmp_path_factory):
         ids = [member.decode() for member in redis.zrange(process.queue, 0, -1)]
         redis.delete(process.queue, *(k for i in ids for k in (job_key(i), result_key(i))))
         redis.close()
+
+
+@pytest.fixture(scope="module")
+def receiver(tmp_path_factory):
+    with running(Receiver(tmp_path_factory.mktemp("fuzz"))) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
@@ -469,16 +477,9 @@ DEADLINE = 2.0  # RECEIVER_HEADER_TIMEOUT and RECEIVER_BODY_TIMEOUT of `slow_rec
 @pytest.fixture(scope="module")
 def slow_receiver(tmp_path_factory):
     """A receiver of its own whose head and body deadlines are short enough to wait for."""
-    process = Receiver(tmp_path_factory.mktemp("fuzz-slow"), RECEIVER_HEADER_TIMEOUT=str(DEADLINE),
-                       RECEIVER_BODY_TIMEOUT=str(DEADLINE))
-    redis = Redis.from_url(REDIS_URL)
-    try:
+    with running(Receiver(tmp_path_factory.mktemp("fuzz-slow"), RECEIVER_HEADER_TIMEOUT=str(DEADLINE),
+                          RECEIVER_BODY_TIMEOUT=str(DEADLINE))) as process:
         yield process
-    finally:
-        process.stop()
-        ids = [member.decode() for member in redis.zrange(process.queue, 0, -1)]
-        redis.delete(process.queue, *(k for i in ids for k in (job_key(i), result_key(i))))
-        redis.close()
 
 
 def raw_delivery(body: bytes, *headers: tuple[str, str]) -> tuple[bytes, int]:
