@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the command line imports its modules when a command runs, not at start
@@ -144,13 +144,8 @@ async def _replay_notices(settings: Settings, ids: list[int] | None) -> int:
         print(f"{state} notice {notice.id} ({notice.kind} by {notice.channel}, invoice {notice.invoice_id or '-'}; "
               f"died after {notice.attempts} tries with: {notice.last_error})")
     missing = sorted(set(ids or ()) - {notice.id for notice, _ in queued})
-    if missing:
-        print(f"vinr-recon replay: no dead notice {', '.join(map(str, missing))} (unknown, never dead, or sent "
-              "since)", file=sys.stderr)
-        return 1
-    if not queued:
-        print("no dead notices")
-    return 0
+    return _answer(missing, "no dead notice", "unknown, never dead, or sent since", queued=bool(queued),
+                   nothing="no dead notices")
 
 
 async def _replay(settings: Settings, events: list[str] | None) -> int:
@@ -165,11 +160,16 @@ async def _replay(settings: Settings, events: list[str] | None) -> int:
         state = "queued" if fresh else "already queued"
         print(f"{state} {job_id} ({letter.type}; died with: {letter.error})")
     missing = sorted(set(events or ()) - {letter.event_id for letter, _, _ in queued})
+    return _answer(missing, "no dead letter waiting to be replayed for", "unknown event, never dead, or replayed "
+                   "already", queued=bool(queued), nothing="no dead letters pending")
+
+
+def _answer(missing: Sequence[object], none_for: str, why: str, *, queued: bool, nothing: str) -> int:
+    """A replay's exit code: 1 when some of what was asked for is not there to replay, said in one
+    line on stderr that a script can read; else 0, saying so when there was nothing to queue."""
     if missing:
-        # One line a script can read: what was asked for and is not there to replay.
-        print(f"vinr-recon replay: no dead letter waiting to be replayed for {', '.join(missing)} "
-              "(unknown event, never dead, or replayed already)", file=sys.stderr)
+        print(f"vinr-recon replay: {none_for} {', '.join(map(str, missing))} ({why})", file=sys.stderr)
         return 1
     if not queued:
-        print("no dead letters pending")
+        print(nothing)
     return 0
