@@ -20,7 +20,6 @@ events (which may never have reached a replica: that caller got a 503).
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import hashlib
 from dataclasses import dataclass
 
@@ -29,7 +28,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from vinr_recon.jobformat import dumps
-from vinr_recon.jobs import APPLY_EVENT, event_job_id, job_key, result_key
+from vinr_recon.jobs import APPLY_EVENT, event_job_id, flushed, flusher, job_key, result_key
 
 # KEYS: the queue, then each job's job key and result key. ARGV: each job's id, bytes, score.
 # For each job, in order: 0 if its job or its result exists, else store it with no expiry (an
@@ -125,15 +124,12 @@ class Enqueuer:
             return _outcome(result)
         future = loop.create_future()
         self._pending.append((job, future, loop.time()))
-        if self._flusher is None:
-            # A fresh context: the flusher serves many requests and must not log as the first.
-            self._flusher = asyncio.create_task(self._drain(), context=contextvars.Context())
+        self._flusher = flusher(self._flusher, self._drain)
         return await future
 
     async def close(self) -> None:
         """Let the batch in flight finish (its callers are still waiting for their answer)."""
-        if self._flusher is not None:
-            await asyncio.wait([self._flusher])
+        await flushed(self._flusher)
 
     async def _drain(self) -> None:
         try:

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.book import EventResult, PoisonInBatch, Received, apply_events
 from ledger.db import is_connection_failure
 from ledger.outbox import EVERY_CHANNEL, NO_CHANNELS, Channels, stage_results
+from vinr_recon.jobs import flushed, flusher
 from worker.metrics import WorkerMetrics
 
 Waiting = tuple[Received, asyncio.Future[EventResult]]
@@ -70,15 +70,12 @@ class Batcher:
         self._pending.append((item, future))
         if len(self._pending) >= self._max_batch:
             self._full.set()
-        if self._flusher is None:
-            # A fresh context: the flusher serves many jobs and must not log as the first.
-            self._flusher = asyncio.create_task(self._drain(), context=contextvars.Context())
+        self._flusher = flusher(self._flusher, self._drain)
         return await future
 
     async def close(self) -> None:
         """Let the batch in flight finish (its jobs may still be waiting for their answer)."""
-        if self._flusher is not None:
-            await asyncio.wait([self._flusher])
+        await flushed(self._flusher)
 
     async def _drain(self) -> None:
         """Write what is waiting, batch after batch, until nothing is."""
