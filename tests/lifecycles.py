@@ -2,7 +2,7 @@
 
 `snapshot` follows contract section 3 (amountDue by status); `lifecycles` is a hypothesis
 strategy that simulates one invoice from draft to its end and yields the events VINR would
-send; `enqueue` puts jobs on an arq queue in the receiver's exact format, and `drain` runs the
+send (`open_invoice` makes one in the sandbox); `enqueue` puts jobs on an arq queue in the receiver's exact format, and `drain` runs the
 worker until that queue is empty (`run_burst` with settings of one's own); `booked` reads what
 the ledger recorded of each event.
 """
@@ -106,6 +106,18 @@ def lifecycles(draw, invoice_id: str) -> list[Event]:
 
 def _events(invoice_id: str, states: list[tuple[str, dict]]) -> list[Event]:
     return [Event(f"evt_{invoice_id}_{i}", kind, invoice, T0 + i * 60) for i, (kind, invoice) in enumerate(states)]
+
+
+def open_invoice(state, customer: str, *amounts: int, currency: str = "EUR", metadata: dict | None = None,
+                 description: str = "work") -> str:
+    """An invoice made and finalized in the sandbox's `state` (sent, due in 14 days), a line of
+    each amount; its id."""
+    inv = state.create_invoice(customer=customer, currency=currency, collection_method="send_invoice",
+                               days_until_due=14, metadata=metadata or {})
+    for amount in amounts:
+        state.add_line(inv.id, description=description, quantity=1, unit_amount=amount)
+    state.finalize(inv.id)
+    return inv.id
 
 
 async def enqueue(redis, queue_name: str, events, *, job_id=lambda event: event.id) -> None:

@@ -23,7 +23,7 @@ from starlette.routing import Route
 from conftest import WEBHOOK_SECRET
 from ledger.book import trial_balance
 from ledger.tables import InvoicePosition
-from lifecycles import drain
+from lifecycles import drain, open_invoice
 from receiver.app import create_app as create_receiver
 from receiver_support import forget_queue, served
 from vinr.client import RetryPolicy, VinrClient
@@ -81,12 +81,7 @@ class Deployment:
         await drain(self.settings)
 
     def new_open(self, amount: int) -> str:
-        state = self.state
-        inv = state.create_invoice(customer=self.customer, currency="EUR", collection_method="send_invoice",
-                                   days_until_due=14, metadata={"accountManager": "am@merchant.example"})
-        state.add_line(inv.id, description="work", quantity=1, unit_amount=amount)
-        state.finalize(inv.id)
-        return inv.id
+        return open_invoice(self.state, self.customer, amount, metadata={"accountManager": "am@merchant.example"})
 
     async def position(self, invoice_id: str):
         async with self.engine.connect() as conn:

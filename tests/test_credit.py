@@ -14,6 +14,7 @@ from sqlalchemy import insert, select, update
 from ledger.audit import outdated, promises
 from ledger.book import trial_balance
 from ledger.tables import InvoicePosition, JournalEntry, Posting
+from lifecycles import open_invoice
 from reconcile.run import Reconciler
 from reconcile_support import deployment, ledger_equals_vinr
 from vinr.sandbox.config import SandboxConfig
@@ -45,12 +46,7 @@ def section_6(state, hosted_base: str) -> dict[tuple[str, str], int]:
 
 
 def invoice(state, customer: str, *amounts: int, currency: str = "EUR") -> str:
-    inv = state.create_invoice(customer=customer, currency=currency, collection_method="send_invoice",
-                               days_until_due=14, metadata={})
-    for amount in amounts:
-        state.add_line(inv.id, description="line", quantity=1, unit_amount=amount)
-    state.finalize(inv.id)
-    return inv.id
+    return open_invoice(state, customer, *amounts, currency=currency, description="line")
 
 
 async def test_credit_rolls_into_the_next_invoices_and_a_void_gives_back_what_it_took(ledger_settings,

@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from ledger.book import apply_event, apply_snapshot, trial_balance
 from ledger.tables import Finding, InvoicePosition, JournalEntry, ReceivedEvent, ReconciliationRun
+from lifecycles import open_invoice
 from reconcile.run import Reconciler
 from reconcile.service import reconcile_once
 from tests.conftest import REDIS_URL
@@ -140,11 +141,7 @@ async def test_each_drift_category_is_found_with_its_values_and_corrected(ledger
         customer = state.create_customer(email="a@b.example", name="B", metadata={}).id
 
         def new_open(amount):
-            inv = state.create_invoice(customer=customer, currency="EUR", collection_method="send_invoice",
-                                       days_until_due=14, metadata={})
-            state.add_line(inv.id, description="x", quantity=1, unit_amount=amount)
-            state.finalize(inv.id)
-            return inv.id
+            return open_invoice(state, customer, amount, description="x")
 
         missing, stale, partial, currency = (new_open(a) for a in (1000, 2000, 3000, 4000))
         async with ledger_engine.begin() as conn:
@@ -267,11 +264,7 @@ async def test_the_next_run_sweeps_from_the_last_one_less_a_day_and_refetches_ol
         customer = state.create_customer(email="a@b.example", name="B", metadata={}).id
 
         def invoice(amount: int) -> str:
-            inv = state.create_invoice(customer=customer, currency="EUR", collection_method="send_invoice",
-                                       days_until_due=14, metadata={})
-            state.add_line(inv.id, description="work", quantity=1, unit_amount=amount)
-            state.finalize(inv.id)
-            return inv.id
+            return open_invoice(state, customer, amount)
 
         old_open = invoice(5000)
         for n in range(5):
@@ -307,11 +300,7 @@ async def test_a_dry_run_reports_what_the_real_run_then_corrects_and_changes_not
         customer = state.create_customer(email="a@b.example", name="B", metadata={}).id
 
         def invoice(amount: int) -> str:
-            inv = state.create_invoice(customer=customer, currency="EUR", collection_method="send_invoice",
-                                       days_until_due=14, metadata={})
-            state.add_line(inv.id, description="work", quantity=1, unit_amount=amount)
-            state.finalize(inv.id)
-            return inv.id
+            return open_invoice(state, customer, amount)
 
         drifted, lost_webhook = invoice(5000), invoice(6000)
         assert (await Reconciler(ledger_engine, client).run()).matches  # the ledger holds both as open
