@@ -25,6 +25,8 @@ from starlette.applications import Starlette
 from conftest import WEBHOOK_SECRET, LogCapture as LogCapture, forget_queue as forget_queue, unique
 from port_support import free_port as free_port
 from receiver.app import create_app
+from receiver.webhooks import identify
+from vinr.events import InvalidEvent, parse_event
 from vinr.signature import sign
 from vinr_recon.settings import Settings
 
@@ -124,6 +126,19 @@ def private_redis():
     server.start()
     yield server
     server.stop()
+
+
+def assert_identify_agrees_with_parse_event(body: bytes) -> None:
+    """The receiver's fast path (identify) refuses exactly what parse_event does, in its words,
+    and reads the same id and type from the rest."""
+    try:
+        expected = parse_event(body)
+    except InvalidEvent as exc:
+        with pytest.raises(InvalidEvent) as caught:
+            identify(body)
+        assert str(caught.value) == str(exc)
+    else:
+        assert identify(body) == (expected.id, expected.type)
 
 
 def assert_no_secret_in(text: str) -> None:
