@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -343,7 +343,7 @@ class VinrClient:
 
     async def iter_invoices(
         self, created_gte: int | datetime | None = None, status: str | None = None, limit: int = MAX_PAGE_SIZE
-    ) -> AsyncIterator[Invoice]:
+    ) -> AsyncGenerator[Invoice, None]:
         """Every invoice matching the filters, oldest first, fetching a page only when it is needed."""
         params = {"created[gte]": _unix(created_gte), "status": status}
         async for item in self._paginate("/invoices", params, limit):
@@ -351,7 +351,7 @@ class VinrClient:
 
     async def iter_invoice_answers(
         self, created_gte: int | datetime | None = None, status: str | None = None, limit: int = MAX_PAGE_SIZE
-    ) -> AsyncIterator[Invoice | Unreadable]:
+    ) -> AsyncGenerator[Invoice | Unreadable, None]:
         """As `iter_invoices`, but an item that breaks the contract comes as `Unreadable` instead of
         ending the list: one malformed invoice must not stop every run at the same page."""
         params = {"created[gte]": _unix(created_gte), "status": status}
@@ -364,7 +364,7 @@ class VinrClient:
 
     async def iter_events(
         self, created_gte: int | datetime | None = None, type: str | None = None, limit: int = MAX_PAGE_SIZE
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """Every event matching the filters (VINR keeps 30 days), oldest first, as received.
 
         Raw dicts, each with a string `id`: the caller stores what VINR sent and parses it with
@@ -376,7 +376,7 @@ class VinrClient:
 
     async def _paginate(
         self, path: str, filters: dict[str, Any], limit: int
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """The raw items of a list, one page in memory at a time, following `starting_after`."""
         if not 1 <= limit <= MAX_PAGE_SIZE:
             raise ValueError(f"limit must be between 1 and {MAX_PAGE_SIZE}")

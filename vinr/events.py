@@ -47,9 +47,14 @@ INVOICE_EVENT_TYPES = frozenset(
 )
 
 
+def _keys(name: str, *older: str) -> tuple[str, ...]:
+    """The keys a field is read by: the camelCase name, its snake_case twin, and any older names."""
+    return (to_camel(name), name, *older)
+
+
 def _aliases(name: str, *older: str) -> AliasChoices:
     """Accept the camelCase name, its snake_case twin, and any older names."""
-    return AliasChoices(to_camel(name), name, *older)
+    return AliasChoices(*_keys(name, *older))
 
 
 # VINR's ids and event types are short; the ledger's columns hold 100 characters, so a longer
@@ -226,13 +231,12 @@ def describe_errors(exc: ValidationError, root: str = "body") -> str:
 # acknowledging an event no worker can apply. Each is named by the keys the invoice is read by,
 # first match first, as `Invoice`'s aliases read it.
 
-INVOICE_TEXT = {"id": ("id",), "customer": ("customer",), "number": ("number",)}
-INVOICE_TIMES = {name: _aliases(name).choices for name in ("created", "finalized_at", "paid_at", "voided_at",
-                                                           "due_date")}
+INVOICE_TEXT: dict[str, tuple[str, ...]] = {"id": ("id",), "customer": ("customer",), "number": ("number",)}
+INVOICE_TIMES = {name: _keys(name) for name in ("created", "finalized_at", "paid_at", "voided_at", "due_date")}
 INVOICE_AMOUNTS = {
-    "subtotal": ("subtotal",), "total": ("total",), "amount_paid": _aliases("amount_paid").choices,
-    "amount_due": _aliases("amount_due", "amountRemaining", "amount_remaining").choices,
-    "applied_balance": _aliases("applied_balance").choices,
+    "subtotal": ("subtotal",), "total": ("total",), "amount_paid": _keys("amount_paid"),
+    "amount_due": _keys("amount_due", "amountRemaining", "amount_remaining"),
+    "applied_balance": _keys("applied_balance"),
 }
 INVOICE_KEYS = tuple(dict.fromkeys(key for keys in (*INVOICE_TEXT.values(), *INVOICE_TIMES.values(),
                                                     *INVOICE_AMOUNTS.values()) for key in keys))
