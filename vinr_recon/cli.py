@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable
 
 from vinr_recon.logging import configure_logging
-from vinr_recon.settings import ConfigurationError, load_settings
+from vinr_recon.settings import ConfigurationError, Settings, load_settings
 
 # Modules with `register(subparsers)`; each adds parsers whose default `run(args, settings)`
 # returns the exit status.
+Command = Callable[[argparse.Namespace, Settings], int]
 COMMAND_MODULES: tuple[str, ...] = (
     "reconcile.commands",
     "receiver.commands",
@@ -63,7 +65,7 @@ def environment_epilog(command: str) -> str | None:
             "files in SECRETS_DIR)")
 
 
-def _add_epilogs(subparsers) -> None:
+def _add_epilogs(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Each command's help (and its actions', e.g. `db check`) ends with what it reads."""
     for command, parser in subparsers.choices.items():
         epilog = environment_epilog(command)
@@ -107,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level)
     try:
-        return args.run(args, settings)
+        run: Command = args.run
+        return run(args, settings)
     except ConfigurationError as exc:
         print(f"vinr-recon {args.command}: {exc}", file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from arq.constants import in_progress_key_prefix
+from redis.asyncio import Redis
 
 from vinr_recon.jobformat import NotDataJob, dumps, is_data_job
 from vinr_recon.jobs import job_key, refused_key, result_key
@@ -104,7 +105,7 @@ class Conversion:
     held: list[str] = field(default_factory=list)  # in a worker's hands at the last pass: run again later
 
 
-async def convert_queue(redis, queue_name: str) -> Conversion:
+async def convert_queue(redis: Redis, queue_name: str) -> Conversion:
     """Convert the pickled jobs of `queue_name` (a redis.asyncio client) as the module says."""
     done = Conversion()
     for attempt in range(PASSES):
@@ -116,7 +117,7 @@ async def convert_queue(redis, queue_name: str) -> Conversion:
     return done
 
 
-async def _pass(redis, queue_name: str, done: Conversion) -> bool:
+async def _pass(redis: Redis, queue_name: str, done: Conversion) -> list[str]:
     """One pass over the queue, then the refused hash; the pickled jobs a worker held."""
     held: list[str] = []
     seen = {job_id for job_id, _ in done.refused}
@@ -131,7 +132,7 @@ async def _pass(redis, queue_name: str, done: Conversion) -> bool:
             done.refused.append((job_id, str(exc)))
             seen.add(job_id)
             continue
-        outcome = await redis.eval(REWRITE_SCRIPT, 2, job_key(job_id), in_progress_key_prefix + job_id, raw, new)
+        outcome = await _eval(redis, REWRITE_SCRIPT, [job_key(job_id), in_progress_key_prefix + job_id], [raw, new])
         if outcome == 1:
             done.converted.append(job_id)
         elif outcome == -1:
@@ -146,10 +147,16 @@ async def _pass(redis, queue_name: str, done: Conversion) -> bool:
         except NotDataJob as exc:
             done.refused.append((job_id, str(exc)))
             continue
-        outcome = await redis.eval(REQUEUE_SCRIPT, 4, refused, job_key(job_id), result_key(job_id), queue_name,
-                                   job_id, raw, dumps(data), int(data["et"]))
+        outcome = await _eval(redis, REQUEUE_SCRIPT, [refused, job_key(job_id), result_key(job_id), queue_name],
+                              [job_id, raw, dumps(data), int(data["et"])])
         if outcome == 1:
             done.requeued.append(job_id)
         elif outcome == 0:
             done.dropped.append(job_id)
     return held
+
+
+async def _eval(redis: Redis, script: str, keys: list[str], args: list[str | bytes | int]) -> object:
+    """EVAL `script` with `keys` and `args`: what it returns."""
+    # redis-py annotates EVAL's keys and arguments as text only, and its answer as not always awaitable.
+    return await redis.eval(script, len(keys), *keys, *args)  # type: ignore[arg-type, misc]

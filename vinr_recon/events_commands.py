@@ -11,9 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vinr_recon.settings import ConfigurationError, Settings, require
+
+if TYPE_CHECKING:
+    import httpx
 
 WEBHOOK_PATH = "/webhooks/vinr"
 DEFAULT_TARGET = "http://127.0.0.1:8000" + WEBHOOK_PATH
@@ -22,7 +25,7 @@ DEFAULT_TARGET = "http://127.0.0.1:8000" + WEBHOOK_PATH
 LISTING_ONLY = ("deliveryAttempts",)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     events = subparsers.add_parser("events", help="VINR's events: deliver one again to the receiver",
                                    description="Work with the events VINR's Events API keeps (30 days).")
     commands = events.add_subparsers(dest="events_command", metavar="COMMAND", required=True)
@@ -56,7 +59,7 @@ def delivery_body(event: dict[str, Any]) -> bytes:
     return json.dumps(kept, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _refused_reason(response: Any) -> str | None:
+def _refused_reason(response: httpx.Response) -> str | None:
     """What a refusing receiver said (`{"error": "..."}`), short; None for a 2xx."""
     if response.is_success:
         return None

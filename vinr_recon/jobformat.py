@@ -32,9 +32,12 @@ def kind_of(raw: bytes) -> str:
 def dumps(data: dict[str, Any]) -> bytes:
     """A job (or result) as msgpack. A job's arguments must be data already (TypeError if not);
     a result's value that is not (an exception, a datetime) is kept as its text."""
+    packed: bytes  # msgpack ships no types
     if "s" in data and "r" in data:  # arq's result: success and result beside the job's fields
-        return msgpack.packb(data, use_bin_type=True, datetime=False, default=_as_text)
-    return msgpack.packb(data, use_bin_type=True, datetime=False)
+        packed = msgpack.packb(data, use_bin_type=True, datetime=False, default=_as_text)
+    else:
+        packed = msgpack.packb(data, use_bin_type=True, datetime=False)
+    return packed
 
 
 def loads(raw: bytes) -> dict[str, Any]:
@@ -60,8 +63,8 @@ def is_data_job(raw: bytes) -> bool:
 def _as_text(value: object) -> str:
     if isinstance(value, BaseException):
         return f"{type(value).__name__}: {value}"
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
+    if hasattr(value, "isoformat"):  # a datetime, a date, a time
+        return str(value.isoformat())
     return repr(value)
 
 

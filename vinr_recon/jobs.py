@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from arq.connections import ArqRedis
+from redis.asyncio import Redis
 
 from vinr_recon.jobformat import JOB_FORMAT
 
@@ -67,7 +68,7 @@ def cron_name(queue_name: str, name: str) -> str:
     return f"{name}:{queue_name}"
 
 
-def queue_redis(redis) -> ArqRedis:
+def queue_redis(redis: Redis) -> ArqRedis:
     """An arq client on `redis`'s connection pool that writes and reads jobs in the data-only format."""
     if isinstance(redis, ArqRedis) and redis.job_serializer is JOB_FORMAT["job_serializer"]:
         return redis
@@ -85,11 +86,11 @@ def notice_job_id(queue_name: str, notice_id: int) -> str:
     return _job_id("notice", queue_name, notice_id)
 
 
-async def enqueue_notices(redis, queue_name: str, notice_ids) -> None:
+async def enqueue_notices(redis: Redis, queue_name: str, notice_ids: Iterable[int]) -> None:
     """Queue a delivery job for each staged notice (`redis`: any client of the queue's Redis)."""
-    redis = queue_redis(redis)
+    queue = queue_redis(redis)
     for notice_id in dict.fromkeys(notice_ids):
-        await redis.enqueue_job(DELIVER_NOTICE, notice_id, _job_id=notice_job_id(queue_name, notice_id),
+        await queue.enqueue_job(DELIVER_NOTICE, notice_id, _job_id=notice_job_id(queue_name, notice_id),
                                 _queue_name=queue_name)
 
 
@@ -98,15 +99,16 @@ async def enqueue_notices(redis, queue_name: str, notice_ids) -> None:
 REPLAY_EXPIRES = timedelta(days=30)
 
 
-async def queue_replays(redis, queue_name: str, letters: list[Letter]) -> list[tuple[Letter, str, bool]]:
+async def queue_replays(redis: Redis, queue_name: str, letters: list[Letter]) -> list[tuple[Letter, str, bool]]:
     """Queue each letter as an `apply_event` job with replay=True and a fresh job id.
 
     Returns (letter, job id, queued); queued is False when that job is already queued or done.
     """
-    queued, redis = [], queue_redis(redis)
+    queued: list[tuple[Letter, str, bool]] = []
+    queue = queue_redis(redis)
     for letter in letters:
         job_id = replay_job_id(queue_name, letter.event_id, letter.id)
-        job = await redis.enqueue_job(
+        job = await queue.enqueue_job(
             APPLY_EVENT, letter.event_id, letter.type, letter.body, letter.headers, letter.received_at.timestamp(),
             replay=True, dead_letter_id=letter.id,
             _job_id=job_id, _queue_name=queue_name, _expires=REPLAY_EXPIRES,

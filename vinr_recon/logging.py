@@ -14,6 +14,7 @@ import logging
 import sys
 
 import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
 
 _SECRET_KEY_PARTS = ("secret", "signature", "password", "api_key", "apikey", "authorization", "token")
 
@@ -23,7 +24,7 @@ def _names_a_secret(key: str) -> bool:
     return key != "event" and any(part in key.lower() for part in _SECRET_KEY_PARTS)
 
 
-def redact_secrets(_logger, _method, event_dict: dict) -> dict:
+def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     for key in list(event_dict):
         if isinstance(key, str) and _names_a_secret(key):
             event_dict[key] = "[redacted]"
@@ -37,7 +38,7 @@ STRUCTURED_EXCEPTIONS = structlog.processors.ExceptionRenderer(
 def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
     if json is None:
         json = not sys.stderr.isatty()
-    shared = [
+    shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,

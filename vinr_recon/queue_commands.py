@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+from vinr_recon.settings import Settings
 
-def register(subparsers) -> None:
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     queue = subparsers.add_parser("queue", help="maintain this installation's queue (QUEUE_NAME) in Redis")
     commands = queue.add_subparsers(dest="queue_command", metavar="COMMAND", required=True)
     convert = commands.add_parser(
@@ -17,11 +19,11 @@ def register(subparsers) -> None:
     convert.set_defaults(run=run_convert)
 
 
-def run_convert(args: argparse.Namespace, settings) -> int:
+def run_convert(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(_convert(settings))
 
 
-async def _convert(settings) -> int:
+async def _convert(settings: Settings) -> int:
     from vinr_recon.convert import convert_queue
     from vinr_recon.redis_connect import redis_for
 

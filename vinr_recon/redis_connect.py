@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, overload
 from urllib.parse import unquote, urlsplit
 
 from arq.connections import ArqRedis, RedisSettings
@@ -21,7 +22,11 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
+from redis.exceptions import (
+    ConnectionError as RedisConnectionError,
+    RedisError,
+    TimeoutError as RedisTimeoutError,
+)
 
 from vinr_recon.settings import Settings, check_redis
 
@@ -29,6 +34,7 @@ from vinr_recon.settings import Settings, check_redis
 SENTINEL_TIMEOUT = 0.5
 
 Client = TypeVar("Client", bound=Redis)
+T = TypeVar("T")
 
 
 class _SentinelPool(SentinelConnectionPool):
@@ -53,18 +59,31 @@ def _url_options(url: str) -> dict[str, Any]:
     }
 
 
+@overload
 def redis_client(url: str, sentinels: list[tuple[str, int]] | None = None, master: str = "mymaster", *,
-                 redis_class: type[Client] = Redis, **options: Any) -> Client:
+                 redis_class: type[Client], **options: Any) -> Client: ...
+@overload
+def redis_client(url: str, sentinels: list[tuple[str, int]] | None = None, master: str = "mymaster",
+                 **options: Any) -> Redis: ...
+def redis_client(url: str, sentinels: list[tuple[str, int]] | None = None, master: str = "mymaster", *,
+                 redis_class: type[Redis] = Redis, **options: Any) -> Redis:
     """A redis-py asyncio client (`redis_class`) of `url`'s server, or with `sentinels` of the
     primary they name `master`. `options`: connection options (timeouts, retry...)."""
+    client: Redis  # redis-py leaves both constructors' results unannotated: an instance of `redis_class`
     if not sentinels:
-        return redis_class.from_url(url, **options)
+        client = redis_class.from_url(url, **options)
+        return client
     timeouts = {"socket_timeout": SENTINEL_TIMEOUT, "socket_connect_timeout": SENTINEL_TIMEOUT}
     sentinel = Sentinel(sentinels, sentinel_kwargs=timeouts, **_url_options(url))
-    return sentinel.master_for(master, redis_class=redis_class, connection_pool_class=_SentinelPool, **options)
+    client = sentinel.master_for(master, redis_class=redis_class, connection_pool_class=_SentinelPool, **options)
+    return client
 
 
-def redis_for(settings: Settings, *, redis_class: type[Client] = Redis, **options: Any) -> Client:
+@overload
+def redis_for(settings: Settings, *, redis_class: type[Client], **options: Any) -> Client: ...
+@overload
+def redis_for(settings: Settings, **options: Any) -> Redis: ...
+def redis_for(settings: Settings, *, redis_class: type[Redis] = Redis, **options: Any) -> Redis:
     """`redis_client` for the settings (checked first: `ConfigurationError` names a bad one)."""
     check_redis(settings)
     return redis_client(settings.redis_url, settings.sentinel_addresses, settings.redis_sentinel_master,
@@ -98,7 +117,7 @@ class RetryFor(Retry):
         super().__init__(ExponentialBackoff(cap=1.0, base=0.05), -1)
         self._seconds = seconds
 
-    async def call_with_retry(self, do, fail):
+    async def call_with_retry(self, do: Callable[[], Awaitable[T]], fail: Callable[[RedisError], Any]) -> T:
         deadline = time.monotonic() + self._seconds
         self._backoff.reset()
         failures = 0

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from vinr_recon.settings import Settings
+
+if TYPE_CHECKING:
+    from vinr.sandbox.delivery import Report
 
 
 def _rate(text: str) -> float:
@@ -25,7 +29,7 @@ def _non_negative(text: str) -> float:
     return value
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "sandbox",
         help="run the VINR sandbox (REST API and webhook delivery)",
@@ -62,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _register_trigger(p.add_subparsers(dest="sandbox_command", metavar="COMMAND"))
 
 
-def _register_trigger(subparsers: argparse._SubParsersAction) -> None:
+def _register_trigger(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from vinr.sandbox.scenarios import NAMES
 
     t = subparsers.add_parser(
@@ -158,8 +162,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _print_attempt(report) -> None:
-    """The delivery log: each attempt and its answer, on stdout (a `delivery.Report`)."""
+def _print_attempt(report: Report) -> None:
+    """The delivery log: each attempt and its answer, on stdout."""
     from vinr.delivery_log import answered, sent
     from vinr.sandbox.delivery import RETRY_DELAYS
 

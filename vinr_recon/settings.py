@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
@@ -201,7 +202,7 @@ def _secrets_dir(value: str | None) -> str | None:
     return value
 
 
-def _explain(error) -> str:
+def _explain(error: ErrorDetails) -> str:
     name = str(error["loc"][0]) if error.get("loc") else "a setting"
     field = Settings.model_fields.get(name)
     # A URL may carry a password (postgresql://user:password@host/db): never echoed either.
