@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from datetime import UTC, date, datetime
 
+from vinr_recon.settings import Settings
+
 
 def _since(value: str) -> int:
     try:
@@ -14,7 +16,7 @@ def _since(value: str) -> int:
     return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp())
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "reconcile",
         help="one reconciliation run now; exit 0 when the ledger matches VINR at the end",
@@ -31,7 +33,7 @@ def register(subparsers) -> None:
     parser.set_defaults(run=run)
 
 
-def run(args, settings) -> int:
+def run(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
     import json
     import sys

@@ -59,6 +59,7 @@ async def exclusive(redis: Redis, ttl: float = 120.0, key: str = LOCK_KEY) -> As
         held_until = time.monotonic() + ttl
         while True:
             await asyncio.sleep(ttl / 3)
+            renewed: bool | None  # None: not yet, but the lock may still be ours
             try:
                 await lock.reacquire()
             except LockNotOwnedError:  # expired, and maybe taken by another run

@@ -39,12 +39,13 @@ import contextlib
 import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 import structlog
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ledger import outbox, runs
 from ledger.audit import outdated
@@ -66,6 +67,7 @@ SETTLE_TRIES = 3                  # fresh answers for one invoice whose position
 STOPPED = "cancelled (the job's timeout or a shutdown)"
 
 Answer = Invoice | Unreadable | None  # None: VINR answered 404
+T = TypeVar("T")
 
 
 @dataclass
@@ -79,7 +81,7 @@ class RunReport:
     events_backfilled: int = 0
     corrections_posted: int = 0
     api_requests: int = 0
-    counts: Counter = field(default_factory=Counter)
+    counts: Counter[str] = field(default_factory=Counter)
     caught_up: int = 0
     adopt: bool = False
     adopted: int = 0  # invoices whose history an adopting run booked without notices
@@ -94,7 +96,7 @@ class RunReport:
             return False
         return self.unresolved == 0 if not self.dry_run else sum(self.counts.values()) == 0
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "id": self.run_id,
             "status": self.status,
@@ -172,8 +174,8 @@ def coverage_after(previous: int | None, window_start: int | None, started_at: i
     return previous
 
 
-async def _batches(items: AsyncIterator, size: int) -> AsyncIterator[list]:
-    batch = []
+async def _batches(items: AsyncIterable[T], size: int) -> AsyncGenerator[list[T], None]:
+    batch: list[T] = []
     async for item in items:
         batch.append(item)
         if len(batch) == size:
@@ -183,17 +185,16 @@ async def _batches(items: AsyncIterator, size: int) -> AsyncIterator[list]:
         yield batch
 
 
-async def _read_ahead(batches: AsyncIterator[list]) -> AsyncIterator[list]:
+async def _read_ahead(batches: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
     """The same batches, the next one read while the caller works on the current one.
 
     Asks for no more than the caller would have: the next page is requested only when the
     previous one said more follow. At most two batches are held.
     """
-    iterator = aiter(batches)
-    pending = asyncio.ensure_future(anext(iterator, None))
+    pending = asyncio.ensure_future(anext(batches, None))
     try:
         while (batch := await pending) is not None:
-            pending = asyncio.ensure_future(anext(iterator, None))
+            pending = asyncio.ensure_future(anext(batches, None))
             yield batch
     finally:
         # The caller stopped reading (done, or failed): what was being read no longer matters.
@@ -201,7 +202,7 @@ async def _read_ahead(batches: AsyncIterator[list]) -> AsyncIterator[list]:
         await asyncio.wait([pending])
         if not pending.cancelled():
             pending.exception()  # retrieved, so that it is not logged as never retrieved
-        await iterator.aclose()
+        await batches.aclose()
 
 
 class Reconciler:
@@ -281,7 +282,7 @@ class Reconciler:
         log.info("reconciliation finished", **report.as_dict())
         return report
 
-    async def _full_sweep_due(self, conn, now: datetime) -> bool:
+    async def _full_sweep_due(self, conn: AsyncConnection, now: datetime) -> bool:
         """The last completed full sweep is older than `full_sweep_every`: it catches an invoice
         the ledger never saw, created before the window, whose events have expired."""
         if self.full_sweep_every is None:
@@ -316,7 +317,8 @@ class Reconciler:
             )
         report.notices += staged.values()
 
-    async def _differences(self, conn, run_id: int, limit: int = outbox.DRIFT_LISTED) -> list[dict]:
+    async def _differences(self, conn: AsyncConnection, run_id: int, limit: int = outbox.DRIFT_LISTED
+                           ) -> list[dict[str, Any]]:
         """The first findings of the run, with their invoice's currency, for the drift alert."""
         if self.dry_run or not self.notices.alerts:
             return []
@@ -361,7 +363,7 @@ class Reconciler:
                     self._adopted.add(result.invoice.id)
         await self._release_held(report)
 
-    async def _preview_backfill(self, report: RunReport, unknown: list[dict]) -> None:
+    async def _preview_backfill(self, report: RunReport, unknown: list[dict[str, Any]]) -> None:
         """What backfilling `unknown` would do to the positions, in memory (the posting rule is
         pure): a dry run is a faithful preview, not a list of what the backfill closes anyway."""
         report.events_backfilled += len(unknown)
@@ -398,7 +400,7 @@ class Reconciler:
             await self._compare_list(report, _created_before(
                 self.client.iter_invoice_answers(status=status), window), started, seen)
 
-    async def _compare_list(self, report: RunReport, answers: AsyncIterator[Invoice | Unreadable], started: int,
+    async def _compare_list(self, report: RunReport, answers: AsyncIterable[Invoice | Unreadable], started: int,
                             seen: set[str]) -> None:
         """Compare a list of VINR's invoices page by page, adding to `seen` the ids the re-fetch
         must not ask for again: not final on either side, or unreadable."""
@@ -488,9 +490,11 @@ class Reconciler:
         all in one transaction. Returns (id, position now) of those that moved and still differ."""
         if not checks:
             return []
-        counts, corrections, unresolved, caught_up, staged = Counter(), 0, 0, 0, []
+        counts: Counter[str] = Counter()
+        corrections, unresolved, caught_up = 0, 0, 0
+        staged: list[int] = []
         moved: list[tuple[str, Position | None]] = []
-        rows: list[dict] = []
+        rows: list[dict[str, Any]] = []
         async with self.engine.begin() as conn:
             corrected: list[str] = []
             # In code-point order of the ids, as a worker's batch locks them: no deadlock.
@@ -551,14 +555,14 @@ class Reconciler:
         log.warning("invoices still moving, left for the next run", invoices=[i for i, _ in left])
 
 
-def _finding_rows(run_id: int, found: list[Finding], *, corrected: bool) -> list[dict]:
+def _finding_rows(run_id: int, found: list[Finding], *, corrected: bool) -> list[dict[str, Any]]:
     return [{"run_id": run_id, "invoice_id": f.invoice_id, "category": f.category, "field": f.field,
              "ledger_value": f.ledger_value, "vinr_value": f.vinr_value, "corrected": corrected, "entry_ids": []}
             for f in found]
 
 
-async def _created_before(answers: AsyncIterator[Invoice | Unreadable], window: int
-                          ) -> AsyncIterator[Invoice | Unreadable]:
+async def _created_before(answers: AsyncGenerator[Invoice | Unreadable, None], window: int
+                          ) -> AsyncGenerator[Invoice | Unreadable, None]:
     """The answers of an oldest-first list up to the first one created at or after `window`."""
     async with contextlib.aclosing(answers):
         async for answer in answers:
@@ -578,6 +582,6 @@ def _draft_edited(position: Position | None, invoice: Invoice) -> bool:
         position.total, position.amount_due) != (invoice.total, invoice.amount_due)
 
 
-def _canonical(raw: dict) -> bytes:
+def _canonical(raw: dict[str, Any]) -> bytes:
     """Bytes to store for an event fetched from the API rather than delivered."""
     return json.dumps(raw, separators=(",", ":")).encode()
