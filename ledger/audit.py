@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import ColumnElement, and_, case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.posting import AR, BAD_DEBT, CLEARING, CREDIT, REVENUE
@@ -35,7 +35,7 @@ class Disagreement:
     posted: int
 
 
-def _net(account: str, sign: int):
+def _net(account: str, sign: int) -> ColumnElement[int]:
     """sign × (debits - credits) of the invoice's postings on `account`."""
     signed = case((postings.c.direction == "debit", postings.c.amount), else_=-postings.c.amount)
     return sign * func.coalesce(func.sum(case((postings.c.account == account, signed), else_=0)), 0)
@@ -80,9 +80,9 @@ async def disagreements(conn: AsyncConnection, limit: int = 1000) -> list[Disagr
 async def postings_without_position(conn: AsyncConnection) -> int:
     """Entries naming an invoice the position table does not hold (none, in a sound ledger)."""
     orphan = and_(entries.c.invoice_id.is_not(None), positions.c.invoice_id.is_(None))
-    return await conn.scalar(
+    return (await conn.execute(
         select(func.count()).select_from(
-            entries.outerjoin(positions, positions.c.invoice_id == entries.c.invoice_id)).where(orphan))
+            entries.outerjoin(positions, positions.c.invoice_id == entries.c.invoice_id)).where(orphan))).scalar_one()
 
 
 # --- The posting rule's facts for what each position holds, in SQL (ledger.posting.target_facts) -

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
-from sqlalchemy import and_, func, literal_column, select
+from sqlalchemy import ColumnElement, and_, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.tables import entries, positions, postings, received
@@ -34,7 +34,7 @@ class DayFigures:
     failed: int = 0
 
 
-def _day_of_timestamp(conn: AsyncConnection, column):
+def _day_of_timestamp(conn: AsyncConnection, column: ColumnElement[datetime]) -> ColumnElement[str]:
     """`YYYY-MM-DD` of a timestamp column, in UTC, as the database spells it."""
     if conn.dialect.name == "sqlite":
         return func.date(column)  # SQLite stores UTC text; date() reads it (and any offset)

@@ -5,9 +5,14 @@ contract section 6's promises per currency; exit 0 when the books are sound."""
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ledger.audit import Promise
+    from vinr_recon.settings import Settings
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     db = subparsers.add_parser("db", help="the ledger's database")
     actions = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
     upgrade = actions.add_parser("upgrade", help="apply the schema migrations (safe to run again)")
@@ -17,7 +22,7 @@ def register(subparsers) -> None:
     check.set_defaults(run=run_check)
 
 
-def run_upgrade(args: argparse.Namespace, settings) -> int:
+def run_upgrade(args: argparse.Namespace, settings: Settings) -> int:
     from sqlalchemy.engine import make_url
 
     from ledger.migrate import upgrade
@@ -27,7 +32,7 @@ def run_upgrade(args: argparse.Namespace, settings) -> int:
     return 0
 
 
-def run_check(args: argparse.Namespace, settings) -> int:
+def run_check(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
 
     from ledger.audit import disagreements, outdated, postings_without_position, promises
@@ -60,7 +65,7 @@ def run_check(args: argparse.Namespace, settings) -> int:
     return asyncio.run(check())
 
 
-def balance_table(balances: dict[tuple[str, str], tuple[int, int]], kept: list, locale: str | None = None
+def balance_table(balances: dict[tuple[str, str], tuple[int, int]], kept: list[Promise], locale: str | None = None
                   ) -> tuple[list[str], list[str]]:
     """`db check`'s table: per currency, each account's debits, credits and balance (Dr or Cr, as
     an accountant reads it) beside contract section 6's figure, then the currency's totals; and the

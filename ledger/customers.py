@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeAlias, Unpack
 
 from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -21,6 +21,8 @@ from ledger.tables import customers, positions
 from vinr.events import MAX_ID
 
 NOT_FINAL = ("draft", "open", "uncollectible")
+# A query of any columns (SQLAlchemy types a Select by the types of its columns).
+AnySelect: TypeAlias = Select[Unpack[tuple[Any, ...]]]
 
 # VINR's names are people's and companies' names; a longer one is cut where it is kept, so one
 # odd answer cannot bloat every page that lists it.
@@ -104,7 +106,7 @@ async def names_for(conn: AsyncConnection, ids: Iterable[str | None]) -> dict[st
     return {i: found.get(i, CustomerName(i)) for i in wanted}
 
 
-def with_customer_names(query: Select, customer_id: ColumnElement) -> Select:
+def with_customer_names(query: AnySelect, customer_id: ColumnElement[str]) -> AnySelect:
     """`query` with each row's customer name and email beside it (`customer_name`,
     `customer_email`: None for a customer not copied), `customer_id` being the column that
     holds its id. One outer join on the customers' key: a page of rows stays a page."""
@@ -157,7 +159,7 @@ async def customers_swept(conn: AsyncConnection, created_since: int | None, limi
     """The customers of the invoices a reconciliation from `created_since` sweeps (those
     created since then, and those not final; every one when None), up to `limit` of them:
     those never copied first, then the longest unrefreshed. One query, whatever the history."""
-    swept = positions.c.customer.is_not(None)
+    swept: ColumnElement[bool] = positions.c.customer.is_not(None)
     if created_since is not None:
         swept = and_(swept, or_(positions.c.created >= created_since, positions.c.status.in_(NOT_FINAL),
                                 positions.c.created.is_(None)))

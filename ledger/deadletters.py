@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Column, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.book import record_dead
@@ -39,8 +40,8 @@ async def bury(
     too long) must not fail its letter as well, or the job would be retried for ever.
     """
     now = datetime.now(UTC)
-    event_id = storable(event_id, dead_letters.c.event_id.type.length)
-    event_type = storable(event_type, dead_letters.c.type.type.length)
+    event_id = storable(event_id, _length(dead_letters.c.event_id))
+    event_type = storable(event_type, _length(dead_letters.c.type))
     error = storable(error)
     await record_dead(conn, event_id, event_type, body, headers, error, received_at)
     outcome = await conn.scalar(select(received.c.outcome).where(received.c.event_id == event_id))
@@ -54,12 +55,20 @@ async def bury(
         return None
     # The received event shows the latest error, the letters keep each one.
     await conn.execute(update(received).where(received.c.event_id == event_id).values(error=error))
-    return await conn.scalar(
+    letter_id: int = (await conn.execute(
         insert(dead_letters)
         .values(event_id=event_id, type=event_type, body=body, headers=headers, error=error,
                 attempts=attempts, dead_at=now)
         .returning(dead_letters.c.id)
-    )
+    )).scalar_one()
+    return letter_id
+
+
+def _length(column: Column[Any]) -> int | None:
+    """The most characters a text column holds (None: no limit). Its type is SQLModel's
+    AutoString, a TypeDecorator that answers `length` for the String it wraps."""
+    length: int | None = getattr(column.type, "length", None)
+    return length
 
 
 def storable(text: str, limit: int | None = None) -> str:

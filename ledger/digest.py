@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 
-from sqlalchemy import and_, case, func, literal, or_, select
+from sqlalchemy import ColumnElement, Join, and_, case, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.tables import customers, outbox, positions
@@ -111,23 +111,23 @@ class Worklist:
 # --- SQL -------------------------------------------------------------------------------------
 
 
-def manager_of(default: str | None):
+def manager_of(default: str | None) -> ColumnElement[str]:
     """SQL (over positions outer-joined to customers, `_with_customers`): the invoice's manager,
     else its customer's, else `default` (NULL when none)."""
     return func.coalesce(func.nullif(positions.c.account_manager, ""), func.nullif(customers.c.account_manager, ""),
                          literal(default) if default else None)
 
 
-def _with_customers():
+def _with_customers() -> Join:
     return positions.outerjoin(customers, customers.c.id == positions.c.customer)
 
 
-def _section_sql(day: date):
+def _section_sql(day: date) -> ColumnElement[int]:
     """SQL twin of `section_of` (for invoices already filtered by `_on_a_list`): 0, 1, 2 in SECTIONS."""
     return case((positions.c.status == "uncollectible", 2), (positions.c.attempt_count > 0, 0), else_=1)
 
 
-def _on_a_list(day: date):
+def _on_a_list(day: date) -> ColumnElement[bool]:
     return and_(positions.c.status.in_(OWING), or_(
         positions.c.attempt_count > 0,
         positions.c.status == "uncollectible",
@@ -205,7 +205,9 @@ async def last_failures(conn: AsyncConnection, invoice_ids: list[str]) -> dict[s
 
 async def last_digest_at(conn: AsyncConnection) -> datetime | None:
     """When the last digest was staged (any manager's: one job stages them all)."""
-    return await conn.scalar(select(func.max(outbox.c.created_at)).where(outbox.c.kind == "digest"))
+    staged_at: datetime | None = await conn.scalar(
+        select(func.max(outbox.c.created_at)).where(outbox.c.kind == "digest"))
+    return staged_at
 
 
 async def resolved_since(conn: AsyncConnection, since: datetime, default_manager: str | None,

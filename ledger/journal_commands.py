@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import argparse
 from datetime import date
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vinr_recon.settings import Settings
 
 
 def _day(text: str) -> date:
@@ -14,7 +18,7 @@ def _day(text: str) -> date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     export = subparsers.add_parser("export", help="the ledger in finance's formats")
     what = export.add_subparsers(dest="export_command", metavar="WHAT", required=True)
     journal = what.add_parser("journal", help="one row per posting of the entries effective from DATE to DATE "
@@ -26,7 +30,7 @@ def register(subparsers) -> None:
     journal.set_defaults(run=run_journal)
 
 
-def run_journal(args: argparse.Namespace, settings) -> int:
+def run_journal(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
     import sys
 

@@ -3,6 +3,7 @@
 import asyncio
 
 from alembic import context
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.db import create_engine
@@ -11,7 +12,7 @@ from ledger.tables import metadata
 config = context.config
 
 
-def _run(connection) -> None:
+def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=metadata,
@@ -22,7 +23,10 @@ def _run(connection) -> None:
 
 
 async def _migrate() -> None:
-    engine: AsyncEngine = create_engine(config.get_main_option("sqlalchemy.url"))
+    url = config.get_main_option("sqlalchemy.url")
+    if url is None:  # ledger.migrate.alembic_config always sets it
+        raise RuntimeError("no sqlalchemy.url: run the migrations through ledger.migrate")
+    engine: AsyncEngine = create_engine(url)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run)
