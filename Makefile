@@ -11,10 +11,11 @@ $(VENV)/.installed: pyproject.toml
 .PHONY: install lint test demo screenshots
 install: $(VENV)/.installed
 
-# Unused or undefined names, unsorted imports, and imports against the layers (pyproject.toml).
+# Unused or undefined names, unsorted imports, imports against the layers, and types (pyproject.toml).
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check --no-cache .
 	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/mypy
 
 test: lint
 	bash .ci/services
