@@ -30,6 +30,8 @@ from ledger.tables import entries, positions, postings
 COLUMNS = ("entry_id", "entry_date", "effective_at", "kind", "account", "debit", "credit", "currency",
            "invoice_id", "invoice_number", "customer", "source", "event_id", "run_id", "posting_id")
 FORMATS = ("csv", "json")
+# One posting of the export, keyed by COLUMNS: ids, texts and integer amounts, null where none.
+JournalRow = dict[str, str | int | None]
 CHUNK_ROWS = 500  # rows per chunk handed to the response or stdout
 
 
@@ -52,7 +54,7 @@ def period(start: date, end: date) -> tuple[datetime, datetime]:
     return day_start(start), end_of(end)
 
 
-async def journal_rows(conn: AsyncConnection, start: date, end: date) -> AsyncIterator[dict]:
+async def journal_rows(conn: AsyncConnection, start: date, end: date) -> AsyncIterator[JournalRow]:
     """Every posting of the entries effective in `[start, end]` (UTC days, inclusive), in entry
     and posting order, as a dict keyed by COLUMNS."""
     since, until = period(start, end)
@@ -81,7 +83,7 @@ async def journal_rows(conn: AsyncConnection, start: date, end: date) -> AsyncIt
 
 # --- encodings ---------------------------------------------------------------------------------
 
-async def csv_chunks(rows: AsyncIterator[dict]) -> AsyncIterator[str]:
+async def csv_chunks(rows: AsyncIterator[JournalRow]) -> AsyncIterator[str]:
     """The header line, then the rows as CSV, CHUNK_ROWS at a time."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
@@ -97,7 +99,7 @@ async def csv_chunks(rows: AsyncIterator[dict]) -> AsyncIterator[str]:
     yield buffer.getvalue()
 
 
-async def json_chunks(rows: AsyncIterator[dict]) -> AsyncIterator[str]:
+async def json_chunks(rows: AsyncIterator[JournalRow]) -> AsyncIterator[str]:
     """One JSON array of row objects, written as it is read."""
     parts = ["["]
     first = True
@@ -111,7 +113,7 @@ async def json_chunks(rows: AsyncIterator[dict]) -> AsyncIterator[str]:
     yield "".join(parts)
 
 
-def encoded(rows: AsyncIterator[dict], fmt: str) -> AsyncIterator[str]:
+def encoded(rows: AsyncIterator[JournalRow], fmt: str) -> AsyncIterator[str]:
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}")
     return csv_chunks(rows) if fmt == "csv" else json_chunks(rows)

@@ -10,9 +10,9 @@ import csv
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import IO, Any
+from typing import IO, Any, Unpack
 
-from sqlalchemy import Row, and_, insert, or_, select, update
+from sqlalchemy import ColumnElement, Row, Select, and_, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger import shapes
@@ -49,9 +49,10 @@ async def last_full_sweep(conn: AsyncConnection) -> datetime | None:
 
 async def start_run(conn: AsyncConnection, now: datetime, *, dry_run: bool, adopt: bool,
                     window: int | None) -> int:
-    return await conn.scalar(insert(runs).values(
+    run_id: int = await conn.scalar(insert(runs).values(
         started_at=now, status="running", dry_run=dry_run, adopt=adopt, window_start=window, counts={},
     ).returning(runs.c.id))
+    return run_id
 
 
 async def finish_run(conn: AsyncConnection, run_id: int, now: datetime, **figures: Any) -> None:
@@ -59,7 +60,7 @@ async def finish_run(conn: AsyncConnection, run_id: int, now: datetime, **figure
     await conn.execute(update(runs).where(runs.c.id == run_id).values(finished_at=now, **figures))
 
 
-async def record_findings(conn: AsyncConnection, rows: list[dict]) -> None:
+async def record_findings(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
     if rows:
         await conn.execute(insert(findings), rows)
 
@@ -75,7 +76,7 @@ async def entries_of_run(conn: AsyncConnection, run_id: int, invoice_ids: list[s
     return entry_ids
 
 
-async def first_findings(conn: AsyncConnection, run_id: int, limit: int) -> list[dict]:
+async def first_findings(conn: AsyncConnection, run_id: int, limit: int) -> list[dict[str, Any]]:
     """The run's first findings with their invoice's currency, as the drift alert lists them."""
     rows = await conn.execute(_findings_of(run_id).limit(limit))
     return [{"invoiceId": r.invoice_id, "category": r.category, "field": r.field, "ledger": r.ledger_value,
@@ -100,7 +101,7 @@ async def not_final_after(conn: AsyncConnection, statuses: tuple[str, ...], crea
                           after: str, limit: int) -> list[str]:
     """Up to `limit` ids after `after`, in id order, of positions in `statuses`, created before
     `created_before` (or of no known creation) when given."""
-    condition = positions.c.status.in_(statuses)
+    condition: ColumnElement[bool] = positions.c.status.in_(statuses)
     if created_before is not None:
         condition = and_(condition, or_(positions.c.created < created_before, positions.c.created.is_(None)))
     return list((await conn.execute(
@@ -182,7 +183,7 @@ def finding_of(row: Row[Any], locale: str | None = None) -> shapes.Finding:
     )
 
 
-def _findings_of(run_id: int):
+def _findings_of(run_id: int) -> Select[Unpack[tuple[Any, ...]]]:
     """A run's findings in order, each with its invoice's currency (for its amounts)."""
     return (select(findings, positions.c.currency)
             .join(positions, positions.c.invoice_id == findings.c.invoice_id, isouter=True)

@@ -89,6 +89,6 @@ async def balances(conn: AsyncConnection) -> shapes.Balances:
 
 async def dead(conn: AsyncConnection) -> dict[str, int]:
     """What waits for a person: dead-lettered events not yet replayed, and dead notices."""
-    events = await conn.scalar(
-        select(func.count()).select_from(dead_letters).where(dead_letters.c.replayed_at.is_(None)))
+    events = (await conn.execute(
+        select(func.count()).select_from(dead_letters).where(dead_letters.c.replayed_at.is_(None)))).scalar_one()
     return {"events": events, "notices": await dead_count(conn)}

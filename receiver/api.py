@@ -1,15 +1,18 @@
 """The merchant's read API (contract section 5), behind a bearer-token guard.
 
 `GET /api/invoices/{id}`, `/api/balances[?asOf=]`, `/api/journal.csv?from=&to=`,
-`/api/reconciliation/runs[/{id}]` (and a run's findings as CSV). Handlers read through the engine the lifespan opened (`request.state.engine`,
-see receiver.app.ReceiverState); every answer is built by ledger.views, ledger.journal or ledger.runs.
+`/api/reconciliation/runs[/{id}]` (and a run's findings as CSV). Handlers read through the engine
+the lifespan opened (`request.state.engine`, see receiver.app.ReceiverState); every answer is a
+model of ledger.shapes, built by ledger.views, ledger.journal or ledger.runs.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import AsyncIterator
 from datetime import date
 
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -78,9 +81,9 @@ async def get_journal_csv(request: Request) -> Response:
         return refusal(400, "from and to are required (YYYY-MM-DD, both included)")
     if end < start:
         return refusal(400, "to is before from")
-    engine = request.state.engine
+    engine: AsyncEngine = request.state.engine
 
-    async def body():
+    async def body() -> AsyncIterator[bytes]:
         # The connection lives as long as the response: the cursor is read as the client reads.
         async with engine.connect() as conn:
             async for chunk in csv_chunks(journal_rows(conn, start, end)):
@@ -94,8 +97,8 @@ async def get_runs(request: Request) -> Response:
     """Newest first; `?limit=` (at most 200) and `?before=<run id>` page back through history."""
     try:
         limit = min(int(request.query_params.get("limit", 50)), MAX_RUNS_PAGE)
-        before = request.query_params.get("before")
-        before = int(before) if before is not None else None
+        given = request.query_params.get("before")
+        before = int(given) if given is not None else None
     except ValueError:
         return refusal(400, "limit and before must be integers")
     if limit < 1:

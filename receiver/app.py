@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -52,13 +52,15 @@ class ReceiverState(TypedDict):
 # covers a pooled connection that died with a Redis restart or a failover (with Sentinels, it
 # reconnects to the primary they name now); the Lua script is idempotent, so resending a batch
 # never queues an event twice.
-FAIL_FAST = dict(socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT, retry=Retry(NoBackoff(), 1),
-                 retry_on_error=[RedisConnectionError])
+FAIL_FAST: dict[str, Any] = dict(socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT,
+                                 retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError])
 
 
 def connect_redis(url: str) -> Redis:
     """A fail-fast client of the Redis at `url` (see FAIL_FAST)."""
-    return redis_client(url, **FAIL_FAST)
+    # A dict of options also matches the overload that takes `redis_class`, whose result is then Any.
+    client: Redis = redis_client(url, **FAIL_FAST)
+    return client
 
 
 WEBHOOK_PATH = "/webhooks/vinr"
@@ -97,7 +99,7 @@ class ReceiverApp(Starlette):
     `root_path`, is Starlette's as usual: the route stays registered, so e.g. `GET` gets 405.
     """
 
-    def __init__(self, webhook: ASGIApp, **kwargs) -> None:
+    def __init__(self, webhook: ASGIApp, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._webhook = webhook
 

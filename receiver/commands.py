@@ -16,7 +16,7 @@ log = structlog.get_logger("receiver.serve")
 GRACEFUL_SHUTDOWN_SECONDS = 10
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("serve", help="run the webhook receiver and /api (uvicorn)")
     # No argparse default: unset, the settings' HOST and PORT apply (validated there).
     parser.add_argument("--host", help="interface to bind (default: HOST, else 127.0.0.1)")

@@ -122,7 +122,7 @@ class Enqueuer:
         if not self._coalesce:
             (result,) = await self._send_or_errors([job], loop.time() + DEADLINE)
             return _outcome(result)
-        future = loop.create_future()
+        future: asyncio.Future[bool] = loop.create_future()
         self._pending.append((job, future, loop.time()))
         self._flusher = flusher(self._flusher, self._drain)
         return await future
@@ -158,9 +158,9 @@ class Enqueuer:
         except Exception as exc:  # refused, timed out, out of memory...: all mean "not acknowledged"
             return [exc] * len(jobs)
 
-    def _keys_and_args(self, jobs: list[Job]) -> tuple[list[str], list[str | memoryview | int]]:
+    def _keys_and_args(self, jobs: list[Job]) -> tuple[list[str], list[Arg]]:
         keys: list[str] = [self._queue]
-        args: list[str | memoryview | int] = []
+        args: list[Arg] = []
         for job in jobs:
             job_id = event_job_id(self._queue, job.id)
             keys += (job_key(job_id), result_key(job_id))
@@ -173,11 +173,11 @@ class Enqueuer:
         keys, args = self._keys_and_args(jobs)
         self.round_trips += 1
         try:
-            results = await self._redis.evalsha(ENQUEUE_SHA, len(keys), *keys, *args)
+            results = await _evalsha(self._redis, ENQUEUE_SHA, keys, args)
         except NoScriptError:
             await self._redis.script_load(ENQUEUE_SCRIPT)
             self.round_trips += 1
-            results = await self._redis.evalsha(ENQUEUE_SHA, len(keys), *keys, *args)
+            results = await _evalsha(self._redis, ENQUEUE_SHA, keys, args)
         return _checked(results, jobs)
 
     async def _send_replicated(self, jobs: list[Job], deadline: float) -> list[object]:
@@ -190,7 +190,7 @@ class Enqueuer:
         for attempt in range(2):
             self.round_trips += 1
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.evalsha(REPLICATED_SHA, len(keys), *keys, *args)
+                pipe.evalsha(REPLICATED_SHA, len(keys), *keys, *args)  # type: ignore[arg-type]  # as _evalsha says
                 pipe.wait(self._min_replicas, wait_ms)
                 results, reached = await pipe.execute(raise_on_error=False)
             if not (isinstance(results, NoScriptError) and attempt == 0):
@@ -203,6 +203,18 @@ class Enqueuer:
         if reached < self._min_replicas:
             raise NotReplicated(f"the write reached {reached} of {self._min_replicas} replicas within {wait_ms} ms")
         return _checked(results, jobs)
+
+
+# A script argument: the job id, its payload (a memoryview, sent as a chunk of its own), its score.
+Arg = str | memoryview | int
+
+
+async def _evalsha(redis: Redis, sha: str, keys: list[str], args: list[Arg]) -> list[object]:
+    """EVALSHA of the script `sha` (the enqueue scripts answer a list)."""
+    # redis-py's annotations take only str for keys and arguments (it sends bytes, memoryviews
+    # and ints too) and share the synchronous client's `str | Awaitable` result.
+    results: list[object] = await redis.evalsha(sha, len(keys), *keys, *args)  # type: ignore[arg-type, misc]
+    return results
 
 
 def _checked(results: list[object], jobs: list[Job]) -> list[object]:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from typing import Literal, TypeVar
+from collections.abc import Awaitable, Mapping
+from typing import Any, Literal, TypeVar
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
@@ -72,10 +72,10 @@ async def _select_one(engine: AsyncEngine) -> None:
         await connection.execute(text("SELECT 1"))
 
 
-_abandoned: set[asyncio.Task] = set()  # probes given up on, finishing their cleanup
+_abandoned: set[asyncio.Task[Any]] = set()  # probes given up on, finishing their cleanup
 
 
-def _forget(task: asyncio.Task) -> None:
+def _forget(task: asyncio.Task[Any]) -> None:
     _abandoned.discard(task)
     if not task.cancelled():
         task.exception()  # retrieved: a probe given up on has nobody left to tell
@@ -149,6 +149,8 @@ async def metrics(request: Request) -> Response:
         log.warning("queue depth unavailable", error=type(exc).__name__)
         depth = float("nan")
     registry.queue_depth.set(depth)
+    counts: Mapping[str, float]
+    figures: ReconciliationFigures | None
     try:
         counts, figures = await asyncio.wait_for(_let_go_when_given_up(_read_ledger(request.state.engine)),
                                                  CHECK_TIMEOUT)

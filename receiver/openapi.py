@@ -104,7 +104,7 @@ def _not_found(what: str, unroutable: str) -> dict[str, Any]:
     return response
 
 
-def _api(summary: str, responses: dict[str, Any], parameters: list | None = None) -> dict[str, Any]:
+def _api(summary: str, responses: dict[str, Any], parameters: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "tags": ["ledger"],
         "summary": summary,

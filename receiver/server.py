@@ -51,6 +51,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     head_timeout = 5.0
     body_timeout = 5.0
     max_connections = 1000
+    # The answers to a head over the cap and to a connection over the bound: set with the limits.
+    _too_large: bytes
+    _refused: bytes
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         if len(self.connections) >= self.max_connections:

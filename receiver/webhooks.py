@@ -18,7 +18,7 @@ import time
 from typing import Annotated, Any, Literal, NamedTuple
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, GetPydanticSchema, ValidationError, create_model
 from starlette.types import Receive, Scope, Send
 
 from receiver.enqueue import Enqueuer, QueueUnavailable, webhook_job
@@ -27,6 +27,7 @@ from receiver.metrics import UNKNOWN_TYPE, Metrics, type_label
 from vinr.events import (
     INVOICE_EVENT_TYPES,
     INVOICE_KEYS,
+    Event,
     Id,
     InvalidEvent,
     Timestamp,
@@ -134,7 +135,7 @@ async def read_body(receive: Receive, declared: str | None, limit: int, held: He
 def _invoice_keys(name: str, **more: Any) -> type[BaseModel]:
     """A model of a JSON object that keeps only the invoice keys `parse_event` checks with the
     event (vinr.events.INVOICE_KEYS), each as it is: their types are the worker's to check."""
-    keys = {f"k{n}": (Any, Field(None, validation_alias=key)) for n, key in enumerate(INVOICE_KEYS)}
+    keys: dict[str, Any] = {f"k{n}": (Any, Field(None, validation_alias=key)) for n, key in enumerate(INVOICE_KEYS)}
     return create_model(name, __config__=ConfigDict(extra="ignore"), **keys, **more)
 
 
@@ -146,7 +147,8 @@ _Data = _invoice_keys("_Data", object=(Annotated[_ObjectKeys | Any, Field(union_
 
 def _invoice_fields(data: BaseModel) -> dict[str, Any]:
     """The checked keys of the event's invoice object that the body holds, by name."""
-    keys = data.object if isinstance(data.object, _ObjectKeys) else data
+    nested = getattr(data, "object", None)
+    keys = nested if isinstance(nested, _ObjectKeys) else data
     return {INVOICE_KEYS[int(name[1:])]: getattr(keys, name) for name in keys.model_fields_set if name != "object"}
 
 
@@ -166,7 +168,8 @@ class Envelope(BaseModel):
     type: Id
     created: Timestamp
     livemode: bool = False
-    data: _Data
+    # A `_Data` (built above, so no static type names it): validated as such, in pydantic's core.
+    data: Annotated[BaseModel, GetPydanticSchema(lambda _, handler: handler(_Data))]
 
 
 def identify(body: bytes) -> tuple[str, str]:
@@ -177,6 +180,7 @@ def identify(body: bytes) -> tuple[str, str]:
     goes to `parse_event`, which decides (the stdlib parser also takes a few things it does not,
     such as NaN) and words the error. The worker validates the whole event.
     """
+    event: Envelope | Event
     try:
         event = Envelope.model_validate_json(body)
     except ValidationError:

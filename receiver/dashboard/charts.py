@@ -39,7 +39,8 @@ def _text(x: float, y: float, text: str, *, anchor: str = "start", size: int = 1
             f'font-family="system-ui, sans-serif">{escape(text)}</text>')
 
 
-def _bar(series: str, d: DayFigures, value: int, label: str, x: float, width: float, baseline: float, height: float) -> str:
+def _bar(series: str, d: DayFigures, value: int, label: str, x: float, width: float, baseline: float,
+         height: float) -> str:
     return (f'<rect data-series="{series}" data-day="{d.day.isoformat()}" data-value="{value}" '
             f'x="{x:.2f}" y="{baseline - height:.2f}" width="{width:.2f}" height="{height:.2f}" '
             f'fill="{COLOURS[series]}"><title>{escape(d.day.isoformat())} · {escape(LABELS[series])}: '
