@@ -24,6 +24,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from typing import Any
 from urllib.parse import quote
 
 import structlog
@@ -92,7 +93,7 @@ async def end_session(request: Request, redis: Redis, queue_name: str) -> None:
     request.session.clear()
 
 
-async def session_live(session: dict, redis: Redis, queue_name: str, now: float) -> bool:
+async def session_live(session: dict[str, Any], redis: Redis, queue_name: str, now: float) -> bool:
     """The cookie's session was signed in less than SESSION_MAX_AGE ago and is not revoked."""
     sid, since = session.get("sid"), session.get("signed_in")
     if not isinstance(sid, str) or not isinstance(since, int) or not 0 <= now - since < SESSION_MAX_AGE:
@@ -106,7 +107,9 @@ async def count_attempt(redis: Redis, queue_name: str, client: str) -> tuple[int
     key = attempts_key(queue_name, client)
     async with redis.pipeline(transaction=True) as pipe:
         # SET NX EX starts a window with its expiry in one command; INCR keeps the expiry.
-        pipe.set(key, 0, ex=SIGNIN_WINDOW, nx=True).incr(key).ttl(key)
+        pipe.set(key, 0, ex=SIGNIN_WINDOW, nx=True)
+        pipe.incr(key)
+        pipe.ttl(key)
         _, attempts, ttl = await pipe.execute()
     return int(attempts), max(int(ttl), 1)
 
@@ -116,7 +119,8 @@ async def forget_attempts(redis: Redis, queue_name: str, client: str) -> None:
 
 
 def csrf_token(request: Request) -> str:
-    return request.session.get("csrf", "")
+    token: str = request.session.get("csrf", "")  # written by start_session, a str
+    return token
 
 
 def same_origin(request: Request, public_origin: str | None) -> bool:

@@ -7,6 +7,8 @@ import asyncio
 import time
 from datetime import date, timedelta
 
+from markupsafe import Markup
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.charts import daily_figures
@@ -15,8 +17,27 @@ from receiver.dashboard.charts import activity_svg
 WINDOWS = (30, 90)
 
 
-async def activity(conn: AsyncConnection, today: date) -> list[dict]:
-    """[{currency, charts: [{days, svg, invoiced, collected, failed}]}], one query for both windows."""
+class Chart(BaseModel):
+    """One window's picture of a currency, and its totals in words beside it."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)  # Markup: the SVG, already escaped
+
+    days: int
+    svg: Markup
+    invoiced: int  # minor units
+    collected: int  # minor units
+    failed: int  # a count
+
+
+class CurrencyActivity(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    currency: str
+    charts: list[Chart]  # one per window of WINDOWS, in its order
+
+
+async def activity(conn: AsyncConnection, today: date) -> list[CurrencyActivity]:
+    """Per currency, its charts of each window; one query for both windows."""
     longest = max(WINDOWS)
     series = await daily_figures(conn, today - timedelta(days=longest - 1), today)
     out = []
@@ -24,14 +45,14 @@ async def activity(conn: AsyncConnection, today: date) -> list[dict]:
         charts = []
         for window in WINDOWS:
             days = figures[-window:]
-            charts.append({
-                "days": window,
-                "svg": activity_svg(currency, days, chart_id=f"activity-{currency}-{window}"),
-                "invoiced": sum(d.invoiced for d in days),
-                "collected": sum(d.collected for d in days),
-                "failed": sum(d.failed for d in days),
-            })
-        out.append({"currency": currency, "charts": charts})
+            charts.append(Chart(
+                days=window,
+                svg=activity_svg(currency, days, chart_id=f"activity-{currency}-{window}"),
+                invoiced=sum(d.invoiced for d in days),
+                collected=sum(d.collected for d in days),
+                failed=sum(d.failed for d in days),
+            ))
+        out.append(CurrencyActivity(currency=currency, charts=charts))
     return out
 
 
@@ -42,10 +63,10 @@ class ActivityCache:
 
     def __init__(self, ttl: float = 60.0) -> None:
         self.ttl = ttl
-        self._kept: tuple[float, date, list[dict], float] | None = None  # (monotonic, day, charts, wall)
+        self._kept: tuple[float, date, list[CurrencyActivity], float] | None = None  # (monotonic, day, charts, wall)
         self._lock = asyncio.Lock()
 
-    async def get(self, conn: AsyncConnection, today: date) -> tuple[list[dict], float]:
+    async def get(self, conn: AsyncConnection, today: date) -> tuple[list[CurrencyActivity], float]:
         """(charts, when they were drawn, Unix seconds)."""
         kept = self._kept
         if kept is not None and kept[1] == today and time.monotonic() - kept[0] < self.ttl:

@@ -6,14 +6,20 @@ The figures come from ledger.aging; links are built here, with every value URL-e
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlencode
 
+from sqlalchemy import ColumnElement
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from ledger.aging import BUCKETS, KEYS, aging, invoice_filter, parse_as_of, worklist
+
+if TYPE_CHECKING:
+    from receiver.dashboard.pages import Pages  # which imports this module
 
 MAX_MANAGER = 200
 
@@ -37,27 +43,29 @@ def _as_of(request: Request) -> tuple[date | None, date]:
     return parse_as_of(request.query_params.get("asOf") or None, today), today
 
 
-def list_filter(params, default_manager: str | None):
+def list_filter(params: Mapping[str, str],
+                default_manager: str | None) -> tuple[ColumnElement[bool] | None, dict[str, str], str]:
     """The invoice list's aging filters (`aging`, `currency`, `manager`, `asOf`): the SQL clause
     (None without any), and the parameters to carry over to other pages of the list."""
     today = datetime.now(UTC).date()
     key = params.get("aging")
     key = key if key in (*KEYS, "all") else None
-    currency = params.get("currency", "")
-    currency = currency.upper() if len(currency) == 3 and currency.isalpha() and currency.isascii() else None
+    code = params.get("currency", "")
+    currency = code.upper() if len(code) == 3 and code.isalpha() and code.isascii() else None
     manager = params.get("manager") or None
     if manager is not None and (len(manager) > MAX_MANAGER or not manager.isprintable()):
         manager = None
     as_of = parse_as_of(params.get("asOf") or None, today) or today
-    kept = {"aging": key, "currency": currency, "manager": manager,
-            "asOf": as_of.isoformat() if key and as_of != today else None}
-    kept = {k: v for k, v in kept.items() if v}
+    given = {"aging": key, "currency": currency, "manager": manager,
+             "asOf": as_of.isoformat() if key and as_of != today else None}
+    kept = {k: v for k, v in given.items() if v}
     return invoice_filter(as_of, default_manager, key, currency, manager), kept, _describe(kept)
 
 
-def _describe(kept: dict) -> str:
+def _describe(kept: dict[str, str]) -> str:
     """`31–60 days past due on 2026-11-30 · EUR · account manager am@x`, for the list's heading."""
-    key, parts = kept.get("aging"), []
+    key = kept.get("aging")
+    parts: list[str] = []
     if key:
         label = next((b.label for b in BUCKETS if b.key == key), "owed")
         parts.append("owed" if key == "all" else label.lower() if key == KEYS[0] else f"{label} past due")
@@ -71,11 +79,12 @@ def _describe(kept: dict) -> str:
 
 
 class AgingPages:
-    def __init__(self, pages) -> None:
+    def __init__(self, pages: Pages) -> None:
         self.pages = pages
         self.default = pages.settings.alert_default_recipient
 
-    def _links(self, request: Request, as_of: date, today: date):
+    def _links(self, request: Request, as_of: date,
+               today: date) -> tuple[Callable[..., str], Callable[[str], str]]:
         base = request.scope["root_path"]
 
         def cell(key: str | None, currency: str, manager: str | None = None) -> str:
@@ -109,7 +118,7 @@ class AgingPages:
                                  figures=figures, work=work, count=count, buckets=BUCKETS, keys=KEYS, cell=cell)
 
 
-def routes(pages) -> list[Route]:
+def routes(pages: Pages) -> list[Route]:
     views = AgingPages(pages)
     return [
         Route("/aging", views.aging, methods=["GET"]),

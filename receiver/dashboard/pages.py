@@ -7,10 +7,12 @@ import secrets
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import structlog
 from arq.connections import ArqRedis
 from redis.exceptions import RedisError
+from sqlalchemy import Row
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
@@ -26,11 +28,12 @@ from ledger.money import field_amount, format_balance, format_money
 from ledger.runs import write_csv
 from ledger.tables import ACCOUNTS
 from ledger.views import invoice_view
-from receiver.api import MAX_ID, MAX_INVOICE_ID, token_matches
+from receiver.api import MAX_ID, MAX_INVOICE_ID
 from receiver.dashboard import access, aging
 from receiver.dashboard.activity import ActivityCache
 from vinr_recon.jobs import queue_replays
 from vinr_recon.settings import Settings
+from vinr_recon.tokens import token_matches
 
 log = structlog.get_logger("receiver.dashboard")
 
@@ -39,7 +42,7 @@ MAX_QUERY = 100
 MAX_PAGE = 100_000
 
 
-def _when(value) -> str:
+def _when(value: datetime | int | str | None) -> str:
     """A datetime or a Unix time, as `2026-11-22 02:00:05 UTC`; an em dash for none."""
     if value is None or value == "":
         return "—"
@@ -47,10 +50,11 @@ def _when(value) -> str:
         value = datetime.fromtimestamp(value, UTC)
     elif isinstance(value, str):
         value = datetime.fromisoformat(value)
-    return queries.utc(value).strftime("%Y-%m-%d %H:%M:%S UTC")
+    moment = queries.utc(value)
+    return "—" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _money(amount, currency, locale: str | None = None) -> str:
+def _money(amount: int | str | None, currency: str | None, locale: str | None = None) -> str:
     if amount is None or not currency:
         return "—"
     return format_money(int(amount), currency, locale)
@@ -70,7 +74,7 @@ def make_templates(settings: Settings) -> Jinja2Templates:
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     secret_values = _secrets(settings)
 
-    def redact(text) -> str:
+    def redact(text: object) -> str:
         text = "" if text is None else str(text)
         for value in secret_values:
             text = text.replace(value, "[redacted]")
@@ -78,7 +82,7 @@ def make_templates(settings: Settings) -> Jinja2Templates:
 
     locale = settings.money_locale
 
-    def finding_value(finding, value) -> str:
+    def finding_value(finding: Row[Any], value: str | None) -> str:
         """A finding's value; an amount as people read it, its minor units beside."""
         shown = field_amount(finding.field, value, finding.currency, locale)
         return f"{shown} ({value})" if shown else (value or "—")
@@ -99,8 +103,8 @@ class Pages:
         self.templates = make_templates(settings)
         self.activity = ActivityCache()
 
-    def render(self, request: Request, name: str, code: int = 200, headers: dict | None = None,
-               **context) -> Response:
+    def render(self, request: Request, name: str, code: int = 200, headers: dict[str, str] | None = None,
+               **context: Any) -> Response:
         base = request.scope.get("root_path", "")
         flash = request.session.pop("flash", None) if "session" in request.scope else None
         context.update(base=base, csrf=access.csrf_token(request), flash=flash,
@@ -121,7 +125,9 @@ class Pages:
         clears it), every failure is logged (never the token) and counted in /metrics."""
         base = request.scope["root_path"]
         form = await request.form()
-        token, target = form.get("token", ""), access.safe_next(base, form.get("next"))
+        given_next = form.get("next")
+        token = form.get("token", "")
+        target = access.safe_next(base, given_next if isinstance(given_next, str) else None)  # a file names no page
         if not access.same_origin(request, self.public_origin):
             return Response("cross-site sign-in refused", 403)
         redis, queue, signins = request.state.redis, self.settings.queue_name, request.state.metrics.signins
