@@ -8,7 +8,6 @@ import asyncio
 import email
 import email.policy
 import functools
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -23,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from port_support import free_port
 from vinr.sandbox.serving import serve
 
 SMTP_USER = "alerts"
@@ -39,12 +39,6 @@ def smtp_certificate() -> str:
                     "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", pem, "-out", pem],
                    check=True, capture_output=True, timeout=60)
     return pem
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

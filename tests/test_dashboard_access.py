@@ -11,25 +11,14 @@ import time
 
 import pytest
 from itsdangerous import TimestampSigner
-from redis.asyncio import Redis
 
-from conftest import API_TOKEN, REDIS_URL
+from conftest import API_TOKEN
 from dashboard_support import csrf_of, seed
 from receiver.app import create_app
 from receiver.dashboard.access import SESSION_COOKIE, SESSION_MAX_AGE, SIGNIN_LIMIT, session_secret
 from receiver_support import LogCapture, served
 
 PUBLIC = "https://recon.example.com"
-
-
-@pytest.fixture
-async def redis(settings):
-    client = Redis.from_url(REDIS_URL)
-    yield client
-    keys = [key async for key in client.scan_iter(match=f"{settings.queue_name}:*", count=1000)]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
 
 
 @pytest.fixture

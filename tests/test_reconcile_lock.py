@@ -9,16 +9,9 @@ import asyncio
 import pytest
 from redis.asyncio import Redis
 
-from conftest import REDIS_URL, unique
+from conftest import unique
 from receiver_support import private_redis  # noqa: F401  (a fixture)
 from reconcile.lock import LOCK_LOST, LockLost, exclusive, lock_key
-
-
-@pytest.fixture
-async def redis():
-    client = Redis.from_url(REDIS_URL)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import asyncio
 
 import pytest
 from arq import Retry
-from arq.connections import RedisSettings, create_pool
 from arq.jobs import Job
 from sqlalchemy import func, select, text, update
 
@@ -28,22 +27,6 @@ from worker.state import STATE, WorkerState
 
 dead_letters, positions = DeadLetter.__table__, InvoicePosition.__table__
 entries, received = JournalEntry.__table__, ReceivedEvent.__table__
-
-
-@pytest.fixture
-async def redis(settings):
-    pool = await create_pool(RedisSettings.from_dsn(settings.redis_url), default_queue_name=settings.queue_name)
-    yield pool
-    # Leave nothing of this test's queue behind (other runs share this Redis).
-    keys = [key async for key in pool.scan_iter(match=f"arq:*{settings.queue_name.rsplit('_', 1)[1]}*", count=1000)]
-    await pool.delete(settings.queue_name, *keys)
-    await pool.aclose()
-
-
-@pytest.fixture
-def prefix(settings) -> str:
-    """Event ids unique to this test (job and result keys live in the shared Redis)."""
-    return f"evt_{settings.queue_name.rsplit('_', 1)[1]}"
 
 
 async def results(redis, job_ids):

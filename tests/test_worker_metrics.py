@@ -26,7 +26,7 @@ from ledger.runs import reconciliation_figures
 from ledger.tables import ReconciliationRun
 from lifecycles import Event, enqueue, snapshot
 from receiver_support import free_port, signed
-from test_worker_processes import finish, redis, start, until_listening  # noqa: F401 - redis is a fixture
+from test_worker_processes import finish, start, until_listening
 from vinr.sandbox.app import create_app
 from vinr.sandbox.config import SandboxConfig
 from vinr.sandbox.serving import serve_in_thread

@@ -17,7 +17,6 @@ from collections import Counter
 
 import httpx
 import pytest
-from arq.connections import RedisSettings, create_pool
 from sqlalchemy import func, select
 
 from conftest import WEBHOOK_SECRET, clear_ledger
@@ -45,17 +44,6 @@ def start(settings, *args: str, cwd, log=subprocess.PIPE, env: dict[str, str] | 
 async def finish(process: subprocess.Popen, timeout: float = 60) -> tuple[int, str, str]:
     out, err = await asyncio.to_thread(process.communicate, timeout=timeout)
     return process.returncode, out, err
-
-
-@pytest.fixture
-async def redis(settings):
-    pool = await create_pool(RedisSettings.from_dsn(settings.redis_url), default_queue_name=settings.queue_name)
-    yield pool
-    tag = settings.queue_name.rsplit("_", 1)[1]
-    keys = [key async for key in pool.scan_iter(match=f"arq:*{tag}*", count=1000)]
-    if keys:
-        await pool.delete(*keys)
-    await pool.aclose()
 
 
 @pytest.fixture
