@@ -458,6 +458,24 @@ class Chaos:
         """Where a one-off command (`vinr-recon reconcile`) runs: here, on this machine."""
         return argv
 
+    def service_settings(self, secret: str, api_key: str, base: str, redis: dict[str, str]) -> dict[str, str]:
+        """The settings every process of the run is given; `redis`, how it reaches Redis."""
+        return {
+            "VINR_WEBHOOK_SECRET": secret, "VINR_API_KEY": api_key, "VINR_API_BASE": base, **redis,
+            "QUEUE_NAME": self.queue, "DATABASE_URL": self.database_url,
+            "LEDGER_API_TOKEN": token_hex(16), "LOG_LEVEL": self.cfg.log_level,
+            "SMTP_URL": self.mailbox.smtp_url, "ALERT_WEBHOOK_URL": self.mailbox.chat_url,
+            "ALERT_DEFAULT_RECIPIENT": FINANCE, "ALERT_EMAIL_FROM": "vinr-recon@merchant.example",
+            "FULFILMENT_URL": self.mailbox.fulfilment_url, "FULFILMENT_SECRET": self.mailbox.fulfilment_secret,
+            "RECONCILE_AT": "23:59",
+        }
+
+    async def upgrade_schema(self) -> None:
+        """`vinr-recon db upgrade` with the children's environment, where one-off commands run."""
+        code, _ = await asyncio.to_thread(self.procs.run, "db-upgrade", self.ops(vinr_recon("db", "upgrade")), 120)
+        if code != 0:
+            raise DemoFailure(f"`vinr-recon db upgrade` exited with status {code}")
+
     # chaos
 
     def kill_worker(self, n: int) -> None:
@@ -553,19 +571,9 @@ class Chaos:
         base = f"http://127.0.0.1:{sandbox_port}/v1"
         receiver = f"http://127.0.0.1:{receiver_port}"
         secret, api_key = "whsec_chaos_" + token_hex(16), "vinr_test_" + token_hex(16)
-        values = {
-            "VINR_WEBHOOK_SECRET": secret, "VINR_API_KEY": api_key, "VINR_API_BASE": base,
-            "REDIS_URL": self.redis_url, "QUEUE_NAME": self.queue, "DATABASE_URL": self.database_url,
-            "LEDGER_API_TOKEN": token_hex(16), "LOG_LEVEL": cfg.log_level,
-            "SMTP_URL": self.mailbox.smtp_url, "ALERT_WEBHOOK_URL": self.mailbox.chat_url,
-            "ALERT_DEFAULT_RECIPIENT": FINANCE, "ALERT_EMAIL_FROM": "vinr-recon@merchant.example",
-            "FULFILMENT_URL": self.mailbox.fulfilment_url, "FULFILMENT_SECRET": self.mailbox.fulfilment_secret,
-            "RECONCILE_AT": "23:59",
-        }
+        values = self.service_settings(secret, api_key, base, {"REDIS_URL": self.redis_url})
         self.procs.env = _children_env(set(Settings.model_fields), values)
-        code, _ = await asyncio.to_thread(self.procs.run, "db-upgrade", vinr_recon("db", "upgrade"), 120)
-        if code != 0:
-            raise DemoFailure(f"`vinr-recon db upgrade` exited with status {code}")
+        await self.upgrade_schema()
         sandbox = self.procs.start("sandbox", vinr_recon(
             "sandbox", "--port", str(sandbox_port), "--api-key", api_key,
             "--webhook-url", f"{receiver}/webhooks/vinr", "--webhook-secret", secret,
@@ -1263,23 +1271,14 @@ server_login_retry = 1
         secret, api_key = "whsec_chaos_" + token_hex(16), "vinr_test_" + token_hex(16)
         pooled = (f"postgresql://postgres@{self.host('pgbouncer').ip}:{PGBOUNCER_PORT}/{self.database}"
                   "?pgbouncer=transaction")
-        values = {
-            "VINR_WEBHOOK_SECRET": secret, "VINR_API_KEY": api_key, "VINR_API_BASE": base,
+        values = self.service_settings(secret, api_key, base, {
             "REDIS_URL": f"redis://{self.host('redis-a').ip}:{REDIS_PORT}/0",  # its database number; the address is the Sentinels'
             "REDIS_SENTINELS": ",".join(f"{self.host(f'sentinel-{n}').ip}:{SENTINEL_PORT}" for n in (1, 2, 3)),
             "REDIS_SENTINEL_MASTER": SENTINEL_MASTER, "REDIS_MIN_REPLICAS": str(cfg.min_replicas),
-            "QUEUE_NAME": self.queue, "DATABASE_URL": self.database_url,
-            "LEDGER_API_TOKEN": token_hex(16), "LOG_LEVEL": cfg.log_level,
-            "SMTP_URL": self.mailbox.smtp_url, "ALERT_WEBHOOK_URL": self.mailbox.chat_url,
-            "ALERT_DEFAULT_RECIPIENT": FINANCE, "ALERT_EMAIL_FROM": "vinr-recon@merchant.example",
-            "FULFILMENT_URL": self.mailbox.fulfilment_url, "FULFILMENT_SECRET": self.mailbox.fulfilment_secret,
-            "RECONCILE_AT": "23:59",
-        }
+        })
         # The schema straight on PostgreSQL; every service through PgBouncer.
         self.procs.env = _children_env(set(Settings.model_fields), values)
-        code, _ = await asyncio.to_thread(self.procs.run, "db-upgrade", self.ops(vinr_recon("db", "upgrade")), 120)
-        if code != 0:
-            raise DemoFailure(f"`vinr-recon db upgrade` exited with status {code}")
+        await self.upgrade_schema()
         self.procs.env = _children_env(set(Settings.model_fields), {**values, "DATABASE_URL": pooled})
 
         sandbox = self.procs.start("sandbox", self.host("sandbox").command(vinr_recon(

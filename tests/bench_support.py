@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
@@ -22,3 +24,15 @@ def load_bench(name: str) -> ModuleType:
     sys.modules[module_name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+def executed(harness):
+    """The figures of a chaos run once `harness` has run (their table printed); a run that could
+    not go on fails the test, with its processes' logs."""
+    chaos = load_bench("chaos")
+    try:
+        figures = harness.execute()
+    except chaos.DemoFailure as exc:
+        pytest.fail(f"{exc}\n{chaos.logs(harness)}")
+    print(figures.table())
+    return figures

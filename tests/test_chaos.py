@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from bench_support import load_bench
+from bench_support import executed, load_bench
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -49,11 +49,7 @@ def test_chaos_run_ci_size(tmp_path):
     cfg = chaos.ChaosConfig(invoices=200, workers=2, seed=9, worker_kills=1, redis_restarts=1, job_timeout=10.0,
                             settle_timeout=120.0)
     harness = ChaosThenExport(cfg, tmp_path)
-    try:
-        figures = harness.execute()
-    except chaos.DemoFailure as exc:
-        pytest.fail(f"{exc}\n{chaos.logs(harness)}")
-    print(figures.table())
+    figures = executed(harness)
     # Issue 20: a month's journal, as finance loads it, balances to zero in every currency, and
     # each of its entries does.
     rows = list(csv.DictReader(io.StringIO(harness.journal)))
@@ -78,11 +74,7 @@ def test_live_chaos_run_ci_size(tmp_path):
     cfg = chaos.ChaosConfig(invoices=200, workers=2, seed=9, worker_kills=1, redis_restarts=0, job_timeout=10.0,
                             settle_timeout=120.0, live=True, live_seconds=25.0, reconcile_pause=1.0)
     harness = chaos.Chaos(cfg, tmp_path)
-    try:
-        figures = harness.execute()
-    except chaos.DemoFailure as exc:
-        pytest.fail(f"{exc}\n{chaos.logs(harness)}")
-    print(figures.table())
+    figures = executed(harness)
     assert figures.passed, f"{figures.table()}\n{chaos.logs(harness)}"
     # The runs raced the webhooks, and the last started only after VINR's last change.
     assert sum(r["live"] for r in figures.runs) >= 3 and not figures.runs[-1]["live"]

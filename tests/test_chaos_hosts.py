@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import hosts
-from bench_support import load_bench
+from bench_support import executed, load_bench
 from pg_support import have_pgbouncer
 from port_support import wait_listening
 
@@ -118,11 +118,7 @@ def test_chaos_run_across_hosts_ci_size(tmp_path, redis_fault):
     cfg = chaos.ChaosConfig(invoices=150, workers=2, seed=9, job_timeout=10.0, settle_timeout=120.0,
                             hosts=True, min_replicas=1, partition_seconds=10.0, redis_fault=redis_fault)
     harness = chaos.HostsChaos(cfg, tmp_path)
-    try:
-        figures = harness.execute()
-    except chaos.DemoFailure as exc:
-        pytest.fail(f"{exc}\n{chaos.logs(harness)}")
-    print(figures.table())
+    figures = executed(harness)
     assert figures.passed, f"{figures.table()}\n{chaos.logs(harness)}"
     assert len(figures.chaos) == 4 and len(set(figures.hosts.values())) == len(figures.hosts) >= 14
     assert any("Sentinel promoted" in act for act in figures.chaos)
