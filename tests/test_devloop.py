@@ -23,7 +23,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from conftest import API_TOKEN, REDIS_URL, WEBHOOK_SECRET, unique
-from test_e2e import Parts, drop_keys, free_port, ready, sandbox_url, wait_until
+from port_support import free_port
+from test_e2e import Parts, drop_keys, ready, sandbox_url, wait_until
 from vinr import delivery_log
 from vinr.client import VinrClient
 from vinr.sandbox.app import create_app
@@ -31,6 +32,7 @@ from vinr.sandbox.config import EndpointConfig, SandboxConfig
 from vinr.sandbox.scenarios import NAMES
 from vinr.sandbox.serving import serve
 from vinr.sandbox.trigger import trigger
+from vinr_recon.demo.processes import Child, vinr_recon
 from vinr_recon.events_commands import DEFAULT_TARGET, delivery_body, target_url
 from vinr_recon.settings import ConfigurationError
 
@@ -85,19 +87,19 @@ def loop(tmp_path_factory):
                 [sys.executable, "-m", "vinr_recon", "sandbox", "--port", str(sandbox_port), "--rate-limit", "0",
                  "--time-scale", "0.001", "--webhook-url", f"{receiver}/webhooks/vinr"],
                 env=env, cwd=folder, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
-        parts.running.append(("sandbox", process, folder / "sandbox.log"))
+        parts.children.append(Child("sandbox", process, folder / "sandbox.log"))
         # DEBUG: the receiver's one line per accepted delivery (accepted deliveries log at DEBUG).
         parts.env = {**env, "LOG_LEVEL": "DEBUG"}
-        parts.start("receiver", "serve", "--port", receiver.rsplit(":", 1)[1])
+        parts.start("receiver", vinr_recon("serve", "--port", receiver.rsplit(":", 1)[1]))
         parts.env = env
-        _, worker_log = parts.start("worker", "worker")
+        worker_log = parts.start("worker", vinr_recon("worker")).log
         wait_until(lambda: sandbox_url(sandbox_out) == base, "the sandbox did not print its URL", parts)
         wait_until(lambda: ready(f"{receiver}/readyz"), "the receiver was not ready", parts, timeout=30)
         wait_until(lambda: "worker started" in worker_log.read_text(errors="replace"), "the worker did not start",
                    parts, timeout=30)
         yield Loop(parts, env, receiver, base, sandbox_out)
     finally:
-        parts.stop()
+        parts.stop_all()
         drop_keys(queue, None)
 
 

@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,6 +16,8 @@ import pytest
 import redis
 
 from conftest import API_TOKEN, REDIS_URL, WEBHOOK_SECRET, unique
+from port_support import free_port
+from vinr_recon.demo.processes import Processes, vinr_recon
 
 pytestmark = pytest.mark.slow
 
@@ -26,44 +25,15 @@ API_KEY = "vinr_test_" + "e" * 32
 FIELDS = ("status", "currency", "total", "amountPaid", "amountDue")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Parts:
-    """`vinr-recon` processes, each in its own process group with its log in a file."""
-
-    def __init__(self, folder: Path, env: dict[str, str]):
-        self.folder, self.env, self.running = folder, env, []
-
-    def start(self, name: str, *args: str) -> tuple[subprocess.Popen, Path]:
-        log = self.folder / f"{name}.log"
-        with open(log, "wb") as out:
-            process = subprocess.Popen([sys.executable, "-m", "vinr_recon", *args], env=self.env, cwd=self.folder,
-                                       stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
-        self.running.append((name, process, log))
-        return process, log
+class Parts(Processes):
+    """`vinr-recon` processes, the demo's way: each in its own process group, its log in a file."""
 
     def logs(self) -> str:
-        return "\n".join(f"--- {name}\n{log.read_text(errors='replace')[-3000:]}" for name, _, log in self.running)
+        return "\n".join(f"--- {c.name}\n{c.log.read_text(errors='replace')[-3000:]}" for c in self.children)
 
     def assert_alive(self) -> None:
-        dead = [(name, p.returncode) for name, p, _ in self.running if p.poll() is not None]
+        dead = [(c.name, c.popen.returncode) for c in self.children if c.popen.poll() is not None]
         assert not dead, f"{dead}\n{self.logs()}"
-
-    def stop(self) -> None:
-        for _, process, _ in self.running:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for _, process, _ in self.running:
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(5)
 
 
 def wait_until(check, what: str, parts: Parts, timeout: float = 20.0):
@@ -110,20 +80,21 @@ def deployment(tmp_path):
     env.update(VINR_WEBHOOK_SECRET=WEBHOOK_SECRET, VINR_API_KEY=API_KEY, LEDGER_API_TOKEN=API_TOKEN,
                VINR_API_BASE=base, REDIS_URL=REDIS_URL, QUEUE_NAME=queue, DATABASE_URL=f"sqlite:///{tmp_path / 'ledger.db'}",
                LOG_LEVEL="INFO")
-    migrate = subprocess.run([sys.executable, "-m", "vinr_recon", "db", "upgrade"], env=env, cwd=tmp_path,
-                             capture_output=True, text=True, timeout=60)
+    migrate = subprocess.run(vinr_recon("db", "upgrade"), env=env, cwd=tmp_path, capture_output=True, text=True,
+                             timeout=60)
     assert migrate.returncode == 0, migrate.stderr
     parts = Parts(tmp_path, env)
     namespace = None
     try:
         # Bad days without drops: every event arrives, some twice, in any order; the ledger must
         # converge on VINR's state from the webhooks alone.
-        _, sandbox_log = parts.start("sandbox", "sandbox", "--port", str(sandbox_port), "--api-key", API_KEY,
-                                     "--webhook-url", f"{receiver}/webhooks/vinr", "--webhook-secret", WEBHOOK_SECRET,
-                                     "--rate-limit", "0", "--seed", "8", "--duplicate-rate", "0.5",
-                                     "--reorder-delay", "0.3", "--old-shape-rate", "0.3", "--snake-case-rate", "0.3")
-        parts.start("receiver", "serve", "--port", receiver.rsplit(":", 1)[1])
-        _, worker_log = parts.start("worker", "worker")
+        sandbox_log = parts.start("sandbox", vinr_recon(
+            "sandbox", "--port", str(sandbox_port), "--api-key", API_KEY,
+            "--webhook-url", f"{receiver}/webhooks/vinr", "--webhook-secret", WEBHOOK_SECRET,
+            "--rate-limit", "0", "--seed", "8", "--duplicate-rate", "0.5",
+            "--reorder-delay", "0.3", "--old-shape-rate", "0.3", "--snake-case-rate", "0.3")).log
+        parts.start("receiver", vinr_recon("serve", "--port", receiver.rsplit(":", 1)[1]))
+        worker_log = parts.start("worker", vinr_recon("worker")).log
         wait_until(lambda: sandbox_url(sandbox_log) == base, "the sandbox did not print its URL", parts)
         wait_until(lambda: ready(f"{receiver}/readyz"), "the receiver was not ready", parts)
         wait_until(lambda: "worker started" in worker_log.read_text(errors="replace"), "the worker did not start",
@@ -133,7 +104,7 @@ def deployment(tmp_path):
             yield vinr, api, parts
             namespace = vinr.get("/customers", params={"limit": 1}).json()["data"][0]["id"][len("cust_"):-6]
     finally:
-        parts.stop()
+        parts.stop_all()
         drop_keys(queue, namespace)
 
 

@@ -18,7 +18,8 @@ import pytest
 from honcho.environ import parse_procfile
 
 from conftest import API_TOKEN, REDIS_URL, WEBHOOK_SECRET, unique
-from test_e2e import drop_keys, free_port
+from port_support import free_port
+from test_e2e import drop_keys
 from vinr.sandbox.app import create_app
 from vinr.sandbox.config import EndpointConfig, SandboxConfig
 from vinr.sandbox.serving import serve
