@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import httpx
 import redis
 
 from receiver_support import free_port
+from vinr_recon.demo.processes import Processes, vinr_recon
 
 MASTER = "mymaster"
 # Small, so a failover takes a few seconds: the primary is "down" after 1 s without an answer.
@@ -145,29 +145,20 @@ class RedisFleet:
 
 
 class Command:
-    """`vinr-recon <args>` in its own process group, its log in a file."""
+    """`vinr-recon <args>` started the demo's way: in its own process group, its log in a file."""
 
     def __init__(self, folder: Path, name: str, env: dict[str, str], *args: str) -> None:
-        self.log_path = folder / f"{name}.log"
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "vinr_recon", *args], env=env, cwd=folder,
-                                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+        self._processes = Processes(folder, env)
+        self.child = self._processes.start(name, vinr_recon(*args))
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return self.child.log.read_text(errors="replace")
 
     def alive(self) -> bool:
-        return self.process.poll() is None
+        return self.child.alive()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
+        self._processes.stop_all()
 
 
 def service_env(**settings: str) -> dict[str, str]:
