@@ -137,6 +137,21 @@ def copy_of(sqlite_template: Path, path: Path) -> str:
     return f"sqlite:///{path}"
 
 
+def filled_ledger(settings: Settings, sqlite_template: Path, path: Path, fill) -> tuple[Settings, object]:
+    """`settings` with a migrated SQLite ledger of its own at `path`, and what `fill(settings,
+    engine)` returned once it filled it (run on an event loop of its own, off the test's)."""
+    chosen = settings.model_copy(update={"database_url": copy_of(sqlite_template, path)})
+
+    async def filled():
+        engine = create_ledger_engine(chosen.database_url)
+        try:
+            return await fill(chosen, engine)
+        finally:
+            await engine.dispose()
+
+    return chosen, _in_thread(asyncio.run, filled())
+
+
 async def clear_ledger(engine) -> None:
     """Empty every ledger table but the chart of accounts."""
     tables = [table for table in reversed(ledger_metadata.sorted_tables) if table.name != "accounts"]

@@ -21,9 +21,8 @@ from sqlalchemy import insert
 
 from api_support import served_in_thread
 from browser_support import CHROMIUM, FLAGS, SCREENSHOTS_DIR, sync_api  # (skips this module without a browser)
-from conftest import API_TOKEN, _in_thread, copy_of
+from conftest import API_TOKEN, _in_thread, filled_ledger
 from dashboard_support import DEAD_INVOICE, GUIDE_ID, GUIDE_NUMBER, forget_replays, seed
-from ledger.db import create_engine
 from ledger.tables import Customer, InvoicePosition
 from lifecycles import drain
 from receiver.app import create_app
@@ -67,18 +66,14 @@ async def seed_aging(engine) -> None:
 @pytest.fixture
 def dashboard_settings(settings, sqlite_template, tmp_path):
     """A seeded SQLite ledger of its own and the test's own queue on the real Redis."""
-    chosen = settings.model_copy(update={"database_url": copy_of(sqlite_template, tmp_path / "dashboard.db")})
 
-    async def seeded():
-        engine = create_engine(chosen.database_url)
-        try:
-            ids = await seed(engine)
-            await seed_aging(engine)
-            return ids
-        finally:
-            await engine.dispose()
+    async def seeded(chosen, engine):
+        ids = await seed(engine)
+        await seed_aging(engine)
+        return ids
 
-    chosen.__dict__["_ids"] = _in_thread(asyncio.run, seeded())
+    chosen, ids = filled_ledger(settings, sqlite_template, tmp_path / "dashboard.db", seeded)
+    chosen.__dict__["_ids"] = ids
     yield chosen
 
     async def forget():

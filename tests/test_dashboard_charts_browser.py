@@ -7,16 +7,14 @@ to the test's folder.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
 
 from api_support import served_in_thread
 from browser_support import CHROMIUM, FLAGS, SCREENSHOTS_DIR, sync_api  # (skips this module without a browser)
-from conftest import API_TOKEN, _in_thread, copy_of
+from conftest import API_TOKEN, filled_ledger
 from journal_support import three_days
-from ledger.db import create_engine
 from receiver.app import create_app
 
 pytestmark = pytest.mark.slow
@@ -25,17 +23,12 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def traffic_settings(settings, sqlite_template, tmp_path):
     """A SQLite ledger of its own holding three days of sandbox traffic; the day figures."""
-    chosen = settings.model_copy(update={"database_url": copy_of(sqlite_template, tmp_path / "charts.db")})
 
-    async def traffic():
-        engine = create_engine(chosen.database_url)
-        try:
-            async with three_days(chosen, engine) as t:
-                return t.per_day
-        finally:
-            await engine.dispose()
+    async def traffic(chosen, engine):
+        async with three_days(chosen, engine) as t:
+            return t.per_day
 
-    return chosen, _in_thread(asyncio.run, traffic())
+    return filled_ledger(settings, sqlite_template, tmp_path / "charts.db", traffic)
 
 
 def test_the_overviews_charts_in_chromium(traffic_settings, tmp_path):
