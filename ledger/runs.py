@@ -147,40 +147,11 @@ CSV_COLUMNS = ("run_id", "invoice_id", "category", "field", "ledger_value", "vin
                "ledger_amount", "vinr_amount", "corrected", "entry_ids")
 
 
-def run_of(row: Row[Any]) -> shapes.Run:
-    return shapes.Run(
-        id=row.id,
-        status=row.status,
-        dryRun=row.dry_run,
-        startedAt=row.started_at,
-        finishedAt=row.finished_at,
-        windowStart=row.window_start,
-        invoicesChecked=row.invoices_checked,
-        eventsBackfilled=row.events_backfilled,
-        correctionsPosted=row.corrections_posted,
-        apiRequests=row.api_requests,
-        counts=row.counts,
-        caughtUpInFlight=row.caught_up,
-        adopt=row.adopt,
-        adoptedQuietly=row.adopted,
-        coveredUntil=row.covered_until,
-        message=row.message,
-    )
-
-
 def finding_of(row: Row[Any], locale: str | None = None) -> shapes.Finding:
-    return shapes.Finding(
-        invoice=row.invoice_id,
-        category=row.category,
-        field=row.field,
-        ledgerValue=row.ledger_value,
-        vinrValue=row.vinr_value,
-        currency=row.currency,
-        ledgerAmount=field_amount(row.field, row.ledger_value, row.currency, locale),
-        vinrAmount=field_amount(row.field, row.vinr_value, row.currency, locale),
-        corrected=row.corrected,
-        entries=row.entry_ids,
-    )
+    """A row of `_findings_of`, with its amounts for people."""
+    return shapes.Finding.model_validate({
+        **row._mapping, "ledgerAmount": field_amount(row.field, row.ledger_value, row.currency, locale),
+        "vinrAmount": field_amount(row.field, row.vinr_value, row.currency, locale)})
 
 
 def _findings_of(run_id: int) -> Select[Unpack[tuple[Any, ...]]]:
@@ -194,7 +165,7 @@ async def list_runs(conn: AsyncConnection, limit: int = 50, before: int | None =
     query = select(runs).order_by(runs.c.id.desc()).limit(limit)
     if before is not None:
         query = query.where(runs.c.id < before)
-    return [run_of(row) for row in await conn.execute(query)]
+    return [shapes.Run.model_validate(row) for row in await conn.execute(query)]
 
 
 async def get_run(conn: AsyncConnection, run_id: int, locale: str | None = None) -> shapes.RunWithFindings | None:
@@ -203,7 +174,7 @@ async def get_run(conn: AsyncConnection, run_id: int, locale: str | None = None)
     if row is None:
         return None
     rows = await conn.execute(_findings_of(run_id))
-    return shapes.RunWithFindings(**dict(run_of(row)), findings=[finding_of(f, locale) for f in rows])
+    return shapes.RunWithFindings.model_validate({**row._mapping, "findings": [finding_of(f, locale) for f in rows]})
 
 
 async def write_csv(conn: AsyncConnection, run_id: int, out: IO[str], locale: str | None = None) -> int:

@@ -5,6 +5,8 @@ ledger.views, ledger.journal and ledger.runs build them; the receiver serializes
 (`model_dump(mode="json")`) and publishes their JSON Schemas in `/openapi.json`
 (receiver/openapi.py), so the document and the answers cannot drift apart. Field names are the
 wire's (camelCase); a class's docstring and its fields' descriptions are the document's words.
+The shapes of stored things read a row of their table as it is (`model_validate(row)`): each field
+from its column, the snake_case of its name unless it says another (`validation_alias`).
 Amounts are integers in minor units; moments are ISO 8601 in UTC, as `datetime.isoformat`
 writes them (`+00:00`, which pydantic alone would write `Z`).
 """
@@ -14,7 +16,8 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, PlainSerializer, WithJsonSchema
+from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
+from pydantic.alias_generators import to_snake
 
 from ledger.tables import ACCOUNTS
 from vinr.events import InvoiceStatus
@@ -33,6 +36,13 @@ Currency = Annotated[str, Field(description="ISO 4217, upper case.", examples=["
 Account = Annotated[str, Field(json_schema_extra={"enum": list(ACCOUNTS)})]
 
 
+class _FromRow(BaseModel):
+    """A shape read from a row (its columns as attributes, or a mapping of them), or built by name."""
+
+    model_config = ConfigDict(alias_generator=AliasGenerator(validation_alias=to_snake), validate_by_name=True,
+                              validate_by_alias=True, from_attributes=True)
+
+
 class Error(BaseModel):
     """Every refusal's body."""
 
@@ -48,7 +58,7 @@ class Posting(BaseModel):
     currency: Currency
 
 
-class JournalEntry(BaseModel):
+class JournalEntry(_FromRow):
     id: int
     kind: str = Field(description="finalize, payment, void, write_off, recovery, credit, ...")
     currency: Currency
@@ -60,8 +70,8 @@ class JournalEntry(BaseModel):
     postings: list[Posting] = Field(min_length=2, description="Debits equal credits within the entry's currency.")
 
 
-class ReceivedEvent(BaseModel):
-    id: str = Field(description="The event id (evt_...).")
+class ReceivedEvent(_FromRow):
+    id: str = Field(validation_alias="event_id", description="The event id (evt_...).")
     type: str
     source: str = Field(description="webhook, or backfill when reconciliation fetched it.")
     outcome: Literal["applied", "stale", "ignored", "dead"]
@@ -71,10 +81,10 @@ class ReceivedEvent(BaseModel):
     error: str | None
 
 
-class Invoice(BaseModel):
+class Invoice(_FromRow):
     """The ledger's view of one invoice."""
 
-    id: str
+    id: str = Field(validation_alias="invoice_id")
     status: InvoiceStatus
     currency: Currency | None
     total: Amount
@@ -122,7 +132,7 @@ class Balances(BaseModel):
 
 # --- reconciliation runs -----------------------------------------------------------------------
 
-class Run(BaseModel):
+class Run(_FromRow):
     id: int = Field(ge=1)
     status: Literal["running", "completed", "partial", "failed"]
     dryRun: bool
@@ -136,9 +146,11 @@ class Run(BaseModel):
     counts: dict[str, int] = Field(
         description="Findings per category: differences still there when the run corrected them.")
     caughtUpInFlight: int = Field(
+        validation_alias="caught_up",
         description="Differences seen that webhooks closed before the run could correct them: not drift.")
     adopt: bool = Field(description="The run adopted the account's history (reconcile --adopt).")
     adoptedQuietly: int = Field(
+        validation_alias="adopted",
         description="Invoices whose history an adopting run booked without alerts or callbacks.")
     coveredUntil: int | None = Field(
         description="Unix seconds: every invoice created before was swept by a completed run; the next window "
@@ -150,8 +162,8 @@ class Runs(BaseModel):
     runs: list[Run] = Field(description="Newest first.")
 
 
-class Finding(BaseModel):
-    invoice: str
+class Finding(_FromRow):
+    invoice: str = Field(validation_alias="invoice_id")
     category: str = Field(description="missing_in_ledger, status_mismatch, amount_mismatch, ...")
     field: str | None
     ledgerValue: str | None
@@ -160,7 +172,7 @@ class Finding(BaseModel):
     ledgerAmount: str | None = Field(description="ledgerValue for people (EUR 500.00), when an amount.")
     vinrAmount: str | None = Field(description="vinrValue for people, when an amount.")
     corrected: bool
-    entries: list[int] = Field(description="Ids of the correcting entries.")
+    entries: list[int] = Field(validation_alias="entry_ids", description="Ids of the correcting entries.")
 
 
 class RunWithFindings(Run):

@@ -23,27 +23,10 @@ async def invoice_view(conn: AsyncConnection, invoice_id: str) -> shapes.Invoice
     if row is None or row.status is None:
         return None
     journal = await _entries(conn, invoice_id)
-    return shapes.Invoice(
-        id=row.invoice_id,
-        status=row.status,
-        currency=row.currency,
-        total=row.total,
-        amountPaid=row.amount_paid,
-        amountDue=row.amount_due,
-        appliedBalance=row.applied_balance,
-        customer=row.customer,
-        number=row.number,
-        writtenOff=row.written_off,
-        credited=row.credited,
-        attemptCount=row.attempt_count,
-        created=row.created,
-        paidAt=row.paid_at,
-        lastEventAt=row.last_event_at,
-        updatedAt=row.updated_at,
-        entries=journal,
-        events=await _events(conn, invoice_id),
-        corrections=[entry for entry in journal if entry.source == "reconciliation"],
-    )
+    return shapes.Invoice.model_validate({
+        **row._mapping, "entries": journal, "events": await _events(conn, invoice_id),
+        "corrections": [entry for entry in journal if entry.source == "reconciliation"],
+    })
 
 
 async def _entries(conn: AsyncConnection, invoice_id: str) -> list[shapes.JournalEntry]:
@@ -59,12 +42,7 @@ async def _entries(conn: AsyncConnection, invoice_id: str) -> list[shapes.Journa
         _, lines = by_id.setdefault(row.id, (row, []))
         lines.append(shapes.Posting(account=row.account, direction=row.direction, amount=row.amount,
                                     currency=row.posting_currency))
-    return [
-        shapes.JournalEntry(id=row.id, kind=row.kind, currency=row.currency, source=row.source, eventId=row.event_id,
-                            runId=row.run_id, effectiveAt=row.effective_at, recordedAt=row.recorded_at,
-                            postings=lines)
-        for row, lines in by_id.values()
-    ]
+    return [shapes.JournalEntry.model_validate({**row._mapping, "postings": lines}) for row, lines in by_id.values()]
 
 
 async def _events(conn: AsyncConnection, invoice_id: str) -> list[shapes.ReceivedEvent]:
@@ -74,12 +52,7 @@ async def _events(conn: AsyncConnection, invoice_id: str) -> list[shapes.Receive
         .where(received.c.invoice_id == invoice_id)
         .order_by(received.c.id)
     )
-    return [
-        shapes.ReceivedEvent(id=row.event_id, type=row.type, source=row.source, outcome=row.outcome,
-                             created=row.created, receivedAt=row.received_at, appliedAt=row.applied_at,
-                             error=row.error)
-        for row in rows
-    ]
+    return [shapes.ReceivedEvent.model_validate(row) for row in rows]
 
 
 async def balances(conn: AsyncConnection) -> shapes.Balances:
