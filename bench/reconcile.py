@@ -146,14 +146,15 @@ def stop(process: subprocess.Popen) -> None:
 
 
 async def fetch_invoices(sandbox: Sandbox) -> list:
-    """Every invoice, paged through the API, with what the ledger never reads left out."""
+    """Every invoice, paged through the API, without its lines (which the ledger never reads; its
+    metadata stays: the ledger keeps `metadata.accountManager`)."""
     from vinr.client import VinrClient
     from vinr.events import Lines
 
     invoices = []
     async with VinrClient(sandbox.base_url, sandbox.api_key) as client:
         async for invoice in client.iter_invoices():
-            invoices.append(invoice.model_copy(update={"lines": Lines(), "metadata": {}}))
+            invoices.append(invoice.model_copy(update={"lines": Lines()}))
     return invoices
 
 
@@ -232,6 +233,7 @@ def ledger_rows(invoices: list, drift: Drift, now: datetime, first_entry_id: int
     """The rows `apply_snapshot(conn, snapshot, source="webhook", event_at=snapshot.created)` writes
     for each booked snapshot on an empty ledger: one position, its entries and their postings
     (entry ids from `first_entry_id` on)."""
+    from ledger.book import entry_key, position_values
     from ledger.posting import Position, post
 
     position_rows, entry_rows, posting_rows = [], [], []
@@ -241,20 +243,13 @@ def ledger_rows(invoices: list, drift: Drift, now: datetime, first_entry_id: int
             continue
         outcome = post(Position(invoice_id=booked.id), booked, event_at=booked.created)
         new = outcome.position
-        position_rows.append({
-            "invoice_id": booked.id, "status": new.status, "currency": new.currency, "total": new.total,
-            "amount_paid": new.amount_paid, "amount_due": new.amount_due, "applied_balance": new.applied_balance,
-            "recognized": new.facts.recognized,
-            "written_off": new.facts.written_off, "credited": new.facts.credited,
-            "attempt_count": new.attempt_count, "version": new.version, "last_event_at": new.last_event_at,
-            "paid_at": new.paid_at, "customer": new.customer, "number": new.number, "created": new.created,
-            "updated_at": now,
-        })
+        # The writer's own column list and entry key: a column the ledger gains is written here too.
+        position_rows.append({"invoice_id": booked.id, **position_values(new), "updated_at": now})
         effective = datetime.fromtimestamp(booked.created, UTC) if booked.created else now
         for i, entry in enumerate(outcome.entries):
             entry_id = first_entry_id + len(entry_rows)
             entry_rows.append({
-                "id": entry_id, "idempotency_key": f"{booked.id}:v0:{i}:{entry.kind}", "kind": entry.kind,
+                "id": entry_id, "idempotency_key": entry_key(booked.id, 0, i, entry), "kind": entry.kind,
                 "invoice_id": booked.id, "currency": entry.currency, "source": "webhook", "event_id": None,
                 "run_id": None, "effective_at": effective, "recorded_at": now,
             })
