@@ -21,7 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import insert
 
-from conftest import WEBHOOK_SECRET, copy_of
+from conftest import WEBHOOK_SECRET, copy_of, tag_of
 from ledger.runs import reconciliation_figures
 from ledger.tables import ReconciliationRun
 from lifecycles import Event, enqueue, snapshot
@@ -122,7 +122,7 @@ class Stack:
 
 
 async def test_a_live_worker_counts_what_it_applied_and_serves_the_last_reconciliation(settings, redis, tmp_path):
-    tag = settings.queue_name.rsplit("_", 1)[1]
+    tag = tag_of(settings.queue_name)
     app = create_app(SandboxConfig(rate_limit=0, seed=5))
     sandbox = app.state.sandbox
     sandbox.seed(12)
@@ -196,7 +196,7 @@ async def test_the_dashboard_queries_only_metrics_the_live_processes_expose(sett
     dashboard = json.loads(DASHBOARD.read_text())
     assert {"name": "datasource", "type": "datasource", "query": "prometheus"}.items() <= \
         next(v for v in dashboard["templating"]["list"] if v["name"] == "datasource").items()
-    tag = settings.queue_name.rsplit("_", 1)[1]
+    tag = tag_of(settings.queue_name)
     async with Stack(settings, tmp_path) as stack:
         event = paid_event(tag, 0)
         await stack.deliver(event)

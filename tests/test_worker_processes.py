@@ -19,7 +19,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from conftest import WEBHOOK_SECRET, clear_ledger
+from conftest import WEBHOOK_SECRET, clear_ledger, tag_of
 from ledger.book import trial_balance
 from ledger.db import create_engine
 from ledger.tables import InvoicePosition, JournalEntry, Posting, ReceivedEvent
@@ -94,7 +94,7 @@ async def assert_each_fact_posted_once(engine, lifecycles: dict[str, list[Event]
 @pytest.mark.postgres
 async def test_two_workers_racing_over_the_same_invoices_post_each_fact_once(pg, redis, tmp_path):
     settings, engine = pg
-    tag = settings.queue_name.rsplit("_", 1)[1]
+    tag = tag_of(settings.queue_name)
     lifecycles = invoices(tag, 100, partial=True)
     events = [e for lifecycle in lifecycles.values() for e in lifecycle]
     # Every event three times under distinct job ids (as after arq's result expired), mixed up.
@@ -115,7 +115,7 @@ async def test_two_workers_racing_over_the_same_invoices_post_each_fact_once(pg,
 @pytest.mark.postgres
 async def test_a_worker_killed_mid_batch_loses_nothing(pg, redis, tmp_path):
     settings, engine = pg
-    tag = settings.queue_name.rsplit("_", 1)[1]
+    tag = tag_of(settings.queue_name)
     lifecycles = invoices(tag, 300, partial=False)
     events = [e for lifecycle in lifecycles.values() for e in lifecycle]
     await enqueue(redis, settings.queue_name, events)
@@ -147,7 +147,7 @@ async def count(engine) -> int:
 
 async def test_the_command_line_migrates_then_runs_the_worker(settings, redis, tmp_path):
     settings = settings.model_copy(update={"database_url": f"sqlite:///{tmp_path / 'cli.db'}"})
-    tag = settings.queue_name.rsplit("_", 1)[1]
+    tag = tag_of(settings.queue_name)
     lifecycle = invoices(tag, 1, partial=False)
     await enqueue(redis, settings.queue_name, lifecycle[f"inv_{tag}_0"])
 
@@ -174,7 +174,7 @@ async def test_a_job_lost_in_a_redis_failover_does_not_turn_the_redelivery_into_
     settings = settings.model_copy(update={"database_url": f"sqlite:///{tmp_path / 'failover.db'}"})
     code, _, err = await finish(start(settings, "db", "upgrade", cwd=tmp_path))
     assert code == 0, err
-    tag = settings.queue_name.rsplit("_", 1)[1]
+    tag = tag_of(settings.queue_name)
     (event,) = invoices(tag, 1, partial=False)[f"inv_{tag}_0"][:1]
     job_id = event_job_id(settings.queue_name, event.id)
     await redis.zadd(settings.queue_name, {job_id: int(time.time() * 1000)})  # what the failover left
