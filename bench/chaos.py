@@ -111,7 +111,7 @@ import asyncpg  # noqa: E402
 import httpx  # noqa: E402
 
 from vinr_recon.demo.processes import Child, DemoFailure, Processes, vinr_recon  # noqa: E402
-from vinr_recon.demo.run import _children_env, _delivered, _page_all, _queued  # noqa: E402
+from vinr_recon.demo.run import _children_env, _delivered, _page_all, _queued, receiver_ready  # noqa: E402
 from vinr_recon.demo.services import Mailbox, free_port, start_private_redis  # noqa: E402
 from vinr_recon.demo.story import CARD_3DS, CARD_DECLINED, CARD_OK, StoryError, Vinr  # noqa: E402
 from vinr_recon.settings import Settings  # noqa: E402
@@ -587,12 +587,7 @@ class Chaos:
             self.start_worker(n)
         await self._wait("the sandbox", lambda: f"VINR sandbox API: {base}" in sandbox.log.read_text(errors="replace"))
         async with httpx.AsyncClient(timeout=5) as probe:
-            async def ready() -> bool:
-                try:
-                    return (await probe.get(f"{receiver}/readyz")).status_code == 200
-                except httpx.HTTPError:
-                    return False
-            await self._wait("the receiver", ready)
+            await self._wait("the receiver", lambda: receiver_ready(probe, receiver))
         for child in self.workers.values():
             await self._wait(child.name, lambda c=child: "worker started" in c.log.read_text(errors="replace"))
         return base, api_key
@@ -1301,12 +1296,7 @@ server_login_retry = 1
         await self._wait("the sandbox", lambda: f"VINR sandbox API: {base}" in sandbox.log.read_text(errors="replace"))
         async with httpx.AsyncClient(timeout=5) as probe:
             for receiver in receivers:
-                async def ready(url=f"http://{receiver}/readyz") -> bool:
-                    try:
-                        return (await probe.get(url)).status_code == 200
-                    except httpx.HTTPError:
-                        return False
-                await self._wait(f"the receiver at {receiver}", ready)
+                await self._wait(f"the receiver at {receiver}", lambda: receiver_ready(probe, f"http://{receiver}"))
         for child in self.workers.values():
             await self._wait(child.name, lambda c=child: "worker started" in c.log.read_text(errors="replace"))
         return base, api_key

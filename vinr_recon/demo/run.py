@@ -94,6 +94,15 @@ async def _wait_for(what: str, check, procs: Processes, timeout: float = START_T
         await asyncio.sleep(0.05)
 
 
+async def receiver_ready(probe: httpx.AsyncClient, receiver: str) -> bool:
+    """True once the receiver at `receiver` (its base URL) says it is ready; False while it does
+    not answer yet, or answers not ready (Redis or the ledger not reachable yet)."""
+    try:
+        return (await probe.get(f"{receiver}/readyz")).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 async def _page_all(api: httpx.AsyncClient, path: str) -> list[dict]:
     items, after = [], None
     while True:
@@ -193,13 +202,7 @@ async def demo(settings: Settings, args, res: Resources, console: Console) -> Ou
         await _wait_for("the sandbox", sandbox_up, procs)
 
         async with httpx.AsyncClient(timeout=10) as probe:
-            async def ready() -> bool:
-                try:
-                    return (await probe.get(f"{receiver}/readyz")).status_code == 200
-                except httpx.HTTPError:
-                    return False
-
-            await _wait_for("the receiver", ready, procs)
+            await _wait_for("the receiver", lambda: receiver_ready(probe, receiver), procs)
 
         async def worker_up() -> bool:
             return "worker started" in worker.log.read_text(errors="replace")
