@@ -18,9 +18,8 @@ With several workers, each runs the job; the keys (ON CONFLICT DO NOTHING) keep 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from urllib.parse import quote
@@ -33,6 +32,7 @@ from ledger import digest as facts
 from ledger.outbox import Channels, Notice, any_staged, configured_channels, stage
 from vinr_recon.jobs import cron_name, enqueue_notices
 from vinr_recon.settings import Settings
+from worker.state import state
 
 log = structlog.get_logger("worker.digest")
 
@@ -131,27 +131,24 @@ async def stage_digests(ctx: dict[str, Any], settings: Settings, now: datetime) 
         return 0
     # Read before the write transaction: on SQLite the worker's writes wait for it (a second at
     # 100,000 invoices, bench/digest.py), and the keys, not the transaction, make it once a day.
-    async with ctx["engine"].connect() as conn:
+    worker = state(ctx)
+    async with worker.engine.connect() as conn:
         worklists = await facts.digests(conn, day, now, settings.alert_default_recipient)
     owed = notices(worklists, now, settings.public_origin)
     keys = [n.key for n in owed]
-    async with _write_lock(ctx), ctx["engine"].begin() as conn:
+    async with worker.writing(), worker.engine.begin() as conn:
         if await any_staged(conn, keys):
             log.info("digests of the day already staged", day=day.isoformat())
             return 0
         staged = await stage(conn, owed, deliverable=Channels(email=True))
-    await enqueue_notices(ctx["redis"], ctx["queue_name"], staged.values())
+    await enqueue_notices(ctx["redis"], worker.queue_name, staged.values())  # arq's Redis
     log.info("digests staged", day=day.isoformat(), managers=len(staged),
              invoices=sum(w.count for w in worklists))
     return len(staged)
 
 
-def _write_lock(ctx: dict[str, Any]):
-    lock = ctx.get("write_lock")
-    return lock if lock is not None else contextlib.nullcontext()
-
-
-def digest_job(settings: Settings, clock: Callable[[], datetime] | None = None):
+def digest_job(settings: Settings,
+               clock: Callable[[], datetime] | None = None) -> Callable[[dict[str, Any]], Awaitable[int]]:
     """The cron job's coroutine; `clock` (tests) stands in for the wall clock."""
 
     async def stage_daily_digests(ctx: dict[str, Any]) -> int:
@@ -178,5 +175,7 @@ def digest_crons(settings: Settings, clock: Callable[[], datetime] | None = None
     if not configured_channels(settings).email:
         log.warning("daily digest is off: ALERT_DIGEST_AT is set but SMTP_URL is not")
         return []
-    return [cron(digest_job(settings, clock), name=cron_name(settings.queue_name, "stage_digests"),
+    # arq's WorkerCoroutine wants *args and **kwargs, which it never passes a cron job.
+    job = digest_job(settings, clock)
+    return [cron(job, name=cron_name(settings.queue_name, "stage_digests"),  # type: ignore[arg-type]
                  hour=at.hour, minute=at.minute, run_at_startup=True, max_tries=TRIES)]

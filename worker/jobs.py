@@ -16,7 +16,6 @@ again, so an event is never dropped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -119,7 +118,7 @@ async def _apply(worker: WorkerState, body: bytes, headers: dict[str, str], rece
         # Each batch has a deadline of its own (see RetryPolicy.attempt_timeout).
         return await worker.batcher.apply(item)
     async with asyncio.timeout(worker.policy.attempt_timeout):
-        async with _write_lock(worker), worker.engine.begin() as conn:
+        async with worker.writing(), worker.engine.begin() as conn:
             try:
                 (result,) = await apply_events(conn, [item], replay=replay)
             except PoisonInBatch as poison:  # a batch of one: its own event's
@@ -147,7 +146,7 @@ async def _dead_letter(worker: WorkerState, event_id: str, event_type: str, body
     policy = worker.policy
     try:
         async with asyncio.timeout(policy.attempt_timeout):
-            async with _write_lock(worker), worker.engine.begin() as conn:
+            async with worker.writing(), worker.engine.begin() as conn:
                 buried = await bury(
                     conn, event_id=event_id, event_type=event_type, body=body, headers=headers, error=error,
                     attempts=attempt, received_at=received, replaces=dead_letter_id,
@@ -171,11 +170,6 @@ def _describe(exc: BaseException, limit: int = 2000) -> str:
     not its parameters: ledger.db hides them), cut to `limit` characters."""
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _write_lock(worker: WorkerState) -> contextlib.AbstractAsyncContextManager[object]:
-    """SQLite has one writer at a time: queueing writers here beats them spinning on its lock."""
-    return worker.write_lock if worker.write_lock is not None else contextlib.nullcontext()
 
 
 def _log_result(result: EventResult) -> None:

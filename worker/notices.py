@@ -20,15 +20,17 @@ once (the chat message still goes) and the log says why.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import httpx
 import structlog
 from arq import Retry
 from arq.cron import CronJob, cron
+from arq.worker import Function, func
+from pydantic import SecretStr
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger import outbox
@@ -39,6 +41,10 @@ from vinr_recon.jobs import DELIVER_NOTICE, enqueue_notices, notice_job_id, queu
 from vinr_recon.settings import Settings, vinr_client
 from worker import channels, render
 from worker.jobs import RetryPolicy
+from worker.state import WorkerState, state
+
+if TYPE_CHECKING:  # a row of the outbox, as ledger.outbox hands it back
+    from ledger.tables import AnyRow
 
 log = structlog.get_logger("worker.notices")
 
@@ -65,6 +71,10 @@ class Notifier:
                  vinr: VinrClient | None = None) -> None:
         self.settings = settings
         self.smtp = channels.SmtpServer.parse(settings.smtp_url) if _set(settings.smtp_url) else None
+        # Each channel's configuration, or None where this worker lacks it (see `missing`).
+        self._fulfilment = ((settings.fulfilment_url, settings.fulfilment_secret)
+                            if settings.fulfilment_url and _set(settings.fulfilment_secret) else None)
+        self._chat_url = settings.alert_webhook_url if _set(settings.alert_webhook_url) else None
         self._http = http or httpx.AsyncClient(follow_redirects=False)
         self._vinr = vinr
         if vinr is None and _set(settings.vinr_api_key):
@@ -95,16 +105,17 @@ class Notifier:
         missing = self.missing(channel)
         if missing is not None:
             raise channels.Undeliverable(missing)
-        if channel == "fulfilment":
-            body, headers = channels.signed_callback(payload, settings.fulfilment_secret, int(time.time()))
-            await channels.post_callback(self._http, settings.fulfilment_url, body, headers)
+        if channel == "fulfilment" and self._fulfilment is not None:
+            url, secret = self._fulfilment
+            body, headers = channels.signed_callback(payload, secret, int(time.time()))
+            await channels.post_callback(self._http, url, body, headers)
             return {}
-        if channel == "chat":
+        if channel == "chat" and self._chat_url is not None:
             customer = cached or await self._customer(payload, needed=False)
             alert = render.render(kind, payload, customer, settings.money_locale)
-            await channels.post_chat(self._http, settings.alert_webhook_url, render.slack_message(alert))
+            await channels.post_chat(self._http, self._chat_url, render.slack_message(alert))
             return {}
-        if channel == "email":
+        if channel == "email" and self.smtp is not None:
             metadata = payload.get("metadata") or {}
             needed = kind in INVOICE_ALERTS and "accountManager" not in metadata
             customer = cached or await self._customer(payload, needed=needed)
@@ -120,10 +131,9 @@ class Notifier:
 
     def missing(self, channel: str) -> str | None:
         """Why this worker can deliver nothing on `channel` (the settings it lacks), or None."""
-        settings = self.settings
-        if channel == "fulfilment" and (not settings.fulfilment_url or not _set(settings.fulfilment_secret)):
+        if channel == "fulfilment" and self._fulfilment is None:
             return "FULFILMENT_URL and FULFILMENT_SECRET are not both set"
-        if channel == "chat" and not _set(settings.alert_webhook_url):
+        if channel == "chat" and self._chat_url is None:
             return "ALERT_WEBHOOK_URL is not set"
         if channel == "email" and self.smtp is None:
             return "SMTP_URL is not set"
@@ -146,7 +156,7 @@ class Notifier:
             return None
 
 
-def _set(value) -> bool:
+def _set(value: SecretStr | None) -> TypeGuard[SecretStr]:
     return value is not None and bool(value.get_secret_value().strip())
 
 
@@ -158,11 +168,14 @@ async def deliver_notice(ctx: dict[str, Any], notice_id: int) -> str:
 
     Raises only `arq.Retry`; the ledger is never touched beyond the notice's own row.
     """
-    policy: RetryPolicy = ctx.get("notice_policy") or NOTICE_RETRY
-    notifier: Notifier = ctx["notifier"]
+    worker = state(ctx)
+    policy = worker.notice_policy or NOTICE_RETRY
+    notifier = worker.notifier
+    if notifier is None:
+        raise RuntimeError("deliver_notice ran before the worker's start-up made its notifier")
     attempt: int = ctx.get("job_try", 1)
     with structlog.contextvars.bound_contextvars(notice_id=notice_id, job_id=ctx.get("job_id")):
-        async with ctx["engine"].connect() as conn:
+        async with worker.engine.connect() as conn:
             row = await outbox.notice_by_id(conn, notice_id)
             # The ledger's copy of the customer (ledger.customers) names it; VINR is asked only without one.
             cached = (await cached_customer(conn, row.payload.get("customer"))
@@ -171,7 +184,7 @@ async def deliver_notice(ctx: dict[str, Any], notice_id: int) -> str:
             log.warning("notice not found")
             return "missing"
         if row.status != "pending":
-            return row.status
+            return str(row.status)
         structlog.contextvars.bind_contextvars(invoice_id=row.invoice_id, kind=row.kind, channel=row.channel)
         try:
             async with asyncio.timeout(policy.attempt_timeout):
@@ -181,50 +194,44 @@ async def deliver_notice(ctx: dict[str, Any], notice_id: int) -> str:
         except Exception as exc:  # a channel down, a timeout, a bug: tried again
             error, final = notifier.scrub(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__), False
         else:
-            await _settle(ctx, notice_id, attempt, status="sent")
+            await _settle(worker, notice_id, attempt, status="sent")
             log.info("notice sent", attempts=row.attempts + 1, **detail)
-            _count(ctx, row.channel, "sent")
+            _count(worker, row.channel, "sent")
             return "sent"
         if not final and attempt < policy.tries:
             delay = policy.backoff(attempt)
-            await _settle(ctx, notice_id, attempt, error=error)
+            await _settle(worker, notice_id, attempt, error=error)
             log.warning("notice not delivered, will retry", attempt=attempt, retry_in=round(delay, 2), error=error)
-            _count(ctx, row.channel, "retried")
+            _count(worker, row.channel, "retried")
             raise Retry(defer=delay)
         if final:  # nothing was tried: not a failure for the dead-notice gauge
-            await _settle(ctx, notice_id, attempt, status="undeliverable", error=error)
+            await _settle(worker, notice_id, attempt, status="undeliverable", error=error)
             log.warning("notice undeliverable by this worker's configuration", error=error)
-            _count(ctx, row.channel, "undeliverable")
+            _count(worker, row.channel, "undeliverable")
             return "undeliverable"
-        await _settle(ctx, notice_id, attempt, status="dead", error=error)
+        await _settle(worker, notice_id, attempt, status="dead", error=error)
         log.error("notice dead: replay it with `vinr-recon replay --notices`", attempts=row.attempts + 1, error=error)
-        _count(ctx, row.channel, "dead")
+        _count(worker, row.channel, "dead")
         return "dead"
 
 
-def _count(ctx: dict[str, Any], channel: str, outcome: str, count: int = 1) -> None:
-    """Count notices on `ctx["metrics"]` (worker.metrics.WorkerMetrics), when this worker has metrics."""
-    metrics = ctx.get("metrics")
-    if metrics:
-        metrics.notice(channel, outcome, count)
+def _count(worker: WorkerState, channel: str, outcome: str, count: int = 1) -> None:
+    """Count notices on the worker's metrics, when it has them."""
+    if worker.metrics is not None:
+        worker.metrics.notice(channel, outcome, count)
 
 
-async def _settle(ctx: dict[str, Any], notice_id: int, attempt: int, *, status: str | None = None,
+async def _settle(worker: WorkerState, notice_id: int, attempt: int, *, status: str | None = None,
                   error: str | None = None) -> None:
     """Count the try on the notice's row (and its new status). If even that fails, the job is
     tried again: the notice stays pending rather than being lost."""
     try:
-        async with _write_lock(ctx), ctx["engine"].begin() as conn:
+        async with worker.writing(), worker.engine.begin() as conn:
             await outbox.record_try(conn, notice_id, status=status, error=error)
     except Exception as exc:
-        policy: RetryPolicy = ctx.get("notice_policy") or NOTICE_RETRY
+        policy = worker.notice_policy or NOTICE_RETRY
         log.error("notice's outcome not recorded, will retry", status=status, error=repr(exc))
         raise Retry(defer=policy.backoff(attempt)) from exc
-
-
-def _write_lock(ctx: dict[str, Any]):
-    lock = ctx.get("write_lock")
-    return lock if lock is not None else contextlib.nullcontext()
 
 
 # --- The sweep ------------------------------------------------------------------------------
@@ -233,32 +240,33 @@ def _write_lock(ctx: dict[str, Any]):
 async def sweep_notices(ctx: dict[str, Any]) -> int:
     """Queue every notice pending for more than a few seconds; returns how many. A notice whose
     job is queued, waiting for its retry or running is left alone (same job id)."""
+    worker = state(ctx)
     older_than = datetime.now(UTC) - SWEEP_AFTER
-    await _settle_unconfigured(ctx, older_than)
-    async with ctx["engine"].connect() as conn:
+    await _settle_unconfigured(worker, older_than)
+    async with worker.engine.connect() as conn:
         ids = await outbox.pending_ids(conn, older_than, limit=SWEEP_LIMIT)
-    await enqueue_notices(ctx["redis"], ctx["queue_name"], ids)
+    await enqueue_notices(ctx["redis"], worker.queue_name, ids)  # arq's Redis
     if ids:
         log.info("pending notices queued", count=len(ids))
     return len(ids)
 
 
-async def _settle_unconfigured(ctx: dict[str, Any], older_than: datetime) -> None:
+async def _settle_unconfigured(worker: WorkerState, older_than: datetime) -> None:
     """Mark what this worker cannot deliver `undeliverable`, one statement per unconfigured
     channel however many there are: a merchant with no channel pays no job per notice."""
-    notifier: Notifier | None = ctx.get("notifier")
+    notifier = worker.notifier
     if notifier is None:
         return
     for channel in ("email", "chat", "fulfilment"):
         reason = notifier.missing(channel)
         if reason is None:
             continue
-        async with _write_lock(ctx), ctx["engine"].begin() as conn:
+        async with worker.writing(), worker.engine.begin() as conn:
             count = await outbox.mark_undeliverable(conn, channel, older_than, reason)
         if count:
             log.info("notices undeliverable by this worker's configuration", channel=channel, count=count,
                      error=reason)
-            _count(ctx, channel, "undeliverable", count)
+            _count(worker, channel, "undeliverable", count)
 
 
 def notice_crons(settings: Settings) -> list[CronJob]:
@@ -273,26 +281,24 @@ def notice_crons(settings: Settings) -> list[CronJob]:
     return [cron(sweep_notices, name="sweep_notices", run_at_startup=True, unique=False)]
 
 
-def notice_functions() -> list:
-    from arq.worker import func
-
+def notice_functions() -> list[Function]:
     return [func(deliver_notice, name=DELIVER_NOTICE, keep_result=0)]
 
 
 # --- Replay ---------------------------------------------------------------------------------
 
 
-async def replay_notices(engine: AsyncEngine, redis, queue_name: str,
-                         ids: list[int] | None = None) -> list[tuple[Any, bool]]:
+async def replay_notices(engine: AsyncEngine, redis: Redis, queue_name: str,
+                         ids: list[int] | None = None) -> list[tuple[AnyRow, bool]]:
     """Make dead notices pending again and queue each under its own job id (the sweep's too, so
     the two never run one notice at once); returns (notice as it was, queued now)."""
     async with engine.begin() as conn:
         notices = await outbox.dead_notices(conn, ids)
         if notices:
             await outbox.revive_notices(conn, [n.id for n in notices])
-    queued, redis = [], queue_redis(redis)
+    queued, arq_redis = [], queue_redis(redis)
     for notice in notices:
-        job = await redis.enqueue_job(DELIVER_NOTICE, notice.id, _job_id=notice_job_id(queue_name, notice.id),
+        job = await arq_redis.enqueue_job(DELIVER_NOTICE, notice.id, _job_id=notice_job_id(queue_name, notice.id),
                                       _queue_name=queue_name, _expires=REPLAY_EXPIRES)
         queued.append((notice, job is not None))
     return queued

@@ -213,14 +213,11 @@ def worker_settings(
                     lock=worker.write_lock, notices=channels, deliverable=deliverable, metrics=metrics)
             if batch else None
         )
-        ctx.update(_read_by_name(worker))
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
         worker = ctx.pop(STATE, None)
         if not isinstance(worker, WorkerState):  # start-up failed before it had an engine
             return
-        for name in _read_by_name(worker):
-            ctx.pop(name, None)
         if worker.metrics_server is not None:
             await asyncio.to_thread(worker.metrics_server.stop)
             worker.metrics_server = None
@@ -249,12 +246,6 @@ def worker_settings(
         timezone=UTC,
     )
 
-
-def _read_by_name(worker: WorkerState) -> dict[str, Any]:
-    """The state's parts that worker.notices and worker.digest still read from `ctx` by name
-    (a compatibility read, until they read `state(ctx)`)."""
-    return {"engine": worker.engine, "notifier": worker.notifier, "notice_policy": worker.notice_policy,
-            "write_lock": worker.write_lock, "queue_name": worker.queue_name}
 
 
 async def check_schema(engine: AsyncEngine) -> str | None:

@@ -8,6 +8,7 @@ arq's `ctx` holds it under `STATE`, beside what arq itself puts there (`redis`, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,11 @@ class WorkerState:
     notifier: Notifier | None = None
     notice_policy: RetryPolicy | None = None  # none: worker.notices' NOTICE_RETRY
     metrics_server: MetricsServer | None = None  # while `/metrics` is served
+
+    def writing(self) -> contextlib.AbstractAsyncContextManager[object]:
+        """Held around every write transaction. SQLite has one writer at a time: queueing writers
+        here beats them spinning on its lock; on PostgreSQL it holds nothing."""
+        return self.write_lock if self.write_lock is not None else contextlib.nullcontext()
 
 
 def state(ctx: dict[str, Any]) -> WorkerState:
