@@ -20,6 +20,7 @@ import pytest
 from pydantic import SecretStr, ValidationError
 from sqlalchemy import select
 
+from conftest import tag_of
 from ledger import digest as facts
 from ledger.outbox import outbox
 from ledger.tables import Customer
@@ -218,7 +219,7 @@ async def digest_rows(engine) -> list:
 
 async def test_two_managers_get_their_invoices_once_a_day_across_a_restart(ledger_settings, ledger_engine, redis,
                                                                           smtp):
-    tag = ledger_settings.queue_name.rsplit("_", 1)[1]
+    tag = tag_of(ledger_settings.queue_name)
     events, expected = the_ledger(tag)
     await seed(ledger_settings, ledger_engine, redis, events)
     settings = with_digest(ledger_settings, smtp)
@@ -258,7 +259,7 @@ async def test_two_managers_get_their_invoices_once_a_day_across_a_restart(ledge
 
 async def test_with_no_default_recipient_an_invoice_with_no_manager_is_on_no_list(ledger_settings, ledger_engine,
                                                                                   redis, smtp):
-    tag = ledger_settings.queue_name.rsplit("_", 1)[1]
+    tag = tag_of(ledger_settings.queue_name)
     events, expected = the_ledger(tag)
     await seed(ledger_settings, ledger_engine, redis, events)
     await run_worker(with_digest(ledger_settings, smtp, alert_default_recipient=None), at(DAY, 8, 5))
@@ -266,7 +267,7 @@ async def test_with_no_default_recipient_an_invoice_with_no_manager_is_on_no_lis
 
 
 async def test_the_list_is_bounded_and_its_totals_count_every_invoice(ledger_settings, ledger_engine, redis):
-    tag = ledger_settings.queue_name.rsplit("_", 1)[1]
+    tag = tag_of(ledger_settings.queue_name)
     events = [Event(f"evt_{tag}_{n}", "invoice.payment_failed",
                     invoice(f"inv_{tag}_{n:03}", "open", 100 + n, manager=ANNA, attempts=1), ts(at(DAY, 1)) + n)
               for n in range(12)]
@@ -290,7 +291,7 @@ async def test_a_3ds_attempt_is_no_decline_and_a_failed_payment_later_paid_is_cl
     """Issue 21: a 3-D Secure challenge reads as the customer's step to take; once a failed
     payment is paid, the next digest says the matter is closed (also to a manager with nothing
     else on their list)."""
-    tag = ledger_settings.queue_name.rsplit("_", 1)[1]
+    tag = tag_of(ledger_settings.queue_name)
     secure = invoice(f"inv_{tag}_s1", "open", 196000, manager=ANNA, attempts=1, lastPaymentError=THREE_D_SECURE)
     declined = invoice(f"inv_{tag}_d1", "open", 4200, manager=CAROL, attempts=1, lastPaymentError=DECLINED)
     await enqueue(redis, ledger_settings.queue_name, [
@@ -349,7 +350,7 @@ def start_worker(settings, cwd) -> subprocess.Popen:
 async def test_the_worker_process_sends_the_days_digest_at_start_up_and_not_again_when_restarted(
     ledger_settings, ledger_engine, redis, smtp, tmp_path
 ):
-    tag = ledger_settings.queue_name.rsplit("_", 1)[1]
+    tag = tag_of(ledger_settings.queue_name)
     events, _ = the_ledger(tag)
     await seed(ledger_settings, ledger_engine, redis, events)
     settings = with_digest(ledger_settings, smtp)

@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
 
-from conftest import PG_ADMIN_URL, clear_ledger, unique
+from conftest import PG_ADMIN_URL, clear_ledger, tag_of, unique
 from ledger.book import trial_balance
 from ledger.db import create_engine, is_connection_failure
 from ledger.migrate import upgrade
@@ -198,7 +198,7 @@ async def test_connections_dropped_mid_batch_are_retried_without_a_lost_or_doubl
         engine = create_engine(url)
         await clear_ledger(engine)
         settings = settings.model_copy(update={"database_url": url})
-        tag = settings.queue_name.rsplit("_", 1)[1]
+        tag = tag_of(settings.queue_name)
         invoices = lifecycles(tag, 300)  # long enough a drain that a cut meets work in flight under a loaded CI
         events = [e for lifecycle in invoices for e in lifecycle]
         random.Random(22).shuffle(events)
@@ -243,7 +243,7 @@ async def test_a_postgresql_restart_is_ridden_out_and_readyz_reports_it(settings
         await asyncio.to_thread(upgrade, direct_url)
         url = direct_url if route == "direct" else through(bouncer_port, direct_url)
         settings = settings.model_copy(update={"database_url": url})
-        tag = settings.queue_name.rsplit("_", 1)[1]
+        tag = tag_of(settings.queue_name)
         invoices = lifecycles(tag, 60)
         before = [lifecycle[0] for lifecycle in invoices]
         during = [e for lifecycle in invoices for e in lifecycle[1:]]
