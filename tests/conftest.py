@@ -281,3 +281,11 @@ def logs() -> Iterator[LogCapture]:
     capture = LogCapture()
     yield capture
     capture.close()
+
+
+@pytest.fixture
+def log_capture() -> Iterator[LogCapture]:
+    """What this test alone logs (`logs` holds a whole file's); the configuration is put back after it."""
+    capture = LogCapture()
+    yield capture
+    capture.close()

@@ -20,9 +20,9 @@ import uvicorn
 from redis.asyncio import Redis
 from starlette.applications import Starlette
 
-# forget_queue, LogCapture and free_port are defined once, in conftest and port_support; many
+# forget_queue and free_port are defined once, in conftest and port_support; many
 # test files import them from here, with the other receiver helpers.
-from conftest import WEBHOOK_SECRET, LogCapture as LogCapture, forget_queue as forget_queue, unique
+from conftest import WEBHOOK_SECRET, forget_queue as forget_queue, unique
 from port_support import free_port as free_port
 from receiver.app import create_app
 from receiver.webhooks import identify

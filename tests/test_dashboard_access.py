@@ -16,7 +16,7 @@ from conftest import API_TOKEN
 from dashboard_support import csrf_of, seed
 from receiver.app import create_app
 from receiver.dashboard.access import SESSION_COOKIE, SESSION_MAX_AGE, SIGNIN_LIMIT, session_secret
-from receiver_support import LogCapture, served
+from receiver_support import served
 
 PUBLIC = "https://recon.example.com"
 
@@ -101,29 +101,25 @@ async def test_secure_cookies_and_hsts_when_the_public_origin_or_the_request_is_
 # --- the sign-in brake ------------------------------------------------------------------
 
 
-async def test_failed_sign_ins_are_logged_counted_and_braked_per_client(ledger_settings, seeded, redis):
+async def test_failed_sign_ins_are_logged_counted_and_braked_per_client(ledger_settings, seeded, redis, log_capture):
     guesses = [f"guess-{n:04d}-" + "g" * 24 for n in range(SIGNIN_LIMIT + 5)]
-    capture = LogCapture()
-    try:
-        async with served(create_app(ledger_settings)) as client:
-            codes = [(await sign_in(client, guess)).status_code for guess in guesses]
-            assert codes == [401] * SIGNIN_LIMIT + [429] * 5
-            braked = await sign_in(client)  # the right token too, while braked
-            assert braked.status_code == 429 and 0 < int(braked.headers["retry-after"]) <= 15 * 60
-            assert "set-cookie" not in braked.headers
-            # Another client (behind the same proxy on this host) is not braked.
-            other = await sign_in(client, headers={"x-forwarded-for": "198.51.100.7"})
-            assert other.status_code == 303
-            metrics = (await client.get("/metrics")).text
-    finally:
-        capture.close()
+    async with served(create_app(ledger_settings)) as client:
+        codes = [(await sign_in(client, guess)).status_code for guess in guesses]
+        assert codes == [401] * SIGNIN_LIMIT + [429] * 5
+        braked = await sign_in(client)  # the right token too, while braked
+        assert braked.status_code == 429 and 0 < int(braked.headers["retry-after"]) <= 15 * 60
+        assert "set-cookie" not in braked.headers
+        # Another client (behind the same proxy on this host) is not braked.
+        other = await sign_in(client, headers={"x-forwarded-for": "198.51.100.7"})
+        assert other.status_code == 303
+        metrics = (await client.get("/metrics")).text
     assert 'vinr_dashboard_signins_total{outcome="failed"} 10.0' in metrics
     assert 'vinr_dashboard_signins_total{outcome="braked"} 6.0' in metrics
     assert 'vinr_dashboard_signins_total{outcome="ok"} 1.0' in metrics
-    failures = [line for line in capture.lines() if line.get("event") == "dashboard sign-in failed"]
+    failures = [line for line in log_capture.lines() if line.get("event") == "dashboard sign-in failed"]
     assert len(failures) == SIGNIN_LIMIT and {line["client"] for line in failures} == {"127.0.0.1"}
-    assert any(line.get("event") == "dashboard sign-in braked" for line in capture.lines())
-    text = capture.text()
+    assert any(line.get("event") == "dashboard sign-in braked" for line in log_capture.lines())
+    text = log_capture.text()
     assert not [guess for guess in guesses if guess in text]  # never the guessed token
 
 

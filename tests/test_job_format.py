@@ -21,7 +21,6 @@ from pydantic import SecretStr
 from conftest import copy_of, unique
 from ledger.deadletters import Letter
 from lifecycles import Event, booked, drain, snapshot
-from receiver_support import LogCapture
 from vinr_recon.convert import convert_queue, unpickle_job
 from vinr_recon.jobformat import NotDataJob, dumps, kind_of, loads
 from vinr_recon.jobs import APPLY_EVENT, enqueue_notices, job_key, queue_replays, refused_key
@@ -73,25 +72,22 @@ def refused_count(worker, kind: str = "pickle") -> float:
 # --- the worker -------------------------------------------------------------------------------
 
 
-async def test_a_pickled_job_that_would_run_a_command_is_refused_and_never_run(installation, redis, tmp_path):
+async def test_a_pickled_job_that_would_run_a_command_is_refused_and_never_run(installation, redis, tmp_path,
+                                                                               log_capture):
     ran = tmp_path / "the-command-ran"
     raw = old_job(RunsACommand(ran), "invoice.paid", b"{}", {}, time.time())
     job_id = unique("evt_intruder")
     await put(redis, installation.queue_name, job_id, raw)
 
-    logs = LogCapture()
-    try:
-        worker = await drain(installation)
-        again = await drain(installation)  # nothing is left to try again
-    finally:
-        logs.close()
+    worker = await drain(installation)
+    again = await drain(installation)  # nothing is left to try again
 
     assert not ran.exists(), "the pickle in the queue ran a command in the worker"
     assert await redis.zcard(installation.queue_name) == 0 and not await redis.exists(job_key(job_id))
     assert await redis.hget(refused_key(installation.queue_name), job_id) == raw  # kept as found
     assert refused_count(worker) == 1 and worker.jobs_complete == 0
     assert (again.jobs_complete, again.jobs_failed, refused_count(again)) == (0, 0, 0)
-    [line] = [line for line in logs.lines() if line.get("event", "").startswith("job refused")]
+    [line] = [line for line in log_capture.lines() if line.get("event", "").startswith("job refused")]
     assert (line["job_id"], line["format"], line["level"]) == (job_id, "pickle", "error")
     assert await booked(installation) == {}
 

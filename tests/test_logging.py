@@ -10,7 +10,6 @@ import logging
 import pytest
 import structlog
 
-from receiver_support import LogCapture
 from vinr_recon.logging import configure_logging
 
 
@@ -22,15 +21,8 @@ def fail_with_a_secret_nearby() -> None:
         raise ValueError("the ledger refused it") from exc
 
 
-@pytest.fixture
-def capture():
-    capture = LogCapture()  # JSON, as in production
-    yield capture
-    capture.close()
-
-
 @pytest.mark.parametrize("logger", ["structlog", "stdlib"])
-def test_an_exception_in_json_is_fields_a_log_search_can_query(capture, logger):
+def test_an_exception_in_json_is_fields_a_log_search_can_query(log_capture, logger):
     try:
         fail_with_a_secret_nearby()
     except ValueError:
@@ -38,14 +30,14 @@ def test_an_exception_in_json_is_fields_a_log_search_can_query(capture, logger):
             structlog.get_logger("test").exception("it failed", invoice_id="inv_1")
         else:
             logging.getLogger("arq.worker").exception("it failed")
-    (line,) = [line for line in capture.lines() if line["event"] == "it failed"]
+    (line,) = [line for line in log_capture.lines() if line["event"] == "it failed"]
     raised, cause = line["exception"]
     assert (raised["exc_type"], raised["exc_value"], raised["is_cause"]) == \
         ("ValueError", "the ledger refused it", False)
     assert (cause["exc_type"], cause["exc_value"], cause["is_cause"]) == ("KeyError", "'missing'", True)
     assert raised["frames"][-1]["name"] == "fail_with_a_secret_nearby" and raised["frames"][-1]["lineno"] > 0
     assert all("locals" not in frame for stack in line["exception"] for frame in stack["frames"])
-    assert "hunter2" not in capture.text()
+    assert "hunter2" not in log_capture.text()
 
 
 def test_the_console_keeps_the_usual_traceback(capsys):

@@ -13,8 +13,10 @@ import io
 import json
 import re
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 import pytest
 from pydantic import SecretStr
@@ -27,7 +29,8 @@ from ledger.tables import InvoicePosition, ReceivedEvent
 from lifecycles import Event, drain, enqueue, snapshot
 from notify_support import SMTP_PASSWORD, SmtpSink, http_sink, smtp, trust_the_test_smtp_server, wait_for  # noqa: F401  (fixtures)
 from receiver.app import create_app as create_receiver
-from receiver_support import LogCapture, served
+from receiver_support import served
+from reconcile.run import RunReport
 from reconcile.service import reconcile_once
 from tests.conftest import REDIS_URL
 from vinr.client import RetryPolicy as ClientRetry, VinrClient
@@ -37,7 +40,9 @@ from vinr.sandbox.config import SandboxConfig
 from vinr.sandbox.delivery import event_body
 from vinr.sandbox.errors import SandboxError
 from vinr.sandbox.serving import serve
+from vinr.sandbox.state import State
 from vinr.signature import verify
+from vinr_recon.settings import Settings
 from worker.commands import run_replay
 from worker.jobs import RetryPolicy
 
@@ -129,38 +134,34 @@ async def test_a_failed_payment_delivered_three_times_alerts_once(
 
 
 async def test_smtp_down_at_first_the_email_arrives_once_it_is_back_and_the_ledger_never_waited(
-    ledger_settings, ledger_engine, redis, prefix, http
+    ledger_settings, ledger_engine, redis, prefix, http, log_capture
 ):
     smtp = SmtpSink()  # not listening yet
     settings = with_channels(ledger_settings, smtp.url, http)
-    logs = LogCapture()
+    event = Event(f"{prefix}_1", "invoice.payment_failed", failed("inv_c003", 12345, metadata={
+        "accountManager": MANAGER}), 1_763_800_000)
+    await enqueue(redis, settings.queue_name, [event])
+    worker = asyncio.create_task(drain(settings, notice_retry=FAST))
     try:
-        event = Event(f"{prefix}_1", "invoice.payment_failed", failed("inv_c003", 12345, metadata={
-            "accountManager": MANAGER}), 1_763_800_000)
-        await enqueue(redis, settings.queue_name, [event])
-        worker = asyncio.create_task(drain(settings, notice_retry=FAST))
-        try:
-            await wait_for(lambda: _tries(ledger_engine, "email", 2))
-            # The ledger committed while SMTP was down, and the chat message went at once.
-            async with ledger_engine.connect() as conn:
-                assert await conn.scalar(select(received.c.outcome).where(received.c.event_id == event.id)) == "applied"
-                assert await conn.scalar(select(positions.c.attempt_count)) == 2
-            assert len(http.at(CHAT_PATH)) == 1 and smtp.mails == []
-            smtp.start()
-            await asyncio.wait_for(worker, 30)
-        finally:
-            smtp.stop()
-            if not worker.done():
-                worker.cancel()
-        assert [mail.recipients for mail in smtp.mails] == [[MANAGER]]
-        (row,) = [r for r in await notices(ledger_engine) if r.channel == "email"]
-        assert row.status == "sent" and row.attempts >= 3 and "Connect" in row.last_error
-        retried = [line for line in logs.lines() if line.get("event") == "notice not delivered, will retry"]
-        assert len(retried) >= 2 and all(line["channel"] == "email" for line in retried)
-        assert_no_secret(service_logs(logs), settings)
-        assert_no_secret(row.last_error, settings)
+        await wait_for(lambda: _tries(ledger_engine, "email", 2))
+        # The ledger committed while SMTP was down, and the chat message went at once.
+        async with ledger_engine.connect() as conn:
+            assert await conn.scalar(select(received.c.outcome).where(received.c.event_id == event.id)) == "applied"
+            assert await conn.scalar(select(positions.c.attempt_count)) == 2
+        assert len(http.at(CHAT_PATH)) == 1 and smtp.mails == []
+        smtp.start()
+        await asyncio.wait_for(worker, 30)
     finally:
-        logs.close()
+        smtp.stop()
+        if not worker.done():
+            worker.cancel()
+    assert [mail.recipients for mail in smtp.mails] == [[MANAGER]]
+    (row,) = [r for r in await notices(ledger_engine) if r.channel == "email"]
+    assert row.status == "sent" and row.attempts >= 3 and "Connect" in row.last_error
+    retried = [line for line in log_capture.lines() if line.get("event") == "notice not delivered, will retry"]
+    assert len(retried) >= 2 and all(line["channel"] == "email" for line in retried)
+    assert_no_secret(service_logs(log_capture), settings)
+    assert_no_secret(row.last_error, settings)
 
 
 async def _tries(engine, channel: str, at_least: int) -> bool:
@@ -256,21 +257,17 @@ async def test_an_alert_email_has_a_date_each_link_once_a_3ds_wording_and_the_re
 
 
 async def test_with_no_recipient_anywhere_the_email_is_undeliverable_at_once_and_the_chat_message_goes(
-    ledger_settings, ledger_engine, redis, prefix, smtp, http
+    ledger_settings, ledger_engine, redis, prefix, smtp, http, log_capture
 ):
     settings = with_channels(ledger_settings, smtp.url, http, alert_default_recipient=None)
-    logs = LogCapture()
-    try:
-        event = Event(f"{prefix}_1", "invoice.payment_failed", failed("inv_f006", 100), 1_763_800_000)
-        await enqueue(redis, settings.queue_name, [event])
-        await drain(settings)
-    finally:
-        logs.close()
+    event = Event(f"{prefix}_1", "invoice.payment_failed", failed("inv_f006", 100), 1_763_800_000)
+    await enqueue(redis, settings.queue_name, [event])
+    await drain(settings)
     rows = {r.channel: r for r in await notices(ledger_engine)}
     # undeliverable, not dead: nothing was tried, so the dead-notice gauge is not raised
     assert (rows["chat"].status, rows["email"].status, rows["email"].attempts) == ("sent", "undeliverable", 1)
     assert rows["email"].last_error.startswith("no recipient") and smtp.mails == []
-    (why,) = [line for line in logs.lines() if line.get("channel") == "email" and line["level"] == "warning"]
+    (why,) = [line for line in log_capture.lines() if line.get("channel") == "email" and line["level"] == "warning"]
     assert "no recipient" in why["error"]
 
 
@@ -311,6 +308,38 @@ def assert_no_secret(text: str, settings) -> None:
     assert not leaked, f"secrets in the text: {leaked}"
 
 
+class ServedSandbox(NamedTuple):
+    state: State         # the sandbox's: what the test changes at VINR
+    hosted: str          # its hosted pages' base, as its events carry it
+    settings: Settings   # the worker's: every channel, and VINR's API at this sandbox
+
+
+@pytest.fixture
+def vinr_sandbox(ledger_settings, smtp, http):
+    """`async with vinr_sandbox(config) as (state, hosted, settings)`: a sandbox (no rate limit
+    unless `config` says otherwise) served on loopback while inside, and the worker's settings for it."""
+    @contextlib.asynccontextmanager
+    async def serving(config: SandboxConfig | None = None) -> AsyncIterator[ServedSandbox]:
+        app = create_app(config or SandboxConfig(rate_limit=0))
+        async with serve(app) as root:
+            sandbox = app.state.sandbox
+            yield ServedSandbox(sandbox.state, sandbox.config.hosted_base, with_channels(
+                ledger_settings, smtp.url, http, vinr_api_key=SecretStr(sandbox.api_key), vinr_api_base=root + "/v1"))
+    return serving
+
+
+@contextlib.asynccontextmanager
+async def reconciler(settings, engine) -> AsyncIterator[Callable[[], Awaitable[RunReport | None]]]:
+    """While inside, a run of `reconcile_once` with `settings` each call, through one VINR client and Redis pool."""
+    client = VinrClient(settings.vinr_api_base, settings.vinr_api_key, retry=ClientRetry(max_attempts=2))
+    pool = Redis.from_url(REDIS_URL)
+    try:
+        yield lambda: reconcile_once(settings, engine=engine, redis=pool, client=client)
+    finally:
+        await client.aclose()
+        await pool.aclose()
+
+
 # --- The paid callback: once, whichever path saw the invoice paid ---------------------------
 
 
@@ -324,22 +353,13 @@ class Delivery:
 
 
 async def test_a_paid_invoice_seen_by_webhook_and_by_reconciliation_calls_back_once(
-    ledger_settings, ledger_engine, redis, smtp, http
+    ledger_engine, redis, smtp, http, vinr_sandbox, log_capture
 ):
-    app = create_app(SandboxConfig(rate_limit=0))
-    async with serve(app) as root:
-        sandbox = app.state.sandbox
-        state, hosted = sandbox.state, sandbox.config.hosted_base
-        settings = with_channels(ledger_settings, smtp.url, http, vinr_api_key=SecretStr(sandbox.api_key),
-                                 vinr_api_base=root + "/v1")
-        logs = LogCapture()
-        try:
-            await _paid_by_every_path(settings, ledger_engine, redis, state, hosted, smtp, http)
-            signatures = [r.headers["x-vinr-recon-signature"].split("v1=")[1] for r in http.at("/fulfilment")]
-            assert signatures and not [s for s in signatures if s in logs.text()]
-            assert_no_secret(service_logs(logs), settings)
-        finally:
-            logs.close()
+    async with vinr_sandbox() as (state, hosted, settings):
+        await _paid_by_every_path(settings, ledger_engine, redis, state, hosted, smtp, http)
+        signatures = [r.headers["x-vinr-recon-signature"].split("v1=")[1] for r in http.at("/fulfilment")]
+        assert signatures and not [s for s in signatures if s in log_capture.text()]
+        assert_no_secret(service_logs(log_capture), settings)
 
 
 async def _paid_by_every_path(settings, engine, redis, state, hosted, smtp, http):
@@ -377,13 +397,8 @@ async def _paid_by_every_path(settings, engine, redis, state, hosted, smtp, http
     state.quiet = True
     state.pay(b, "4242424242424242")
     state.quiet = False
-    client = VinrClient(settings.vinr_api_base, settings.vinr_api_key, retry=ClientRetry(max_attempts=2))
-    pool = Redis.from_url(REDIS_URL)
-    try:
-        report = await reconcile_once(settings, engine=engine, redis=pool, client=client)
-    finally:
-        await client.aclose()
-        await pool.aclose()
+    async with reconciler(settings, engine) as reconcile:
+        report = await reconcile()
     assert report.status == "completed" and report.counts["status_mismatch"] == 1 and report.corrections_posted
     late = snapshot(b, "paid", 50000, 50000, customer=customer.id, metadata={"projectId": "proj_2291"},
                     paidAt=int(time.time()))
@@ -419,17 +434,13 @@ async def _paid_by_every_path(settings, engine, redis, state, hosted, smtp, http
 
 
 async def test_events_never_delivered_are_backfilled_and_alert_and_call_back_once(
-    ledger_settings, ledger_engine, redis, smtp, http
+    ledger_engine, redis, smtp, http, vinr_sandbox
 ):
     """No webhook of two invoices ever arrives: reconciliation backfills their events from VINR's
     Events API, and their side effects follow, once; a second run backfills and sends nothing.
     A failure that the same backfill shows paid later is not alerted (issue 20): nobody needs to
     chase it; one still open is."""
-    app = create_app(SandboxConfig(rate_limit=0))
-    async with serve(app) as root:
-        state = app.state.sandbox.state
-        settings = with_channels(ledger_settings, smtp.url, http, vinr_api_key=SecretStr(app.state.sandbox.api_key),
-                                 vinr_api_base=root + "/v1")
+    async with vinr_sandbox() as (state, _, settings):
         customer = state.create_customer(email="ops@acme.example", name="Acme GmbH", metadata={})
         invoices = []
         for amount in (196000, 7000):
@@ -443,16 +454,11 @@ async def test_events_never_delivered_are_backfilled_and_alert_and_call_back_onc
         settled, still_open = invoices
         state.pay(settled.id, "4242424242424242")
 
-        client = VinrClient(settings.vinr_api_base, settings.vinr_api_key, retry=ClientRetry(max_attempts=2))
-        pool = Redis.from_url(REDIS_URL)
-        try:
-            first = await reconcile_once(settings, engine=ledger_engine, redis=pool, client=client)
+        async with reconciler(settings, ledger_engine) as reconcile:
+            first = await reconcile()
             await drain(settings)
-            second = await reconcile_once(settings, engine=ledger_engine, redis=pool, client=client)
+            second = await reconcile()
             await drain(settings)
-        finally:
-            await client.aclose()
-            await pool.aclose()
 
     assert first.status == second.status == "completed"
     assert first.events_backfilled == len(list(state.events)) > 0 and second.events_backfilled == 0
@@ -468,31 +474,21 @@ async def test_events_never_delivered_are_backfilled_and_alert_and_call_back_onc
 
 
 async def test_a_reconcile_without_fulfilment_url_first_to_see_a_payment_still_owes_the_callback(
-    ledger_settings, ledger_engine, redis, smtp, http
+    ledger_settings, ledger_engine, redis, smtp, http, vinr_sandbox
 ):
     """Issue 19: the callback a payment owes does not depend on which process saw it first."""
-    app = create_app(SandboxConfig(rate_limit=0))
-    async with serve(app) as root:
-        sandbox = app.state.sandbox
-        state, hosted = sandbox.state, sandbox.config.hosted_base
-        worker_settings = with_channels(ledger_settings, smtp.url, http, vinr_api_key=SecretStr(sandbox.api_key),
-                                        vinr_api_base=root + "/v1")
+    async with vinr_sandbox() as (state, hosted, worker_settings):
         # The operator's shell: the API key, but none of the worker's notice settings.
         cli_settings = ledger_settings.model_copy(update={
-            "vinr_api_key": SecretStr(sandbox.api_key), "vinr_api_base": root + "/v1"})
+            "vinr_api_key": worker_settings.vinr_api_key, "vinr_api_base": worker_settings.vinr_api_base})
         customer = state.create_customer(email="ops@acme.example", name="Acme GmbH", metadata={})
         inv = state.create_invoice(customer=customer.id, currency="EUR", collection_method="send_invoice",
                                    days_until_due=14, metadata={})
         state.add_line(inv.id, description="Implementation", quantity=1, unit_amount=42000)
         state.finalize(inv.id)
         state.pay(inv.id, "4242424242424242")  # its webhooks are late: the reconcile run sees it first
-        client = VinrClient(cli_settings.vinr_api_base, cli_settings.vinr_api_key, retry=ClientRetry(max_attempts=2))
-        pool = Redis.from_url(REDIS_URL)
-        try:
-            report = await reconcile_once(cli_settings, engine=ledger_engine, redis=pool, client=client)
-        finally:
-            await client.aclose()
-            await pool.aclose()
+        async with reconciler(cli_settings, ledger_engine) as reconcile:
+            report = await reconcile()
         assert report.status == "completed"
         late = [Delivery(e.id, e.type, event_body(e, hosted)) for e in state.events]
         await enqueue(redis, worker_settings.queue_name, late)
@@ -529,18 +525,13 @@ async def test_what_a_worker_cannot_deliver_is_staged_undeliverable_and_queues_n
 
 
 async def test_an_invoice_written_off_alerts_its_manager_once_whichever_path_sees_it(
-    ledger_settings, ledger_engine, redis, smtp, http
+    ledger_engine, redis, smtp, http, vinr_sandbox
 ):
     """Issue 20: dunning gave up. Reconciliation finds it first (the events have expired, so from
     the invoice itself), then its webhooks arrive three times each, then a second run: one email
     to the account manager, one chat message."""
     clock = [time.time() - 40 * 86_400]
-    app = create_app(SandboxConfig(rate_limit=0, clock=lambda: clock[0]))
-    async with serve(app) as root:
-        sandbox = app.state.sandbox
-        state, hosted = sandbox.state, sandbox.config.hosted_base
-        settings = with_channels(ledger_settings, smtp.url, http, vinr_api_key=SecretStr(sandbox.api_key),
-                                 vinr_api_base=root + "/v1")
+    async with vinr_sandbox(SandboxConfig(rate_limit=0, clock=lambda: clock[0])) as (state, hosted, settings):
         customer = state.create_customer(email="ops@acme.example", name="Acme GmbH", metadata={"accountManager": MANAGER})
         inv = state.create_invoice(customer=customer.id, currency="EUR", collection_method="send_invoice",
                                    days_until_due=14, metadata={})
@@ -548,19 +539,14 @@ async def test_an_invoice_written_off_alerts_its_manager_once_whichever_path_see
         state.finalize(inv.id)
         state.mark_uncollectible(inv.id)
         clock[0] = time.time()  # 40 days later: its events are gone from the Events API
-        client = VinrClient(settings.vinr_api_base, settings.vinr_api_key, retry=ClientRetry(max_attempts=2))
-        pool = Redis.from_url(REDIS_URL)
-        try:
-            first = await reconcile_once(settings, engine=ledger_engine, redis=pool, client=client)
+        async with reconciler(settings, ledger_engine) as reconcile:
+            first = await reconcile()
             late = [Delivery(e.id, e.type, event_body(e, hosted)) for e in state.events]
             await enqueue(redis, settings.queue_name, late * 3)
             await drain(settings)
-            second = await reconcile_once(settings, engine=ledger_engine, redis=pool, client=client)
+            second = await reconcile()
             await drain(settings)
             await wait_for(lambda: len(smtp.mails) >= 2 and len(http.at(CHAT_PATH)) >= 2, timeout=5)
-        finally:
-            await client.aclose()
-            await pool.aclose()
     assert (first.status, first.events_backfilled, second.status) == ("completed", 0, "completed")
     # Besides the first run's drift summary (the ledger had never heard of the invoice):
     (mail,) = [m for m in smtp.mails if not m.message["Subject"].startswith("Reconciliation run")]

@@ -20,7 +20,7 @@ from api_support import INVOICES, seed
 from conftest import API_TOKEN, WEBHOOK_SECRET, unique
 from receiver.app import create_app
 from receiver.openapi import DOCUMENT
-from receiver_support import LogCapture, assert_no_secret_in, event_body, forget_queue, free_port, served, signed
+from receiver_support import assert_no_secret_in, event_body, forget_queue, free_port, served, signed
 from vinr_recon import tokens as api
 from vinr_recon.tokens import token_matches
 
@@ -159,7 +159,7 @@ SMTP_PASSWORD = "smtp-pass-" + "p" * 12
 FULFILMENT_SECRET = "whsec_fulfil_" + "f" * 20
 
 
-async def test_the_receivers_logs_hold_no_secret_signature_or_token(ledger_settings, ledger_engine):
+async def test_the_receivers_logs_hold_no_secret_signature_or_token(ledger_settings, ledger_engine, log_capture):
     """Every receiver path (accepted, duplicate, each rejection, 413, queue down, the API with the
     right and wrong tokens, readiness failing), logged at DEBUG as in production (JSON)."""
     from redis.asyncio import Redis
@@ -173,47 +173,43 @@ async def test_the_receivers_logs_hold_no_secret_signature_or_token(ledger_setti
         "smtp_url": SecretStr(f"smtp://alerts:{SMTP_PASSWORD}@127.0.0.1:2525"),
         "fulfilment_secret": SecretStr(FULFILMENT_SECRET),
     })
-    capture = LogCapture()
     sent_headers: list[str] = []
-    try:
-        async with served(create_app(settings)) as client:
-            async def deliver(body: bytes, headers: dict) -> int:
-                sent_headers.append(headers.get("x-vinr-signature", ""))
-                response = await client.post("/webhooks/vinr", content=body,
-                                             headers={**headers, "x-request-id": unique("req")})
-                return response.status_code
+    async with served(create_app(settings)) as client:
+        async def deliver(body: bytes, headers: dict) -> int:
+            sent_headers.append(headers.get("x-vinr-signature", ""))
+            response = await client.post("/webhooks/vinr", content=body,
+                                         headers={**headers, "x-request-id": unique("req")})
+            return response.status_code
 
-            body = event_body()
-            now = int(time.time())
-            assert await deliver(body, signed(body)) == 200
-            assert await deliver(body, signed(body)) == 200  # duplicate
-            assert await deliver(body, signed(body, secret="whsec_someone_else")) == 400
-            assert await deliver(body, signed(body, at=now - 3600)) == 400
-            assert await deliver(body, signed(body, at=now + 3600)) == 400
-            assert await deliver(body + b" ", signed(body)) == 400
-            assert await deliver(body, {"x-vinr-signature": f"t={now},v0={WEBHOOK_SECRET}"}) == 400
-            assert await deliver(body, {"x-vinr-signature": f"{WEBHOOK_SECRET}"}) == 400
-            assert await deliver(b"{not json", signed(b"{not json")) == 400
-            assert await deliver(b"x" * 5000, signed(b"x" * 5000)) == 413
-            for path in ("/api/balances", f"/api/invoices/{INVOICES[0]}", "/api/reconciliation/runs"):
-                await client.get(path, headers={"authorization": f"Bearer {API_TOKEN}"})
-                await client.get(path, headers={"authorization": f"Bearer {API_TOKEN}-wrong"})
-            await client.get("/readyz")
-            await client.get("/metrics")
-        down = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
-        async with served(create_app(down)) as client:
-            body = event_body()
-            response = await client.post("/webhooks/vinr", content=body, headers=signed(body))
-            assert response.status_code == 503
-            assert (await client.get("/readyz")).status_code == 503
-        redis = Redis.from_url(REDIS_URL)
-        await forget_queue(redis, settings.queue_name)
-        await redis.aclose()
-    finally:
-        capture.close()
+        body = event_body()
+        now = int(time.time())
+        assert await deliver(body, signed(body)) == 200
+        assert await deliver(body, signed(body)) == 200  # duplicate
+        assert await deliver(body, signed(body, secret="whsec_someone_else")) == 400
+        assert await deliver(body, signed(body, at=now - 3600)) == 400
+        assert await deliver(body, signed(body, at=now + 3600)) == 400
+        assert await deliver(body + b" ", signed(body)) == 400
+        assert await deliver(body, {"x-vinr-signature": f"t={now},v0={WEBHOOK_SECRET}"}) == 400
+        assert await deliver(body, {"x-vinr-signature": f"{WEBHOOK_SECRET}"}) == 400
+        assert await deliver(b"{not json", signed(b"{not json")) == 400
+        assert await deliver(b"x" * 5000, signed(b"x" * 5000)) == 413
+        for path in ("/api/balances", f"/api/invoices/{INVOICES[0]}", "/api/reconciliation/runs"):
+            await client.get(path, headers={"authorization": f"Bearer {API_TOKEN}"})
+            await client.get(path, headers={"authorization": f"Bearer {API_TOKEN}-wrong"})
+        await client.get("/readyz")
+        await client.get("/metrics")
+    down = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
+    async with served(create_app(down)) as client:
+        body = event_body()
+        response = await client.post("/webhooks/vinr", content=body, headers=signed(body))
+        assert response.status_code == 503
+        assert (await client.get("/readyz")).status_code == 503
+    redis = Redis.from_url(REDIS_URL)
+    await forget_queue(redis, settings.queue_name)
+    await redis.aclose()
 
-    text = capture.text()
-    lines = capture.lines()
+    text = log_capture.text()
+    lines = log_capture.lines()
     assert "webhook signature rejected" in text and "queue unavailable" in text and "readiness check failed" in text
     assert len(lines) >= 10
     assert_no_secret_in(text)  # the webhook secret, and every signature value sent
