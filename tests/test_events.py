@@ -156,3 +156,49 @@ def test_a_snapshot_that_breaks_the_contract_names_the_invariant(fields, broken)
 def test_fields_the_ledger_cannot_keep_are_refused_naming_them(field, value):
     with pytest.raises(InvalidEvent, match=field):
         invoice(**{field: value})
+
+
+# --- One pass over the bytes, the same verdict ---------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
+                     st.floats(allow_nan=False), st.text(max_size=12), st.sampled_from(["evt_1", "1", "true", ""]))
+_values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+    st.text(max_size=6), inner, max_size=3), max_leaves=8)
+_wide_ints = st.integers(min_value=-(2**65), max_value=2**65)
+_invoice_fields = st.fixed_dictionaries(
+    {"id": st.just("inv_1"), "customer": st.just("cust_1"), "status": st.sampled_from(["open", "paid", "void"]),
+     "currency": st.sampled_from(["EUR", "eur"]), "total": st.integers(0, 10**6), "amountDue": st.integers(0, 10**6)},
+    optional={"number": st.text(max_size=8), "amountPaid": st.one_of(_wide_ints, _values),
+              "created": st.one_of(_wide_ints, _values), "dueDate": st.one_of(_wide_ints, _values)})
+
+
+@st.composite
+def _events(draw):
+    """A well-formed invoice event with a few of its fields (or its invoice's) drawn at random."""
+    invoice = draw(_invoice_fields)
+    document = {"id": "evt_1", "object": "event", "type": draw(st.sampled_from(
+        ["invoice.paid", "invoice.payment_failed", "customer.updated"])), "created": 1763800000, "livemode": False,
+        "data": draw(st.sampled_from([{"object": invoice}, invoice]))}
+    for key in draw(st.lists(st.sampled_from([*document, "extra"]), max_size=2, unique=True)):
+        document[key] = draw(_values)
+    for key in draw(st.lists(st.sampled_from([*invoice, "id", "total"]), max_size=2, unique=True)):
+        invoice[key] = draw(st.one_of(_wide_ints, _values))
+    return document
+
+
+@given(_events())
+@hypothesis_settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_the_bytes_are_parsed_in_one_pass_to_the_same_verdict_as_the_document(document):
+    """parse_event reads bytes with pydantic's JSON parser; it accepts exactly what validating the
+    stdlib's parse of them accepts, builds the same event, and refuses in the same words."""
+    body = json.dumps(document).encode()
+    try:
+        expected = parse_event(json.loads(body))
+    except InvalidEvent as exc:
+        with pytest.raises(InvalidEvent) as caught:
+            parse_event(body)
+        assert str(caught.value) == str(exc)
+    else:
+        assert parse_event(body) == expected
