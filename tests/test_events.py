@@ -1,6 +1,7 @@
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 
 from vinr.events import InvalidEvent, parse_event
 
@@ -160,7 +161,6 @@ def test_fields_the_ledger_cannot_keep_are_refused_naming_them(field, value):
 
 # --- One pass over the bytes, the same verdict ---------------------------------------------------
 
-from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 
 _scalars = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
                      st.floats(allow_nan=False), st.text(max_size=12), st.sampled_from(["evt_1", "1", "true", ""]))
