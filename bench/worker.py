@@ -199,16 +199,6 @@ def drain(database_url: str, queue: str, mode: str, profile: str | None, workers
 # --- The databases ---------------------------------------------------------------------------
 
 
-async def pg_admin(sql: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(PG_ADMIN_URL)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 def reset(url: str) -> None:
     """An empty, migrated ledger for the next run."""
     from ledger.migrate import upgrade
@@ -368,10 +358,13 @@ def main() -> None:
 
     from ledger.migrate import upgrade
 
-    pg_name = f"vinr_bench_{uuid.uuid4().hex[:12]}"
-    pg_url = f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{pg_name}"
+    sys.path.insert(0, str(ROOT / "tests"))
+    from pg_support import scratch_database
+
     tmp = Path(tempfile.mkdtemp(prefix="vinr-bench-"))
     with contextlib.ExitStack() as stack:
+        # Dropped last, after the PgBouncer in front of it has gone.
+        pg_url = stack.enter_context(scratch_database(PG_ADMIN_URL, f"vinr_bench_{uuid.uuid4().hex[:12]}"))
         backends = [("postgresql", pg_url)]
         if args.pgbouncer:
             backends.append(("pgbouncer", through_pgbouncer(stack, pg_url)))
@@ -384,7 +377,6 @@ def main() -> None:
         ]
         phases = [p for p in phases if not (args.only and p[3] not in args.only)
                   and not (args.mode and p[2] != "noop" and p[2] not in args.mode)]
-        asyncio.run(pg_admin(f'CREATE DATABASE "{pg_name}"'))
         rates: dict[str, list[float]] = {name: [] for name, *_ in phases}
         try:
             for url in {url for _, url, _, _, _ in phases}:
@@ -394,7 +386,6 @@ def main() -> None:
                 for name, url, mode, _, workers in phases:
                     rates[name].append(measure(name, url, mode, args.events, attempt, args.profile, workers))
         finally:
-            asyncio.run(pg_admin(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)'))
             shutil.rmtree(tmp, ignore_errors=True)
 
     from worker.defaults import BATCH_LINGER, MAX_JOBS, POLL_DELAY
