@@ -57,14 +57,13 @@ class Channels:
 def configured_channels(settings: Settings) -> Channels:
     """The alert and callback channels `settings` configure: the ledger stages notices for these.
     `ConfigurationError` for a callback URL without its secret, or an SMTP_URL of another scheme."""
-    smtp = settings.smtp_url.get_secret_value().strip() if settings.smtp_url else ""
-    chat = settings.alert_webhook_url.get_secret_value().strip() if settings.alert_webhook_url else ""
-    secret = settings.fulfilment_secret.get_secret_value().strip() if settings.fulfilment_secret else ""
-    if settings.fulfilment_url and not secret:
+    # A blank setting is unset already (Settings).
+    if settings.fulfilment_url and not settings.fulfilment_secret:
         raise ConfigurationError("FULFILMENT_SECRET must be set with FULFILMENT_URL (see .env.example)")
-    if smtp and not smtp.startswith(("smtp://", "smtps://")):
+    smtp = settings.smtp_url
+    if smtp and not smtp.get_secret_value().strip().startswith(("smtp://", "smtps://")):
         raise ConfigurationError("SMTP_URL must look like smtp://user:password@host:port (or smtps://)")
-    return Channels(email=bool(smtp), chat=bool(chat), fulfilment=bool(settings.fulfilment_url))
+    return Channels(email=bool(smtp), chat=bool(settings.alert_webhook_url), fulfilment=bool(settings.fulfilment_url))
 
 
 NO_CHANNELS = Channels()

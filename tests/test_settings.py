@@ -44,3 +44,22 @@ def test_a_vinr_api_key_schedules_the_nightly_run(env_example, monkeypatch):
     assert settings.vinr_api_key is not None and settings.vinr_api_key.get_secret_value() == "vinr_test_" + "k" * 32
     (job,) = nightly_cron(settings)
     assert (job.hour, job.minute) == (2, 0)
+
+
+@pytest.mark.parametrize("name", ["SMTP_URL", "ALERT_WEBHOOK_URL", "ALERT_DEFAULT_RECIPIENT", "FULFILMENT_URL",
+                                  "FULFILMENT_SECRET"])
+async def test_a_blank_channel_setting_is_unset_for_everything_that_reads_it(env_example, monkeypatch, name):
+    """Blank is decided once, in the settings: no channel is staged for it, the worker's notifier
+    lacks it, and (ALERT_DEFAULT_RECIPIENT) no email is addressed to a blank recipient."""
+    from ledger.outbox import configured_channels
+    from worker.notices import Notifier
+
+    monkeypatch.setenv(name, "   ")
+    settings = load_settings()
+    assert getattr(settings, name.lower()) is None
+    assert not configured_channels(settings)
+    notifier = Notifier(settings)
+    try:
+        assert [notifier.missing(channel) is not None for channel in ("email", "chat", "fulfilment")] == [True] * 3
+    finally:
+        await notifier.aclose()

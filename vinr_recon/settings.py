@@ -79,11 +79,13 @@ class Settings(BaseSettings):
     receiver_max_connections: int = Field(1000, gt=0)
     receiver_body_budget: int = Field(16 * 1024 * 1024, gt=0)
 
-    @field_validator("vinr_api_key", mode="before")
+    @field_validator("vinr_api_key", "smtp_url", "alert_webhook_url", "alert_default_recipient", "fulfilment_url",
+                     "fulfilment_secret", mode="before")
     @classmethod
-    def _no_key_when_blank(cls, value: object) -> object:
+    def _unset_when_blank(cls, value: object) -> object:
         """`VINR_API_KEY=` (as .env.example leaves it) or blanks is no key: unset, so a worker says at
-        start-up that the nightly run is off rather than scheduling one that can only fail."""
+        start-up that the nightly run is off rather than scheduling one that can only fail; and so
+        for a channel's settings, decided here once rather than at each place that reads them."""
         text = value.get_secret_value() if isinstance(value, SecretStr) else value
         return None if isinstance(text, str) and not text.strip() else value
 

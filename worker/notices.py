@@ -22,14 +22,13 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import structlog
 from arq import Retry
 from arq.cron import CronJob, cron
 from arq.worker import Function, func
-from pydantic import SecretStr
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -70,14 +69,15 @@ class Notifier:
     def __init__(self, settings: Settings, *, http: httpx.AsyncClient | None = None,
                  vinr: VinrClient | None = None) -> None:
         self.settings = settings
-        self.smtp = channels.SmtpServer.parse(settings.smtp_url) if _set(settings.smtp_url) else None
-        # Each channel's configuration, or None where this worker lacks it (see `missing`).
+        # Each channel's configuration, or None where this worker lacks it (see `missing`); a
+        # blank setting is unset already (Settings).
+        self.smtp = channels.SmtpServer.parse(settings.smtp_url) if settings.smtp_url is not None else None
         self._fulfilment = ((settings.fulfilment_url, settings.fulfilment_secret)
-                            if settings.fulfilment_url and _set(settings.fulfilment_secret) else None)
-        self._chat_url = settings.alert_webhook_url if _set(settings.alert_webhook_url) else None
+                            if settings.fulfilment_url and settings.fulfilment_secret is not None else None)
+        self._chat_url = settings.alert_webhook_url
         self._http = http or httpx.AsyncClient(follow_redirects=False)
         self._vinr = vinr
-        if vinr is None and _set(settings.vinr_api_key):
+        if vinr is None and settings.vinr_api_key is not None:
             self._vinr = vinr_client(settings, timeout=channels.TIMEOUT,
                                                   retry=ClientRetry(max_attempts=2, base_delay=0.5))
         # Every configured secret, so no error text stored or logged can carry one.
@@ -154,10 +154,6 @@ class Notifier:
                 raise channels.DeliveryError(f"customer {customer_id} not read from VINR: {exc}") from None
             log.warning("customer not read from VINR; alert sent without it", customer=customer_id, error=str(exc))
             return None
-
-
-def _set(value: SecretStr | None) -> TypeGuard[SecretStr]:
-    return value is not None and bool(value.get_secret_value().strip())
 
 
 # --- The job --------------------------------------------------------------------------------
