@@ -71,8 +71,8 @@ def balance_table(balances: dict[tuple[str, str], tuple[int, int]], kept: list[P
     an accountant reads it) beside contract section 6's figure, then the currency's totals; and the
     currencies whose trial balance is not zero. Pure: `balances` is `ledger.book.trial_balance`'s,
     `kept` `ledger.audit.promises`'."""
+    from ledger.accounts import ACCOUNTS, CREDIT_NORMAL, account_name
     from ledger.money import format_balance, format_money
-    from ledger.tables import ACCOUNTS, CREDIT_NORMAL, account_name
 
     promised = {(p.currency, p.account): p for p in kept}
     currencies = sorted({currency for _, currency in balances} | {p.currency for p in kept})

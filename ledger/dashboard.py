@@ -9,10 +9,11 @@ from typing import Any, TypedDict
 from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ledger.accounts import ACCOUNTS, account_name
 from ledger.book import trial_balance
 from ledger.customers import CustomerName, customers_named, names_for, with_customer_names
 from ledger.outbox import dead_count
-from ledger.tables import ACCOUNTS, AnyRow, account_name, dead_letters, findings, outbox, positions, received, runs
+from ledger.tables import AnyRow, dead_letters, findings, outbox, positions, received, runs
 
 PAGE = 50
 FAILED_DAYS = 7

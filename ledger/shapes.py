@@ -19,7 +19,7 @@ from typing import Annotated, Literal
 from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 from pydantic.alias_generators import to_snake
 
-from ledger.tables import ACCOUNTS
+from ledger.accounts import ACCOUNTS
 from vinr.events import InvoiceStatus
 
 

@@ -9,11 +9,11 @@ import os
 import subprocess
 import sys
 
+from ledger.accounts import ACCOUNT_NAMES, ACCOUNTS, account_name
 from ledger.book import apply_snapshot
 from ledger.db import create_engine
 from ledger.migrate import upgrade
 from ledger.money import format_balance
-from ledger.tables import ACCOUNT_NAMES, ACCOUNTS, account_name
 from lifecycles import snapshot
 from vinr.events import Invoice
 

@@ -22,11 +22,11 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from ledger import dashboard as queries
+from ledger.accounts import ACCOUNTS
 from ledger.book import trial_balance
 from ledger.deadletters import pending
 from ledger.money import field_amount, format_balance, format_money
 from ledger.runs import write_csv
-from ledger.tables import ACCOUNTS
 from ledger.views import invoice_view
 from receiver.api import MAX_ID, MAX_INVOICE_ID
 from receiver.dashboard import access, aging

@@ -10,10 +10,10 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from ledger.accounts import ACCOUNTS
 from vinr_recon.demo.processes import Child
 
 FIELDS = ("status", "currency", "total", "amountPaid", "amountDue")
-ACCOUNTS = ("accounts_receivable", "revenue", "vinr_clearing", "bad_debt", "customer_credit")
 
 
 def money(amount: int | None, currency: str = "") -> str:
@@ -156,7 +156,7 @@ def balance_table(outcome, currency: str) -> Table:
     table.add_column("Credits", justify="right")
     table.add_column("Balance", justify="right")
     rows = sorted((r for r in outcome.balances if r["currency"] == currency),
-                  key=lambda r: (ACCOUNTS.index(r["account"]) if r["account"] in ACCOUNTS else 99, r["account"]))
+                  key=lambda r: (list(ACCOUNTS).index(r["account"]) if r["account"] in ACCOUNTS else 99, r["account"]))
     for row in rows:
         table.add_row(row["account"], money(row["debits"]), money(row["credits"]), money(row["balance"]))
     table.add_row(Text("total", style="bold"), money(sum(r["debits"] for r in rows)),
