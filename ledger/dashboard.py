@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypedDict
 
 from sqlalchemy import ColumnElement, and_, func, or_, select
@@ -217,9 +217,3 @@ async def dead_letter_list(conn: AsyncConnection,
 
 async def letter_event_id(conn: AsyncConnection, letter_id: int) -> str | None:
     return await conn.scalar(select(dead_letters.c.event_id).where(dead_letters.c.id == letter_id))
-
-
-def utc(moment: datetime | None) -> datetime | None:
-    if moment is None:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -50,8 +50,9 @@ def _when(value: datetime | int | str | None) -> str:
         value = datetime.fromtimestamp(value, UTC)
     elif isinstance(value, str):
         value = datetime.fromisoformat(value)
-    moment = queries.utc(value)
-    return "—" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+    # The ledger's moments are aware (UTCDateTime); a naive one from elsewhere is read as UTC.
+    moment = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _money(amount: int | str | None, currency: str | None, locale: str | None = None) -> str:
