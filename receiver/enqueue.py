@@ -27,8 +27,9 @@ from arq.jobs import serialize_job
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
+from vinr_recon.coalesce import Coalescer
 from vinr_recon.jobformat import dumps
-from vinr_recon.jobs import APPLY_EVENT, event_job_id, flushed, flusher, job_key, result_key
+from vinr_recon.jobs import APPLY_EVENT, event_job_id, job_key, result_key
 
 # KEYS: the queue, then each job's job key and result key. ARGV: each job's id, bytes, score.
 # For each job, in order: 0 if its job or its result exists, else store it with no expiry (an
@@ -98,18 +99,20 @@ def webhook_job(
     return Job(event_id, serialize_job(APPLY_EVENT, args, {}, None, enqueue_ms, serializer=dumps), enqueue_ms)
 
 
-class Enqueuer:
+# A job handed over, with when (loop time): the oldest caller's deadline is its batch's.
+Handed = tuple[Job, float]
+
+
+class Enqueuer(Coalescer[Handed, bool]):
     """Queues jobs in `queue_name`; with `coalesce`, concurrent calls share one script call; with
     `min_replicas`, a write counts as acknowledged once that many replicas have it."""
 
     def __init__(self, redis: Redis, queue_name: str, *, coalesce: bool = True, min_replicas: int = 0) -> None:
+        super().__init__()
         self._redis = redis
         self._queue = queue_name
         self._coalesce = coalesce
         self._min_replicas = min_replicas
-        # (job, its caller's future, when it was handed over in loop time), oldest first
-        self._pending: list[tuple[Job, asyncio.Future[bool], float]] = []
-        self._flusher: asyncio.Task[None] | None = None
         self.round_trips = 0  # script calls sent: with coalescing, far fewer than jobs
 
     async def enqueue(self, job: Job) -> bool:
@@ -122,26 +125,16 @@ class Enqueuer:
         if not self._coalesce:
             (result,) = await self._send_or_errors([job], loop.time() + DEADLINE)
             return _outcome(result)
-        future: asyncio.Future[bool] = loop.create_future()
-        self._pending.append((job, future, loop.time()))
-        self._flusher = flusher(self._flusher, self._drain)
-        return await future
+        return await self._submit((job, loop.time()))
 
-    async def close(self) -> None:
-        """Let the batch in flight finish (its callers are still waiting for their answer)."""
-        await flushed(self._flusher)
+    async def _take(self) -> list[tuple[Handed, asyncio.Future[bool]]]:
+        batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+        return batch
 
-    async def _drain(self) -> None:
+    async def _flush(self, batch: list[tuple[Handed, asyncio.Future[bool]]]) -> None:
+        (_, oldest), _ = batch[0]
         try:
-            while self._pending:
-                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-                await self._flush(batch, deadline=batch[0][2] + DEADLINE)  # the oldest caller's
-        finally:
-            self._flusher = None
-
-    async def _flush(self, batch: list[tuple[Job, asyncio.Future[bool], float]], deadline: float) -> None:
-        try:
-            results = await self._send_or_errors([job for job, _, _ in batch], deadline)
+            results = await self._send_or_errors([job for (job, _), _ in batch], oldest + DEADLINE)
         except BaseException as exc:
             # Every waiter gets an answer, even when the flusher itself is cancelled.
             _settle(batch, [exc] * len(batch))
@@ -229,8 +222,8 @@ def _outcome(result: object) -> bool:
     return bool(result)
 
 
-def _settle(batch: list[tuple[Job, asyncio.Future[bool], float]], results: list[object]) -> None:
-    for (_, future, _), result in zip(batch, results):
+def _settle(batch: list[tuple[Handed, asyncio.Future[bool]]], results: list[object]) -> None:
+    for (_, future), result in zip(batch, results):
         if future.done():  # its caller is gone (cancelled): nobody to tell
             continue
         try:

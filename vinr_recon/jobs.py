@@ -13,11 +13,9 @@ ids from its queue, whatever their shape, and the ledger deduplicates by event i
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Iterable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
@@ -115,24 +113,3 @@ async def queue_replays(redis: Redis, queue_name: str, letters: list[Letter]) ->
         )
         queued.append((letter, job_id, job is not None))
     return queued
-
-
-# --- One flusher at a time ------------------------------------------------------------------
-# The receiver's enqueue (receiver.enqueue) and the worker's group commit (worker.batching) each
-# hand their callers' work to one task, which writes whatever is waiting, batch after batch, and
-# ends when nothing is; the next caller to wait starts another.
-
-
-def flusher(running: asyncio.Task[None] | None, drain: Callable[[], Coroutine[Any, Any, None]]) -> asyncio.Task[None]:
-    """The task that drains what callers leave waiting: `running`, else `drain()` started now."""
-    if running is not None:
-        return running
-    # A fresh context: the flusher serves many callers and must not log as the first.
-    return asyncio.create_task(drain(), context=contextvars.Context())
-
-
-async def flushed(running: asyncio.Task[None] | None) -> None:
-    """Returns once the drain in flight, if any, has finished (its callers may still be waiting
-    for their answer)."""
-    if running is not None:
-        await asyncio.wait([running])

@@ -21,13 +21,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ledger.book import EventResult, PoisonInBatch, Received, apply_events
 from ledger.db import is_connection_failure
 from ledger.outbox import EVERY_CHANNEL, NO_CHANNELS, Channels, stage_results
-from vinr_recon.jobs import flushed, flusher
+from vinr_recon.coalesce import Coalescer
 from worker.metrics import WorkerMetrics
 
 Waiting = tuple[Received, asyncio.Future[EventResult]]
 
 
-class Batcher:
+class Batcher(Coalescer[Received, EventResult]):
     """Writes up to `max_batch` waiting events per transaction, one transaction at a time.
 
     A batch waits up to `linger` seconds to fill; each transaction gets `timeout` seconds and a
@@ -48,6 +48,7 @@ class Batcher:
         deliverable: Channels = EVERY_CHANNEL,
         metrics: WorkerMetrics | None = None,
     ) -> None:
+        super().__init__()
         self._engine = engine
         self._metrics = metrics
         self._notices, self._deliverable = notices, deliverable
@@ -55,9 +56,7 @@ class Batcher:
         self._linger = linger
         self._timeout = timeout
         self._lock = lock or contextlib.nullcontext()
-        self._pending: list[Waiting] = []
         self._full = asyncio.Event()
-        self._flusher: asyncio.Task[None] | None = None
         self.transactions = self.events = 0  # committed, for the mean batch size
 
     async def apply(self, item: Received) -> EventResult:
@@ -66,32 +65,22 @@ class Batcher:
         Raises what its transaction raised (to be retried), or what computing this event's
         effect raised (`CannotApply`: it can never apply).
         """
-        future: asyncio.Future[EventResult] = asyncio.get_running_loop().create_future()
-        self._pending.append((item, future))
+        return await self._submit(item)
+
+    def _handed_over(self) -> None:
         if len(self._pending) >= self._max_batch:
             self._full.set()
-        self._flusher = flusher(self._flusher, self._drain)
-        return await future
 
-    async def close(self) -> None:
-        """Let the batch in flight finish (its jobs may still be waiting for their answer)."""
-        await flushed(self._flusher)
-
-    async def _drain(self) -> None:
-        """Write what is waiting, batch after batch, until nothing is."""
-        try:
-            while self._pending:
-                if self._linger and len(self._pending) < self._max_batch:
-                    # Wait a moment for more: a transaction costs about as much as ten events.
-                    self._full.clear()
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(self._linger):
-                            await self._full.wait()
-                batch = self._pending[: self._max_batch]
-                del self._pending[: self._max_batch]
-                await self._flush(batch)
-        finally:
-            self._flusher = None
+    async def _take(self) -> list[Waiting]:
+        if self._linger and len(self._pending) < self._max_batch:
+            # Wait a moment for more: a transaction costs about as much as ten events.
+            self._full.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._linger):
+                    await self._full.wait()
+        batch = self._pending[: self._max_batch]
+        del self._pending[: self._max_batch]
+        return batch
 
     async def _flush(self, batch: list[Waiting]) -> None:
         batch = [(item, future) for item, future in batch if not future.done()]  # gave up waiting
