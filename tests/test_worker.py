@@ -235,3 +235,29 @@ def test_backoff_grows_exponentially_with_jitter_up_to_a_ceiling():
     for attempt, ceiling in [(1, 0.5), (2, 1), (3, 2), (8, 60), (30, 60)]:
         delays = {policy.backoff(attempt) for _ in range(50)}
         assert all(ceiling / 2 <= d <= ceiling for d in delays) and len(delays) > 1
+
+
+async def test_a_worker_shutting_down_closes_its_engine_even_when_the_batch_in_flight_fails_to_close(ledger_settings):
+    """on_shutdown closes the metrics port, the batch in flight, the notifier and the engine, each
+    even when one before it raises (the engine's connections were left open before)."""
+    from sqlalchemy import event as sa_event
+
+    from ledger.db import create_engine
+    from worker.notices import Notifier
+    from worker.settings import worker_settings
+
+    class BatchThatFailsToClose:
+        async def close(self) -> None:
+            raise RuntimeError("the batch in flight failed")
+
+    engine = create_engine(ledger_settings.database_url)
+    disposed: list[bool] = []
+    sa_event.listen(engine.sync_engine, "engine_disposed", lambda _: disposed.append(True))
+    notifier = Notifier(ledger_settings)
+    worker = WorkerState(engine=engine, policy=RetryPolicy(), queue_name=ledger_settings.queue_name,
+                         batcher=BatchThatFailsToClose(), notifier=notifier)  # type: ignore[arg-type]
+    on_shutdown = worker_settings(ledger_settings)["on_shutdown"]
+    with pytest.raises(RuntimeError, match="the batch in flight failed"):
+        await on_shutdown({STATE: worker})
+    assert disposed == [True]
+    assert notifier._http.is_closed

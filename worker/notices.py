@@ -162,7 +162,8 @@ class Notifier:
 async def deliver_notice(ctx: dict[str, Any], notice_id: int) -> str:
     """Send one outbox notice; returns sent, dead, or (nothing to do) its status or missing.
 
-    Raises only `arq.Retry`; the ledger is never touched beyond the notice's own row.
+    Raises only `arq.Retry` (and RuntimeError if run before the worker's start-up made its
+    notifier); the ledger is never touched beyond the notice's own row.
     """
     worker = state(ctx)
     policy = worker.notice_policy or NOTICE_RETRY

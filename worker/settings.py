@@ -8,6 +8,7 @@ closed in `on_shutdown`; nothing connects at import time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import UTC
 from typing import Any
@@ -218,14 +219,17 @@ def worker_settings(
         worker = ctx.pop(STATE, None)
         if not isinstance(worker, WorkerState):  # start-up failed before it had an engine
             return
-        if worker.metrics_server is not None:
-            await asyncio.to_thread(worker.metrics_server.stop)
-            worker.metrics_server = None
-        if worker.batcher is not None:
-            await worker.batcher.close()
-        if worker.notifier is not None:
-            await worker.notifier.aclose()
-        await worker.engine.dispose()
+        # Last in, first out: the metrics port, the batch in flight, the notifier, the engine; each
+        # closed even when one before it raises.
+        async with contextlib.AsyncExitStack() as closing:
+            closing.push_async_callback(worker.engine.dispose)
+            if worker.notifier is not None:
+                closing.push_async_callback(worker.notifier.aclose)
+            if worker.batcher is not None:
+                closing.push_async_callback(worker.batcher.close)
+            server, worker.metrics_server = worker.metrics_server, None
+            if server is not None:
+                closing.push_async_callback(asyncio.to_thread, server.stop)
 
     return dict(
         functions=functions or [func(apply_event, name=APPLY_EVENT), *notice_functions()],
