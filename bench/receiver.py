@@ -372,10 +372,12 @@ def main() -> int:
         "receiver, no coalescing": ([*pin, python, me, "--serve", "uncoalesced", "--port"], {}),
         "receiver, 1 replica (WAIT)": (receiver, {"REDIS_MIN_REPLICAS": "1"}),
     }
+    # In the run's own folder: the replica writes the primary's snapshot to disk when it syncs.
     redis_argv = ["taskset", "-c", LOAD_CORE, "redis-server", "--port", str(redis_port), "--save", "",
-                  "--appendonly", "no", "--daemonize", "no"]
+                  "--appendonly", "no", "--daemonize", "no", "--dir", str(workdir)]
     replica_argv = ["taskset", "-c", LOAD_CORE, "redis-server", "--port", str(replica_port), "--save", "",
-                    "--appendonly", "no", "--daemonize", "no", "--replicaof", "127.0.0.1", str(redis_port)]
+                    "--appendonly", "no", "--daemonize", "no", "--replicaof", "127.0.0.1", str(redis_port),
+                    "--dir", str(workdir)]
     print(f"load: {'wrk' if shutil.which('wrk') else 'python'}, {args.connections} connections; "
           f"{args.rounds} rounds of {args.duration} s per server, taking turns; servers on core {SERVER_CORE}, "
           f"load and redis on core {LOAD_CORE}")
