@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ledger.accounts import ACCOUNTS, account_name
 from ledger.book import trial_balance
 from ledger.customers import CustomerName, customers_named, names_for, with_customer_names
+from ledger.deadletters import waiting_count
 from ledger.outbox import dead_count
 from ledger.tables import AnyRow, dead_letters, findings, outbox, positions, received, runs
 
@@ -97,9 +98,7 @@ async def last_run(conn: AsyncConnection) -> AnyRow | None:
 
 
 async def waiting(conn: AsyncConnection) -> dict[str, int]:
-    letters_waiting = (await conn.execute(
-        select(func.count()).select_from(dead_letters).where(dead_letters.c.replayed_at.is_(None)))).scalar_one()
-    return {"letters": letters_waiting, "notices": await dead_count(conn)}
+    return {"letters": await waiting_count(conn), "notices": await dead_count(conn)}
 
 
 async def _invoice_filter(conn: AsyncConnection, q: str, status: str | None,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Column, insert, select, update
+from sqlalchemy import Column, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.book import record_dead
@@ -96,6 +96,12 @@ class Letter:
     headers: dict[str, str]
     received_at: datetime
     error: str
+
+
+async def waiting_count(conn: AsyncConnection) -> int:
+    """Dead letters not yet replayed (for a gauge, or a person)."""
+    return (await conn.execute(
+        select(func.count()).select_from(dead_letters).where(dead_letters.c.replayed_at.is_(None)))).scalar_one()
 
 
 async def pending(conn: AsyncConnection, event_ids: list[str] | None = None) -> list[Letter]:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Row, func, select
+from sqlalchemy import Row, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger import shapes
 from ledger.book import trial_balance
+from ledger.deadletters import waiting_count
 from ledger.outbox import dead_count
-from ledger.tables import dead_letters, entries, positions, postings, received
+from ledger.tables import entries, positions, postings, received
 
 
 async def invoice_view(conn: AsyncConnection, invoice_id: str) -> shapes.Invoice | None:
@@ -62,6 +63,4 @@ async def balances(conn: AsyncConnection) -> shapes.Balances:
 
 async def dead(conn: AsyncConnection) -> dict[str, int]:
     """What waits for a person: dead-lettered events not yet replayed, and dead notices."""
-    events = (await conn.execute(
-        select(func.count()).select_from(dead_letters).where(dead_letters.c.replayed_at.is_(None)))).scalar_one()
-    return {"events": events, "notices": await dead_count(conn)}
+    return {"events": await waiting_count(conn), "notices": await dead_count(conn)}
