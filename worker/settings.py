@@ -188,7 +188,7 @@ def worker_settings(
             raise
         log.info("worker started", queue=settings.queue_name, max_jobs=max_jobs, batch=batch,
                  database=engine.url.render_as_string(hide_password=True), schema=revision)
-        # Our Worker's (in ctx from its __init__); arq's own Worker has none. worker.notices counts on ctx's.
+        # Our Worker's (in ctx from its __init__); arq's own Worker has none.
         metrics: WorkerMetrics = ctx.setdefault("metrics", WorkerMetrics())
         worker = ctx[STATE] = WorkerState(
             engine=engine, policy=policy, queue_name=settings.queue_name, metrics=metrics,
@@ -249,7 +249,6 @@ def worker_settings(
         cron_jobs=nightly_cron(settings) + notice_crons(settings) + digest_crons(settings),
         timezone=UTC,
     )
-
 
 
 async def check_schema(engine: AsyncEngine) -> str | None:
