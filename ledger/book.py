@@ -26,11 +26,12 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, func, select, text, update
+from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.dml import ReturningInsert
 
+from ledger.db import dialect_insert
 from ledger.posting import Entry, Facts, Line, Outcome, Position, post
 from ledger.tables import AnyRow, entries, positions, postings, received
 from vinr.events import Event, Invoice
@@ -212,17 +213,13 @@ async def apply_snapshot(
 
 # --- Dead events and the trial balance -------------------------------------------------------
 
-def _insert(conn: AsyncConnection, table: Table) -> postgresql.Insert | sqlite.Insert:
-    return postgresql.insert(table) if conn.dialect.name == "postgresql" else sqlite.insert(table)
-
-
 async def record_dead(conn: AsyncConnection, event_id: str, event_type: str, body: bytes,
                       headers: dict[str, str], error: str, received_at: datetime | None = None,
                       source: str = "webhook") -> None:
     """Mark a received event dead (it stays visible, and replay can still apply it)."""
     now = datetime.now(UTC)
     await conn.execute(
-        _insert(conn, received)
+        dialect_insert(conn, received)
         .values(event_id=event_id, type=event_type, body=body, headers=headers, source=source,
                 received_at=received_at or now, outcome="dead", error=error)
         .on_conflict_do_nothing()

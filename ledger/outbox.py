@@ -25,11 +25,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.dml import ReturningInsert
 
 from ledger.book import EventResult
+from ledger.db import dialect_insert
 from ledger.posting import FINAL, Outcome
 from ledger.tables import AnyRow, outbox, positions
 from vinr.events import Event, Invoice
@@ -198,8 +198,8 @@ def for_run(run: dict[str, Any], channels: Channels) -> list[Notice]:
 
 
 def _insert(conn: AsyncConnection) -> ReturningInsert[Any, Any]:
-    insert = postgresql.insert(outbox) if conn.dialect.name == "postgresql" else sqlite.insert(outbox)
-    return insert.on_conflict_do_nothing(index_elements=[outbox.c.key]).returning(outbox.c.id, outbox.c.key)
+    return (dialect_insert(conn, outbox).on_conflict_do_nothing(index_elements=[outbox.c.key])
+            .returning(outbox.c.id, outbox.c.key))
 
 
 async def stage(conn: AsyncConnection, notices: Sequence[Notice], now: datetime | None = None, *,
