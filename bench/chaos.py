@@ -1,7 +1,7 @@
 """The chaos run (issue 9): VINR on a bad day, and the service's processes killed under it.
 
     .venv/bin/python bench/chaos.py [--invoices 2000] [--workers 2] [--seed 1] [--keep]
-    .venv/bin/python bench/chaos.py --live [--live-seconds 120] [--reconcile-pause 1]
+    .venv/bin/python bench/chaos.py --live [--live-seconds 120] [--reconcile-pause 1] [--history 0]
     sudo .venv/bin/python bench/chaos.py --hosts [--min-replicas 1] [--partition-seconds 10] [--invoices 2000]
 
 The sandbox (`vinr-recon sandbox`) takes N invoices through full lifecycles (paid; partial then
@@ -50,7 +50,10 @@ reconciliation races them. Each invoice takes its three steps at times of its ow
 `--live-seconds` (live_schedule), so changes keep coming for as long as the runs go on, and
 `vinr-recon reconcile --json` (a process, as above) runs again and again meanwhile,
 `--reconcile-pause` seconds apart; two workers, one SIGKILLed; Redis is not restarted unless
-asked (a run needs it for its lock). The sandbox delivers each page of its invoice list
+asked (a run needs it for its lock). With `--history N`, VINR already holds N invoices in
+every state when the service starts (`vinr-recon sandbox --preload`), none with an event
+listed, as an account's years before vinr-recon: the first run finds each missing and books
+it, so at least that run's corrections are checked whatever the race's timing. The sandbox delivers each page of its invoice list
 `--list-latency` (0.5) seconds after reading it, as over a network: a run's page can be older
 than a webhook the workers applied meanwhile, the race a run must not lose. The last run is the
 first to start after VINR's last change; then delivery settles and the queue drains, and no run
@@ -156,6 +159,9 @@ class ChaosConfig:
     live_seconds: float = 120.0
     reconcile_pause: float = 1.0
     list_latency: float = 0.5  # live: an invoice list page arrives this long after VINR read it
+    # Invoices VINR holds before the service starts, none with an event listed (an account's
+    # history before vinr-recon; `vinr-recon sandbox --preload`): the first run finds and books each.
+    history: int = 0
     # Across hosts (issue 22, `--hosts`, HostsChaos): each service on a network namespace of its own.
     hosts: bool = False
     min_replicas: int = 1  # REDIS_MIN_REPLICAS of the receivers
@@ -183,6 +189,7 @@ class Plan:
 class Figures:
     invoices: int = 0
     lifecycles: Counter = field(default_factory=Counter)
+    history: Counter = field(default_factory=Counter)  # status -> invoices VINR held before the service
     events_sent: int = 0
     events_dropped: int = 0
     deliveries: int = 0
@@ -263,8 +270,12 @@ class Figures:
 
     def table(self) -> str:
         rows: list[tuple[str, str]] = [("hosts", ", ".join(f"{k} {v}" for k, v in self.hosts.items()))] if self.hosts else []
+        rows.append(("invoices (lifecycles)",
+                     f"{self.invoices} ({', '.join(f'{k} {v}' for k, v in sorted(self.lifecycles.items()))})"))
+        if self.history:
+            rows.append(("history: invoices VINR held before the service, no event listed",
+                         f"{sum(self.history.values())} ({', '.join(f'{k} {v}' for k, v in sorted(self.history.items()))})"))
         rows += [
-            ("invoices (lifecycles)", f"{self.invoices} ({', '.join(f'{k} {v}' for k, v in sorted(self.lifecycles.items()))})"),
             ("chaos", "; ".join(self.chaos) or "none"),
             ("workers that exited on their own (e.g. Redis gone)", f"{len(self.unexpected_exits)} (restarted){': ' if self.unexpected_exits else ''}"
                                                    f"{'; '.join(self.unexpected_exits)}"),
@@ -581,7 +592,7 @@ class Chaos:
             "--duplicate-rate", str(cfg.duplicate_rate), "--duplicate-count", "1",
             "--reorder-delay", str(cfg.reorder_delay), "--drop-rate", str(cfg.drop_rate),
             "--old-shape-rate", str(cfg.old_shape_rate), "--snake-case-rate", str(cfg.snake_case_rate),
-            "--list-latency", str(cfg.list_latency if cfg.live else 0.0)))
+            "--list-latency", str(cfg.list_latency if cfg.live else 0.0), "--preload", str(cfg.history)))
         self.procs.start("receiver", vinr_recon("serve", "--host", "127.0.0.1", "--port", str(receiver_port)))
         for n in range(1, cfg.workers + 1):
             self.start_worker(n)
@@ -807,8 +818,8 @@ class Chaos:
         fig = self.figures
         events = await _page_all(client, "/events")  # every event, with every delivery attempt
         invoices = {inv["id"]: inv for inv in await _page_all(client, "/invoices")}
-        ours = {p.id for p in self.plans}
         by_id = {e["id"]: e for e in events}
+        fig.history = Counter(inv["status"] for i, inv in invoices.items() if i not in {p.id for p in self.plans})
 
         # deliveries
         fig.events_sent = len(events)
@@ -858,9 +869,11 @@ class Chaos:
         fig.acknowledged_lost = sorted(lost)
         fig.never_recorded = sorted(e for e in by_id if e not in recorded)
 
-        # invoices: VINR vs the ledger
-        for inv_id in sorted(ours):
+        # invoices: VINR vs the ledger, ours and the account's history alike (a draft books nothing)
+        for inv_id in sorted(invoices.keys() | {p.id for p in self.plans}):
             vinr, pos = invoices.get(inv_id), positions.get(inv_id)
+            if vinr is not None and vinr["status"] == "draft" and pos is None:
+                continue
             if vinr is None or pos is None:
                 fig.mismatched.append(f"{inv_id}: {'not at VINR' if vinr is None else 'not in the ledger'}")
                 continue
@@ -889,7 +902,7 @@ class Chaos:
             lines[p["entry_id"]].append(p)
         fig.regressions, undid, self.final_by_run = regressions(entries, lines)
         if self.cfg.live:
-            self.measure_runs(entry_by_id, undid)
+            self.measure_runs(entry_by_id, undid, invoices)
         fig.trial_balance = dict(balance)
         # Contract section 6: customer_credit (a credit balance) is the customers' creditBalance.
         owed, applied, ledger_credit = Counter(), Counter(), Counter()
@@ -901,10 +914,7 @@ class Chaos:
             if p["account"] == "customer_credit":
                 ledger_credit[p["currency"]] += p["amount"] if p["direction"] == "credit" else -p["amount"]
         fig.credit = {c: (ledger_credit[c], owed[c], applied[c]) for c in sorted(set(owed) | set(ledger_credit))}
-        for inv_id in sorted(ours):
-            vinr = invoices.get(inv_id)
-            if vinr is None:
-                continue
+        for inv_id, vinr in sorted(invoices.items()):
             want = expected_nets(vinr)
             got = {a: v for a, v in net.get(inv_id, Counter()).items() if v}
             if want != got:
@@ -919,6 +929,9 @@ class Chaos:
             if paid > last_paid.get(inv["id"], 0):
                 payments[inv["id"]] += 1
             last_paid[inv["id"]] = max(paid, last_paid.get(inv["id"], 0))
+        for inv_id, vinr in invoices.items():  # the history, no event listed: one run books what is paid
+            if inv_id not in last_paid and vinr["amountPaid"] > 0:
+                payments[inv_id] = 1
         kinds = Counter((e["invoice_id"], e["kind"]) for e in entries)
         for (inv_id, kind), count in sorted(kinds.items()):
             allowed = payments[inv_id] if kind == "payment" else 1 if kind in (
@@ -948,11 +961,15 @@ class Chaos:
                     ran.add(record["event_id"])
         return ran
 
-    def measure_runs(self, entry_by_id: dict[int, Any], undid: Counter) -> None:
+    def measure_runs(self, entry_by_id: dict[int, Any], undid: Counter, invoices: dict[str, dict]) -> None:
         """Per run: findings against corrections. A corrected finding names entries of that run
-        and invoice; a run that says it matches left no finding uncorrected (a difference that
-        webhooks closed before the run corrected it is no finding: `caughtUpInFlight` counts it)."""
+        and invoice (none when VINR's invoice books nothing: void before any payment); a run that
+        says it matches left no finding uncorrected (a difference that webhooks closed before the
+        run corrected it is no finding: `caughtUpInFlight` counts it)."""
         fig = self.figures
+        def books(inv_id: str) -> bool:
+            return inv_id not in invoices or bool(expected_nets(invoices[inv_id]))
+
         reported = [("caughtUpInFlight" in r["json"]) for r in fig.runs]
         if any(reported) and not all(reported):
             fig.run_failures.append(f"caughtUpInFlight reported by {sum(reported)} of {len(fig.runs)} runs")
@@ -961,7 +978,7 @@ class Chaos:
             run_id, found = doc.get("id"), doc.get("findings") or []
             caught = doc.get("caughtUpInFlight")
             corrected = [f for f in found if f.get("corrected")]
-            bad = [f for f in corrected if not f.get("entries") or any(
+            bad = [f for f in corrected if (not f.get("entries") and books(f["invoice"])) or any(
                 entry_by_id.get(i) is None or entry_by_id[i]["run_id"] != run_id
                 or entry_by_id[i]["invoice_id"] != f["invoice"] for i in f["entries"])]
             uncorrected = {f["invoice"] for f in found if not f.get("corrected")}
@@ -1034,11 +1051,10 @@ class Chaos:
                             expected_alerts[channel].add(key)
                 final_seen = final_seen or final_here
         fig.alerts_batched, fig.alerts_run_ordered = batched, run_ordered
-        ours = {p.id for p in self.plans}
         fig.alerts_order_dependent = order_dependent
         done = [summary(r) for r in fig.runs] if self.cfg.live else [fig.reconcile]
         expected_runs = {("run", r["id"]) for r in done if r.get("id") is not None and drifted(r)}
-        written_off = {("uncollectible", i) for i in self.written_off if i in ours}
+        written_off = {("uncollectible", i) for i in self.written_off}
 
         # Each arrival as (what it is about, when, what makes two arrivals the same copy).
         emails = [Arrival(alert_key(mail.subject, mail.body, plain=True), mail.at, mail.message_id or mail.body)
@@ -1053,7 +1069,7 @@ class Chaos:
             key = (cb.body or {}).get("idempotencyKey")
             callbacks.append(Arrival(key, cb.at, key))
             unverified += cb.signature != "verified"
-        expected_callbacks = {f"paid:{i}:fulfilment" for i in ours if invoices.get(i, {}).get("status") == "paid"}
+        expected_callbacks = {f"paid:{i}:fulfilment" for i, inv in invoices.items() if inv["status"] == "paid"}
         fig.notices["emails"] = tally(emails, expected_alerts["email"] | expected_runs | written_off, self.crashes,
                                       f"{len(expected_alerts['email'])} payment_failed + {len(expected_runs)} drift"
                                       f" + {len(written_off)} uncollectible")
@@ -1611,6 +1627,8 @@ def main() -> int:
     parser.add_argument("--reconcile-pause", type=float, default=1.0, help="seconds between two live runs")
     parser.add_argument("--list-latency", type=float, default=0.5,
                         help="live: seconds an invoice list page takes to arrive after the sandbox read it")
+    parser.add_argument("--history", type=int, default=0,
+                        help="invoices VINR holds before the service starts, with no events listed")
     parser.add_argument("--hosts", action="store_true",
                         help="across hosts (issue 22, as root): every service on a network namespace of its own, "
                              "Redis with a replica and three Sentinels, PgBouncer, two receivers; a Redis primary "
@@ -1632,7 +1650,7 @@ def main() -> int:
                       settle_timeout=args.settle_timeout, live=args.live, live_seconds=args.live_seconds,
                       reconcile_pause=args.reconcile_pause, list_latency=args.list_latency, keep=args.keep,
                       hosts=args.hosts, min_replicas=args.min_replicas, partition_seconds=args.partition_seconds,
-                      redis_fault=args.redis_fault, isolate_seconds=args.isolate_seconds)
+                      redis_fault=args.redis_fault, isolate_seconds=args.isolate_seconds, history=args.history)
     if args.hosts and args.live:
         parser.error("--hosts runs the usual scenario, not --live")
     folder = Path(tempfile.mkdtemp(prefix="vinr-recon-chaos-"))
