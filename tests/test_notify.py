@@ -507,10 +507,14 @@ async def test_what_a_worker_cannot_deliver_is_staged_undeliverable_and_queues_n
     """Issue 19: the worker stages every channel a fact owes; those it has not configured (here:
     no SMTP, no callback URL) are undeliverable at once, saying why, with no delivery job run."""
     settings = ledger_settings.model_copy(update={"alert_webhook_url": SecretStr(http.root + CHAT_PATH)})
-    events = [Event(f"{prefix}_1", "invoice.payment_failed", failed("inv_u1", 5000), 1_763_800_000),
-              Event(f"{prefix}_2", "invoice.paid", snapshot("inv_u1", "paid", 5000, 5000), 1_763_800_100)]
-    await enqueue(redis, settings.queue_name, events)
-    worker = await drain(settings, batch=batch)
+    # One drain each: one by one, a worker runs two jobs at once, and the failure applied after
+    # the payment would owe no alert (it is stale).
+    await enqueue(redis, settings.queue_name, [
+        Event(f"{prefix}_1", "invoice.payment_failed", failed("inv_u1", 5000), 1_763_800_000)])
+    failure = await drain(settings, batch=batch)
+    await enqueue(redis, settings.queue_name, [
+        Event(f"{prefix}_2", "invoice.paid", snapshot("inv_u1", "paid", 5000, 5000), 1_763_800_100)])
+    payment = await drain(settings, batch=batch)
     await wait_for(lambda: len(http.at(CHAT_PATH)) >= 1, timeout=5)
     rows = {(r.kind, r.channel): r for r in await notices(ledger_engine)}
     assert {key: row.status for key, row in rows.items()} == {
@@ -520,8 +524,8 @@ async def test_what_a_worker_cannot_deliver_is_staged_undeliverable_and_queues_n
     }
     assert "no fulfilment channel" in rows[("paid", "fulfilment")].last_error
     assert rows[("payment_failed", "email")].attempts == 0  # nothing was tried
-    # the two events, the chat delivery and the sweep at start-up: no job for what cannot go
-    assert (worker.jobs_complete, worker.jobs_failed) == (4, 0)
+    # each event and the sweep at start-up, and the chat delivery: no job for what cannot go
+    assert [(w.jobs_complete, w.jobs_failed) for w in (failure, payment)] == [(3, 0), (2, 0)]
 
 
 async def test_an_invoice_written_off_alerts_its_manager_once_whichever_path_sees_it(
