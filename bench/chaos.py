@@ -819,7 +819,8 @@ class Chaos:
         events = await _page_all(client, "/events")  # every event, with every delivery attempt
         invoices = {inv["id"]: inv for inv in await _page_all(client, "/invoices")}
         by_id = {e["id"]: e for e in events}
-        fig.history = Counter(inv["status"] for i, inv in invoices.items() if i not in {p.id for p in self.plans})
+        planned = {p.id for p in self.plans}
+        fig.history = Counter(inv["status"] for i, inv in invoices.items() if i not in planned)
 
         # deliveries
         fig.events_sent = len(events)
@@ -870,7 +871,7 @@ class Chaos:
         fig.never_recorded = sorted(e for e in by_id if e not in recorded)
 
         # invoices: VINR vs the ledger, ours and the account's history alike (a draft books nothing)
-        for inv_id in sorted(invoices.keys() | {p.id for p in self.plans}):
+        for inv_id in sorted(invoices.keys() | planned):
             vinr, pos = invoices.get(inv_id), positions.get(inv_id)
             if vinr is not None and vinr["status"] == "draft" and pos is None:
                 continue
