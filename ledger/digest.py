@@ -15,7 +15,8 @@ whatever the size of the ledger.
 
 Beside the list, `digests` gives each manager the matters closed since the last digest: the
 invoices that alerted as payment failed (an outbox `payment_failed` notice that was not held or
-resolved by a backfill) and that the ledger moved to paid after that digest was staged, and each
+resolved by a backfill) and that the ledger moved to paid (staged their paid callback) after that
+digest was staged, and each
 listed failure's code, so a 3-D Secure challenge (`authentication_required`) reads as such.
 """
 
@@ -213,15 +214,18 @@ async def last_digest_at(conn: AsyncConnection) -> datetime | None:
 async def resolved_since(conn: AsyncConnection, since: datetime, default_manager: str | None,
                          listed: int = LISTED) -> dict[str, list[Resolved]]:
     """Per manager, the invoices that alerted as payment failed and that the ledger moved to paid
-    after `since` (the last digest), oldest payment first, up to `listed` each."""
+    after `since` (the last digest), oldest payment first, up to `listed` each. When it moved
+    them is when it staged their paid callback (once per invoice, on every path), not the
+    position's `updated_at`, which a later change of a paid invoice (invoice.updated) moves too."""
     who = manager_of(default_manager)
     alerted = select(outbox.c.invoice_id).where(outbox.c.kind == FAILED, outbox.c.status.not_in(_NEVER_SENT))
+    paid_since = select(outbox.c.invoice_id).where(outbox.c.kind == "paid", outbox.c.created_at > since)
     rows = (await conn.execute(
         select(who.label("manager"), positions.c.invoice_id, positions.c.number, positions.c.customer,
                positions.c.currency, positions.c.amount_paid, positions.c.paid_at,
                customers.c.name.label("customer_name"), customers.c.email.label("customer_email"))
         .select_from(_with_customers())
-        .where(positions.c.status == "paid", positions.c.updated_at > since, positions.c.invoice_id.in_(alerted),
+        .where(positions.c.status == "paid", positions.c.invoice_id.in_(paid_since), positions.c.invoice_id.in_(alerted),
                who.is_not(None))
         .order_by(who, positions.c.paid_at, positions.c.invoice_id)
         .limit(listed * 20)

@@ -324,7 +324,13 @@ async def test_a_3ds_attempt_is_no_decline_and_a_failed_payment_later_paid_is_cl
     assert second[CAROL].message["Subject"] == "Nothing to chase on 2026-12-03; 1 resolved"
     assert "    paid: EUR 42.00, closed\n" in text(second[CAROL])
 
-    # The day after, nothing more was paid: nothing is resolved again, and Carol gets no digest.
+    # The day after, nothing more was paid: nothing is resolved again, and Carol gets no digest,
+    # though the paid invoice changed since (the merchant tagged it: invoice.updated).
+    tagged = invoice(secure["id"], "paid", 196000, 196000, manager=ANNA, attempts=2)
+    await enqueue(redis, ledger_settings.queue_name, [Event(
+        f"evt_{tag}_s3", "invoice.updated", {**tagged, "metadata": {**tagged["metadata"], "projectId": "proj_7"}},
+        ts(at(DAY + timedelta(days=1), 12)))])
+    await drain(ledger_settings)
     sent = len(smtp.mails)
     await run_worker(settings, at(DAY + timedelta(days=2), 8, 0))
     assert [m.recipients for m in smtp.mails[sent:]] == []
