@@ -32,9 +32,9 @@ async def test_one_holder_at_a_time_and_the_next_may_take_it_once_released(redis
 
 
 async def test_the_holder_keeps_the_lock_past_its_expiry_by_renewing_it(redis, key):
-    async with exclusive(redis, ttl=0.6, key=key) as held:
+    async with exclusive(redis, ttl=1.5, key=key) as held:  # renewed every 0.5 s
         assert held
-        await asyncio.sleep(1.5)  # more than twice the expiry
+        await asyncio.sleep(3.5)  # more than twice the expiry
         assert await redis.exists(key) == 1
         async with exclusive(redis, key=key) as second:
             assert not second

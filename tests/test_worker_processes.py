@@ -102,12 +102,23 @@ async def test_two_workers_racing_over_the_same_invoices_post_each_fact_once(pg,
     random.Random(5).shuffle(jobs)
     for event, n in jobs:
         await enqueue(redis, settings.queue_name, [event], job_id=lambda e, n=n: f"{e.id}:{n}")
+    # Due only once both workers have started (a burst worker waits while its queue holds any
+    # job): one that started seconds later on a busy machine would otherwise find nothing left.
+    ids = [f"{event.id}:{n}" for event, n in jobs]
+    await redis.zadd(settings.queue_name, dict.fromkeys(ids, int(time.time() * 1000) + 120_000), xx=True)
+    logs = [tmp_path / f"worker-{n}.log" for n in (1, 2)]
+    workers = []
+    for log in logs:
+        with log.open("w") as out:  # the worker writes its own copy; nobody reads a pipe meanwhile
+            workers.append(start(settings, "worker", "--burst", cwd=tmp_path, log=out))
+    deadline = time.monotonic() + 60
+    while not all("worker started" in log.read_text() for log in logs) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    await redis.zadd(settings.queue_name, dict.fromkeys(ids, int(time.time() * 1000)), xx=True)
+    finished = [(code, log.read_text()) for (code, _, _), log in zip(await asyncio.gather(*map(finish, workers)), logs)]
 
-    workers = [start(settings, "worker", "--burst", cwd=tmp_path) for _ in range(2)]
-    finished = await asyncio.gather(*(finish(w) for w in workers))
-
-    assert [code for code, _, _ in finished] == [0, 0], [err[-2000:] for _, _, err in finished]
-    applied = [err.count('"event applied"') for _, _, err in finished]
+    assert [code for code, _ in finished] == [0, 0], [err[-2000:] for _, err in finished]
+    applied = [err.count('"event applied"') for _, err in finished]
     assert all(n > 0 for n in applied) and sum(applied) == len(jobs)  # both took part, no job twice
     await assert_each_fact_posted_once(engine, lifecycles)
 
