@@ -873,7 +873,7 @@ class Chaos:
         # invoices: VINR vs the ledger, ours and the account's history alike (a draft books nothing)
         for inv_id in sorted(invoices.keys() | planned):
             vinr, pos = invoices.get(inv_id), positions.get(inv_id)
-            if vinr is not None and vinr["status"] == "draft" and pos is None:
+            if vinr is not None and vinr["status"] == "draft" and pos is None and inv_id not in planned:
                 continue
             if vinr is None or pos is None:
                 fig.mismatched.append(f"{inv_id}: {'not at VINR' if vinr is None else 'not in the ledger'}")
@@ -964,12 +964,18 @@ class Chaos:
 
     def measure_runs(self, entry_by_id: dict[int, Any], undid: Counter, invoices: dict[str, dict]) -> None:
         """Per run: findings against corrections. A corrected finding names entries of that run
-        and invoice (none when VINR's invoice books nothing: void before any payment); a run that
-        says it matches left no finding uncorrected (a difference that webhooks closed before the
-        run corrected it is no finding: `caughtUpInFlight` counts it)."""
+        and invoice (none only for an invoice the ledger holds no entry of and VINR's books
+        nothing: void before any payment); a run that says it matches left no finding uncorrected
+        (a difference that webhooks closed before the run corrected it is no finding:
+        `caughtUpInFlight` counts it)."""
         fig = self.figures
+        booked = {e["invoice_id"] for e in entry_by_id.values()}
+        planned = {p.id for p in self.plans}
+
         def books(inv_id: str) -> bool:
-            return inv_id not in invoices or bool(expected_nets(invoices[inv_id]))
+            """A correction of it must post: unless the ledger holds no entry of the invoice at all
+            and VINR's books nothing (a void before any payment, found missing)."""
+            return inv_id in booked or inv_id not in invoices or bool(expected_nets(invoices[inv_id]))
 
         reported = [("caughtUpInFlight" in r["json"]) for r in fig.runs]
         if any(reported) and not all(reported):
@@ -988,6 +994,7 @@ class Chaos:
                 "seconds": r["finished_at"] - r["started_at"], "live": r["started_at"] < self.vinr_done_at,
                 "after_last_change": r["started_at"] - self.vinr_done_at,
                 "by_category": Counter(f["category"] for f in found), "findings": len(found),
+                "raced": sum(f["invoice"] in planned for f in found),
                 "corrections": doc.get("correctionsPosted"), "caught": caught,
                 "backfilled": doc.get("eventsBackfilled"), "matches": doc.get("matches"),
                 "corrected": len(corrected), "bad_entries": len(bad), "undid": undid.get(run_id, 0)}
