@@ -215,8 +215,9 @@ async def resolved_since(conn: AsyncConnection, since: datetime, default_manager
                          listed: int = LISTED) -> dict[str, list[Resolved]]:
     """Per manager, the invoices that alerted as payment failed and that the ledger moved to paid
     after `since` (the last digest), oldest payment first, up to `listed` each. When it moved
-    them is when it staged their paid callback (once per invoice, on every path), not the
-    position's `updated_at`, which a later change of a paid invoice (invoice.updated) moves too."""
+    them is when it staged their paid callback (once per invoice, on every path but an
+    adoption's quiet history), not the position's `updated_at`, which a later change of a paid
+    invoice (invoice.updated) moves too."""
     who = manager_of(default_manager)
     alerted = select(outbox.c.invoice_id).where(outbox.c.kind == FAILED, outbox.c.status.not_in(_NEVER_SENT))
     paid_since = select(outbox.c.invoice_id).where(outbox.c.kind == "paid", outbox.c.created_at > since)
