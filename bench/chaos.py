@@ -53,11 +53,11 @@ reconciliation races them. Each invoice takes its three steps at times of its ow
 asked (a run needs it for its lock). With `--history N`, VINR already holds N invoices in
 every state when the service starts (`vinr-recon sandbox --preload`), none with an event
 listed, as an account's years before vinr-recon: the first run finds each missing and books
-it, so at least that run's corrections are checked whatever the race's timing. The sandbox delivers each page of its invoice list
-`--list-latency` (0.5) seconds after reading it, as over a network: a run's page can be older
-than a webhook the workers applied meanwhile, the race a run must not lose. The last run is the
-first to start after VINR's last change; then delivery settles and the queue drains, and no run
-follows. Why every invoice must then equal VINR: an invoice's final state either had a webhook
+it, so at least that run's corrections are checked whatever the race's timing. The sandbox
+delivers each page of its invoice list `--list-latency` (0.5) seconds after reading it, as
+over a network: a run's page can be older than a webhook the workers applied meanwhile, the
+race a run must not lose. The last run is the first to start after VINR's last change; then
+delivery settles and the queue drains, and no run follows. Why every invoice must then equal VINR: an invoice's final state either had a webhook
 delivered (its snapshot moves the ledger there, and nothing newer exists), or it was dropped,
 and then the last run, which read VINR after every change, saw the final state and corrected
 it or found it caught up; webhooks arriving after that carry older snapshots, which move
