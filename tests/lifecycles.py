@@ -131,12 +131,16 @@ async def enqueue(redis, queue_name: str, events, *, job_id=lambda event: event.
         await pipe.execute()
 
 
-async def drain(settings, **options):
+async def drain(settings, crons=(), **options):
     """Run the worker (`vinr-recon worker`'s class and settings) until its queue is empty,
-    deferred retries included; returns it, for its counts of jobs."""
+    deferred retries included; returns it, for its counts of jobs. `crons` replace the worker's
+    cron jobs of the same names (a test's clock, or schedule)."""
     from worker.settings import worker_settings
 
-    return await run_burst(worker_settings(settings, burst=True, poll_delay=0, **options))
+    options = worker_settings(settings, burst=True, poll_delay=0, **options)
+    replaced = {job.name for job in crons}
+    options["cron_jobs"] = [job for job in options["cron_jobs"] if job.name not in replaced] + list(crons)
+    return await run_burst(options)
 
 
 async def run_burst(options: dict):

@@ -24,7 +24,7 @@ from conftest import tag_of
 from ledger import digest as facts
 from ledger.outbox import outbox
 from ledger.tables import Customer
-from lifecycles import Event, drain, enqueue, run_burst, snapshot
+from lifecycles import Event, drain, enqueue, snapshot
 from notify_support import SmtpSink, smtp, trust_the_test_smtp_server  # noqa: F401  (fixtures)
 from vinr_recon.settings import Settings
 from worker import render
@@ -190,12 +190,7 @@ async def seed(settings, engine, redis, events: list[Event]) -> None:
 async def run_worker(settings, now: datetime):
     """The worker of `vinr-recon worker` (its class and settings) until its queue is empty, with
     the digest job's clock at `now`."""
-    from worker.settings import worker_settings
-
-    options = worker_settings(settings, burst=True, poll_delay=0)
-    options["cron_jobs"] = [job for job in options["cron_jobs"] if not job.name.startswith("stage_digests")] \
-        + digest_crons(settings, clock=lambda: now)
-    return await run_burst(options)
+    return await drain(settings, crons=digest_crons(settings, clock=lambda: now))
 
 
 LINK = re.compile(re.escape(PUBLIC_URL) + r"/dashboard/invoices/(\S+)")

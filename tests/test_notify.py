@@ -26,7 +26,7 @@ from sqlalchemy import select
 from ledger import outbox as outbox_module
 from ledger.outbox import outbox
 from ledger.tables import InvoicePosition, ReceivedEvent
-from lifecycles import Event, drain, enqueue, run_burst, snapshot
+from lifecycles import Event, drain, enqueue, snapshot
 from notify_support import SMTP_PASSWORD, SmtpSink, http_sink, smtp, trust_the_test_smtp_server, wait_for  # noqa: F401  (fixtures)
 from receiver.app import create_app as create_receiver
 from receiver_support import served
@@ -509,13 +509,10 @@ async def drain_swept_once(settings, batch: bool):
     from arq.cron import cron
 
     from worker.notices import sweep_notices
-    from worker.settings import worker_settings
 
-    options = worker_settings(settings, burst=True, poll_delay=0, batch=batch)
     away = (datetime.now(UTC).minute + 30) % 60
-    options["cron_jobs"] = [job for job in options["cron_jobs"] if job.name != "sweep_notices"] + [
-        cron(sweep_notices, name="sweep_notices", run_at_startup=True, unique=False, minute=away)]
-    return await run_burst(options)
+    return await drain(settings, batch=batch, crons=[
+        cron(sweep_notices, name="sweep_notices", run_at_startup=True, unique=False, minute=away)])
 
 
 @pytest.mark.parametrize("batch", [True, False], ids=["batched", "one-by-one"])

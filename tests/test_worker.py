@@ -17,6 +17,7 @@ from sqlalchemy import func, select, text, update
 from ledger.book import apply_snapshot, trial_balance
 from ledger.tables import DeadLetter, InvoicePosition, JournalEntry, ReceivedEvent
 from lifecycles import Event, drain, enqueue, snapshot
+from notify_support import wait_for
 from vinr.events import Invoice
 from vinr_recon.jobformat import loads
 from vinr_recon.jobs import replay_job_id
@@ -183,10 +184,10 @@ async def test_a_locked_position_is_retried_with_backoff_then_applied(pg_setting
     draining = asyncio.create_task(drain(pg_settings, job_timeout=1))  # each try gets 1/6 s
     # Released once arq starts the job a second time (its retry key counts starts): a try failed
     # on the lock, however long the worker took to start.
-    for _ in range(300):
-        if int(await redis.get(f"arq:retry:{second.id}") or 0) >= 2 or draining.done():
-            break
-        await asyncio.sleep(0.1)
+    async def started_twice() -> bool:
+        return int(await redis.get(f"arq:retry:{second.id}") or 0) >= 2
+
+    await wait_for(started_twice, timeout=30)
     await blocker.rollback()
     await blocker.close()
     worker = await draining

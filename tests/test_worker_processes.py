@@ -24,6 +24,7 @@ from ledger.book import trial_balance
 from ledger.db import create_engine
 from ledger.tables import InvoicePosition, JournalEntry, Posting, ReceivedEvent
 from lifecycles import Event, enqueue, snapshot
+from notify_support import wait_for
 from receiver_support import free_port, signed
 from vinr_recon.jobs import event_job_id
 
@@ -111,9 +112,7 @@ async def test_two_workers_racing_over_the_same_invoices_post_each_fact_once(pg,
     for log in logs:
         with log.open("w") as out:  # the worker writes its own copy; nobody reads a pipe meanwhile
             workers.append(start(settings, "worker", "--burst", cwd=tmp_path, log=out))
-    deadline = time.monotonic() + 60
-    while not all("worker started" in log.read_text() for log in logs) and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
+    await wait_for(lambda: all("worker started" in log.read_text() for log in logs), timeout=60)
     await redis.zadd(settings.queue_name, dict.fromkeys(ids, int(time.time() * 1000)), xx=True)
     finished = [(code, log.read_text()) for (code, _, _), log in zip(await asyncio.gather(*map(finish, workers)), logs)]
 
