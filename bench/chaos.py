@@ -903,7 +903,7 @@ class Chaos:
             lines[p["entry_id"]].append(p)
         fig.regressions, undid, self.final_by_run = regressions(entries, lines)
         if self.cfg.live:
-            self.measure_runs(entry_by_id, undid, invoices)
+            self.measure_runs(entry_by_id, undid, invoices, planned)
         fig.trial_balance = dict(balance)
         # Contract section 6: customer_credit (a credit balance) is the customers' creditBalance.
         owed, applied, ledger_credit = Counter(), Counter(), Counter()
@@ -962,7 +962,8 @@ class Chaos:
                     ran.add(record["event_id"])
         return ran
 
-    def measure_runs(self, entry_by_id: dict[int, Any], undid: Counter, invoices: dict[str, dict]) -> None:
+    def measure_runs(self, entry_by_id: dict[int, Any], undid: Counter, invoices: dict[str, dict],
+                     planned: set[str]) -> None:
         """Per run: findings against corrections. A corrected finding names entries of that run
         and invoice (none only for an invoice the ledger holds no entry of and VINR's books
         nothing: void before any payment); a run that says it matches left no finding uncorrected
@@ -970,7 +971,6 @@ class Chaos:
         `caughtUpInFlight` counts it)."""
         fig = self.figures
         booked = {e["invoice_id"] for e in entry_by_id.values()}
-        planned = {p.id for p in self.plans}
 
         def books(inv_id: str) -> bool:
             """A correction of it must post: unless the ledger holds no entry of the invoice at all
