@@ -16,8 +16,8 @@ whatever the size of the ledger.
 Beside the list, `digests` gives each manager the matters closed since the last digest: the
 invoices that alerted as payment failed (an outbox `payment_failed` notice that was not held or
 resolved by a backfill) and that the ledger moved to paid (staged their paid callback) after that
-digest was staged, and each
-listed failure's code, so a 3-D Secure challenge (`authentication_required`) reads as such.
+digest was staged, and each listed failure's code, so a 3-D Secure challenge
+(`authentication_required`) reads as such.
 """
 
 from __future__ import annotations
